@@ -1,0 +1,263 @@
+"""Every check a round must pass, as data.
+
+`governance_report(round)` returns a report of named checks, each pass or fail with a reason a
+person can read. A round whose report fails is BLOCKED and keeps the report; the same report
+is shown on the approval page, returned by the API and re-run (stage "start") by the Celery
+task that starts the round, inside the transaction that reserves its budget.
+
+Check names are stable: the API, the UI and tests refer to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from django.utils import timezone
+
+from .models import Agreement, AgreementParty, AgreementSignature, RoundApproval, TrainingRound
+
+AGREEMENT_ACTIVE = "agreement_active"
+AGREEMENT_SIGNED = "agreement_signed"
+AGREEMENT_DATES = "agreement_dates"
+PURPOSE_PERMITTED = "purpose_permitted"
+NO_EXITED_PARTICIPANT = "no_exited_participant"
+MIN_PARTICIPANTS = "min_participants"
+DP_PARAMETERS = "dp_parameters"
+FEATURE_SCHEMA = "feature_schema"
+BUDGET = "budget"
+APPROVALS = "approvals"
+
+STAGE_REQUEST = "request"
+STAGE_START = "start"
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    reason: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class GovernanceReport:
+    stage: str
+    checks: list[Check]
+    checked_at: str
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> str:
+        if self.passed:
+            return "All governance checks passed."
+        return " ".join(f"{c.name}: {c.reason}" for c in self.failures)
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "passed": self.passed,
+            "checked_at": self.checked_at,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+
+def _ok(name: str, reason: str, **details) -> Check:
+    return Check(name, True, reason, details)
+
+
+def _fail(name: str, reason: str, **details) -> Check:
+    return Check(name, False, reason, details)
+
+
+def check_agreement_active(agreement: Agreement) -> Check:
+    if agreement.status == Agreement.Status.ACTIVE:
+        return _ok(AGREEMENT_ACTIVE, f"'{agreement.title}' v{agreement.version} is active.")
+    return _fail(AGREEMENT_ACTIVE, f"'{agreement.title}' is {agreement.get_status_display().lower()}, not active.")
+
+
+def check_agreement_signed(agreement: Agreement) -> Check:
+    parties = {
+        p.organisation_id: p.organisation.name
+        for p in agreement.party_links.select_related("organisation")
+        if p.effective_status() != AgreementParty.Status.EXITED
+    }
+    signed = set(
+        AgreementSignature.objects.filter(
+            agreement=agreement, version=agreement.version, terms_hash=agreement.terms_hash
+        ).values_list("organisation_id", flat=True)
+    )
+    missing = sorted(name for oid, name in parties.items() if oid not in signed)
+    if not agreement.terms_hash:
+        return _fail(AGREEMENT_SIGNED, "The terms have not been sent for signature.")
+    if missing:
+        return _fail(AGREEMENT_SIGNED, f"Not signed by {', '.join(missing)} (version {agreement.version}).", missing=missing)
+    return _ok(AGREEMENT_SIGNED, f"Signed by every party ({len(parties)}) at version {agreement.version}.")
+
+
+def check_agreement_dates(agreement: Agreement, today=None) -> Check:
+    today = today or timezone.localdate()
+    if today < agreement.valid_from:
+        return _fail(AGREEMENT_DATES, f"The agreement starts on {agreement.valid_from:%Y-%m-%d}; today is {today:%Y-%m-%d}.")
+    if today > agreement.valid_until:
+        return _fail(AGREEMENT_DATES, f"The agreement ended on {agreement.valid_until:%Y-%m-%d}; today is {today:%Y-%m-%d}.")
+    return _ok(AGREEMENT_DATES, f"Within {agreement.valid_from:%Y-%m-%d} to {agreement.valid_until:%Y-%m-%d}.")
+
+
+def check_purpose(round: TrainingRound) -> Check:
+    plan, agreement = round.plan, round.plan.agreement
+    if plan.purpose in agreement.purposes:
+        return _ok(PURPOSE_PERMITTED, f"'{plan.purpose}' is a permitted purpose.")
+    return _fail(PURPOSE_PERMITTED, f"'{plan.purpose}' is not among the permitted purposes ({'; '.join(agreement.purposes)}).")
+
+
+def check_no_exited_participant(round: TrainingRound, now=None) -> Check:
+    agreement = round.plan.agreement
+    links = {p.organisation_id: p for p in agreement.party_links.select_related("organisation")}
+    bad = []
+    for dataset in round.participating_datasets().select_related("organisation"):
+        party = links.get(dataset.organisation_id)
+        if party is None:
+            bad.append(f"{dataset.organisation.name} is not a party")
+            continue
+        status = party.effective_status(now)
+        if status == AgreementParty.Status.EXITED:
+            bad.append(f"{dataset.organisation.name} has exited")
+        elif status == AgreementParty.Status.NOTICE:
+            bad.append(f"{dataset.organisation.name} is in its notice period (exit {party.exit_effective_at:%Y-%m-%d})")
+    if bad:
+        return _fail(NO_EXITED_PARTICIPANT, "; ".join(sorted(set(bad))) + ".")
+    return _ok(NO_EXITED_PARTICIPANT, "No participant has exited or given notice.")
+
+
+def check_min_participants(round: TrainingRound) -> Check:
+    plan = round.plan
+    n = round.participating_datasets().count()
+    minimum = plan.agreement.min_participants
+    threshold = plan.threshold_for(n) if n else 0
+    if n < minimum:
+        return _fail(MIN_PARTICIPANTS, f"{n} participants, the agreement requires at least {minimum}.", participants=n)
+    if n < 2:
+        return _fail(MIN_PARTICIPANTS, "Secure aggregation needs at least 2 participants.", participants=n)
+    if plan.secagg_threshold and n < plan.secagg_threshold:
+        return _fail(
+            MIN_PARTICIPANTS, f"{n} participants, below the secure-aggregation threshold of {plan.secagg_threshold}.", participants=n
+        )
+    return _ok(MIN_PARTICIPANTS, f"{n} participants (minimum {minimum}, secure-aggregation threshold {threshold}).", participants=n)
+
+
+def round_epsilon(plan, dataset) -> float:
+    """Epsilon one round of `plan` costs on `dataset` alone, at the dataset's delta."""
+    from accounting.accountant import compose_epsilon, dataset_round_event
+
+    event = dataset_round_event(plan.dp_params_for(dataset))
+    return compose_epsilon([event], dataset.delta, dataset.accountant)
+
+
+def check_dp_parameters(round: TrainingRound) -> Check:
+    plan, agreement = round.plan, round.plan.agreement
+    problems = []
+    if plan.noise_multiplier < agreement.min_noise_multiplier:
+        problems.append(f"noise multiplier {plan.noise_multiplier} is below the floor {agreement.min_noise_multiplier}")
+    if plan.clip_norm > agreement.max_clip_norm:
+        problems.append(f"clip norm {plan.clip_norm} exceeds the ceiling {agreement.max_clip_norm}")
+    per_dataset = {}
+    for dataset in round.participating_datasets():
+        if dataset.delta > agreement.max_delta:
+            problems.append(f"{dataset.slug}: delta {dataset.delta} exceeds {agreement.max_delta}")
+        eps = round_epsilon(plan, dataset)
+        per_dataset[dataset.slug] = eps
+        if eps > agreement.max_epsilon_per_round:
+            problems.append(f"{dataset.slug}: one round costs epsilon {eps:.3f}, above the per-round ceiling {agreement.max_epsilon_per_round}")
+    if problems:
+        return _fail(DP_PARAMETERS, "; ".join(problems) + ".", epsilon_per_round=per_dataset)
+    return _ok(
+        DP_PARAMETERS,
+        f"z={plan.noise_multiplier} >= {agreement.min_noise_multiplier}, C={plan.clip_norm} <= {agreement.max_clip_norm}, "
+        f"epsilon per round <= {agreement.max_epsilon_per_round}.",
+        epsilon_per_round=per_dataset,
+    )
+
+
+def check_feature_schema(round: TrainingRound) -> Check:
+    plan = round.plan
+    want = plan.schema()
+    bad = []
+    for dataset in round.participating_datasets():
+        have = dataset.schema()
+        if have["feature_names"] != want["feature_names"]:
+            missing = [f for f in want["feature_names"] if f not in have["feature_names"]]
+            bad.append(f"{dataset.slug} lacks features {', '.join(missing[:5])}" if missing else f"{dataset.slug} orders its features differently")
+        if have["label_name"] != want["label_name"]:
+            bad.append(f"{dataset.slug} labels {have['label_name']!r}, the plan needs {want['label_name']!r}")
+        if set(have["label_classes"]) != set(want["label_classes"]):
+            bad.append(f"{dataset.slug} declares classes {have['label_classes']}, the plan needs {want['label_classes']}")
+    if bad:
+        return _fail(FEATURE_SCHEMA, "; ".join(bad) + ".")
+    return _ok(FEATURE_SCHEMA, f"Every dataset declares the plan's {len(want['feature_names'])} features and label {want['label_name']!r}.")
+
+
+def check_budget(round: TrainingRound) -> Check:
+    from accounting.services import budget_check
+
+    results = budget_check(round=round)
+    details = {
+        r.dataset.slug: {"requested": r.requested, "remaining": r.remaining, "spent": r.spent, "budget": r.budget}
+        for r in results
+    }
+    over = [r for r in results if not r.ok]
+    if over:
+        return _fail(
+            BUDGET,
+            "; ".join(
+                f"budget exhausted for dataset {r.dataset.slug}: {r.spent:.2f} of {r.budget:.2f} spent, next round needs {r.requested:.2f}"
+                for r in over
+            ) + ".",
+            datasets=details,
+        )
+    return _ok(BUDGET, "Every dataset's remaining budget covers this round.", datasets=details)
+
+
+def required_approvers(round: TrainingRound) -> tuple[set[int], int]:
+    """(organisations whose datasets the round uses, approvals needed among them)."""
+    orgs = set(round.participating_datasets().values_list("organisation_id", flat=True))
+    return orgs, round.plan.agreement.approvals_required(len(orgs))
+
+
+def check_approvals(round: TrainingRound) -> Check:
+    orgs, needed = required_approvers(round)
+    decisions = dict(RoundApproval.objects.filter(round=round).values_list("organisation_id", "decision"))
+    rejected = [oid for oid, d in decisions.items() if d == RoundApproval.Decision.REJECT]
+    approved = [oid for oid in orgs if decisions.get(oid) == RoundApproval.Decision.APPROVE]
+    if rejected:
+        return _fail(APPROVALS, f"Rejected by {len(rejected)} organisation(s).")
+    if len(approved) < needed:
+        return _fail(APPROVALS, f"{len(approved)} of {needed} required approvals given.", approved=len(approved), needed=needed)
+    return _ok(APPROVALS, f"{len(approved)} of {needed} required approvals given.", approved=len(approved), needed=needed)
+
+
+def governance_report(round: TrainingRound, *, stage: str = STAGE_REQUEST) -> GovernanceReport:
+    """Run every check on a proposed round. At stage "start" the approvals are required too."""
+    agreement = round.plan.agreement
+    checks = [
+        check_agreement_active(agreement),
+        check_agreement_signed(agreement),
+        check_agreement_dates(agreement),
+        check_purpose(round),
+        check_no_exited_participant(round),
+        check_min_participants(round),
+        check_dp_parameters(round),
+        check_feature_schema(round),
+        check_budget(round),
+    ]
+    if stage == STAGE_START:
+        checks.append(check_approvals(round))
+    return GovernanceReport(stage=stage, checks=checks, checked_at=timezone.now().isoformat())

@@ -1,0 +1,597 @@
+"""The governance domain: who agreed to what, which data takes part, and every round.
+
+The coordinator keeps metadata only: a `Dataset` row describes a partner's data (record
+count, schema, budget); the records stay at the partner. Invariants that must never be
+broken are also database constraints (STYLE.md 3), so a bug in a service cannot slip an
+impossible row past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+ADMINISTRATORS_GROUP = "administrators"
+AUDITORS_GROUP = "auditors"
+
+
+class Organisation(models.Model):
+    class Kind(models.TextChoices):
+        HOSPITAL = "hospital", "Hospital"
+        BANK = "bank", "Bank"
+        AGENCY = "agency", "Humanitarian agency"
+        RESEARCH = "research", "Research institute"
+        OTHER = "other", "Other"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OTHER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """A user's role at one organisation. Auditors and administrators are site-wide groups."""
+
+    class Role(models.TextChoices):
+        REPRESENTATIVE = "representative", "Partner representative"
+        AGENT = "agent", "Partner agent"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "organisation", "role"], name="membership_unique_role"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.get_role_display()}) at {self.organisation}"
+
+    @property
+    def can_approve(self) -> bool:
+        return self.role == self.Role.REPRESENTATIVE
+
+    @property
+    def can_sign(self) -> bool:
+        return self.role == self.Role.REPRESENTATIVE
+
+
+# The terms of an agreement, in the order they are serialised for signing. Changing this list
+# changes every terms hash: add to the end and bump TERMS_FORMAT.
+TERMS_FORMAT = 1
+TERM_FIELDS = (
+    "title",
+    "purposes",
+    "valid_from",
+    "valid_until",
+    "min_participants",
+    "min_noise_multiplier",
+    "max_clip_norm",
+    "max_delta",
+    "max_epsilon_per_round",
+    "max_epsilon_budget",
+    "approval_rule",
+    "approval_quorum",
+    "auditor_access",
+    "exit_notice_days",
+    "data_retention",
+)
+
+
+class Agreement(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        AWAITING_SIGNATURES = "awaiting_signatures", "Awaiting signatures"
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        TERMINATED = "terminated", "Terminated"
+        EXPIRED = "expired", "Expired"
+
+    class ApprovalRule(models.TextChoices):
+        EVERY_PARTY = "every_party", "Every party approves"
+        QUORUM = "quorum", "A quorum of k parties approves"
+
+    class AuditorAccess(models.TextChoices):
+        LEDGER = "ledger", "Budget ledgers only"
+        LEDGER_AND_GOVERNANCE = "ledger_and_governance", "Ledgers and governance history"
+
+    title = models.CharField(max_length=200)
+    purposes = models.JSONField(help_text="Permitted purposes, a list of short phrases.")
+    valid_from = models.DateField()
+    valid_until = models.DateField()
+    parties = models.ManyToManyField(Organisation, through="AgreementParty", related_name="agreements")
+    min_participants = models.PositiveIntegerField(default=2)
+    min_noise_multiplier = models.FloatField(help_text="DP floor: smallest noise multiplier z a round may use.")
+    max_clip_norm = models.FloatField(help_text="DP ceiling: largest clipping norm C.")
+    max_delta = models.FloatField(help_text="DP ceiling: largest delta a dataset may declare.")
+    max_epsilon_per_round = models.FloatField(help_text="DP ceiling: largest epsilon one round may spend on a dataset.")
+    max_epsilon_budget = models.FloatField(help_text="Largest total epsilon budget a dataset may be given.")
+    approval_rule = models.CharField(max_length=16, choices=ApprovalRule.choices, default=ApprovalRule.EVERY_PARTY)
+    approval_quorum = models.PositiveIntegerField(null=True, blank=True)
+    auditors = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="audited_agreements")
+    auditor_access = models.CharField(
+        max_length=32, choices=AuditorAccess.choices, default=AuditorAccess.LEDGER_AND_GOVERNANCE
+    )
+    exit_notice_days = models.PositiveIntegerField(default=30)
+    data_retention = models.TextField(blank=True)
+
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.DRAFT)
+    version = models.PositiveIntegerField(default=1, help_text="1 for the original terms, +1 per amendment.")
+    terms_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the terms being signed.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(valid_until__gt=models.F("valid_from")), name="agreement_dates_ordered"),
+            models.CheckConstraint(condition=Q(min_participants__gte=1), name="agreement_min_participants_positive"),
+            models.CheckConstraint(condition=Q(min_noise_multiplier__gt=0), name="agreement_noise_floor_positive"),
+            models.CheckConstraint(condition=Q(max_clip_norm__gt=0), name="agreement_clip_positive"),
+            models.CheckConstraint(condition=Q(max_delta__gt=0, max_delta__lt=1), name="agreement_delta_in_unit"),
+            models.CheckConstraint(condition=Q(max_epsilon_per_round__gt=0), name="agreement_round_epsilon_positive"),
+            models.CheckConstraint(condition=Q(max_epsilon_budget__gt=0), name="agreement_budget_positive"),
+            models.CheckConstraint(
+                condition=Q(approval_rule="every_party") | Q(approval_quorum__gte=1),
+                name="agreement_quorum_set",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} (v{self.version})"
+
+    def terms(self) -> dict:
+        """The terms as plain JSON values, in TERM_FIELDS order, with the parties' slugs."""
+        out = {"format": TERMS_FORMAT, "version": self.version}
+        for name in TERM_FIELDS:
+            value = getattr(self, name)
+            if hasattr(value, "isoformat"):
+                value = value.isoformat()
+            out[name] = value
+        out["parties"] = sorted(self.parties.values_list("slug", flat=True)) if self.pk else []
+        out["auditors"] = sorted(self.auditors.values_list("username", flat=True)) if self.pk else []
+        return out
+
+    def canonical_terms(self) -> bytes:
+        """Canonical serialisation: sorted keys, no whitespace, UTF-8; what parties sign."""
+        return json.dumps(self.terms(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def compute_terms_hash(self) -> str:
+        return hashlib.sha256(self.canonical_terms()).hexdigest()
+
+    @property
+    def terms_frozen(self) -> bool:
+        return self.status != self.Status.DRAFT
+
+    def is_within_dates(self, today=None) -> bool:
+        today = today or timezone.localdate()
+        return self.valid_from <= today <= self.valid_until
+
+    def approvals_required(self, n_parties: int) -> int:
+        if self.approval_rule == self.ApprovalRule.QUORUM:
+            return min(self.approval_quorum or n_parties, n_parties)
+        return n_parties
+
+
+class AgreementParty(models.Model):
+    """An organisation's place in an agreement, and its exit, which never erases history."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        NOTICE = "notice", "Notice given"
+        EXITED = "exited", "Exited"
+
+    agreement = models.ForeignKey(Agreement, on_delete=models.CASCADE, related_name="party_links")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="agreement_links")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    notice_given_at = models.DateTimeField(null=True, blank=True)
+    exit_effective_at = models.DateTimeField(null=True, blank=True)
+    notice_given_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["agreement", "organisation"], name="agreement_party_unique"),
+            models.CheckConstraint(
+                condition=Q(status="active") | Q(notice_given_at__isnull=False, exit_effective_at__isnull=False),
+                name="agreement_party_notice_dated",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} in {self.agreement}"
+
+    def effective_status(self, now=None) -> str:
+        """NOTICE turns into EXITED once the notice period has run, even before the sweep
+        task writes it down: governance never trusts a stale status."""
+        now = now or timezone.now()
+        if self.status == self.Status.NOTICE and self.exit_effective_at and self.exit_effective_at <= now:
+            return self.Status.EXITED
+        return self.status
+
+
+class AgreementSignature(models.Model):
+    agreement = models.ForeignKey(Agreement, on_delete=models.CASCADE, related_name="signatures")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="signatures")
+    version = models.PositiveIntegerField()
+    terms_hash = models.CharField(max_length=64)
+    signed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    signed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["signed_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agreement", "organisation", "version"], name="agreement_signature_once_per_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organisation} signed {self.agreement} v{self.version}"
+
+
+class Dataset(models.Model):
+    """Metadata of a partner's dataset. The records never leave the partner."""
+
+    class Accountant(models.TextChoices):
+        RDP = "rdp", "Rényi DP (default)"
+        PLD = "pld", "Privacy loss distribution"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="datasets")
+    agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="datasets")
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    record_count = models.PositiveIntegerField()
+    feature_names = models.JSONField()
+    label_name = models.CharField(max_length=200)
+    label_classes = models.JSONField()
+    feature_bounds = models.JSONField(
+        default=list, blank=True, help_text="Public [low, high] per feature, used for scaling at the partner."
+    )
+    epsilon_budget = models.FloatField()
+    delta = models.FloatField()
+    accountant = models.CharField(max_length=3, choices=Accountant.choices, default=Accountant.RDP)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(condition=Q(record_count__gt=0), name="dataset_records_positive"),
+            models.CheckConstraint(condition=Q(epsilon_budget__gt=0), name="dataset_epsilon_positive"),
+            models.CheckConstraint(condition=Q(delta__gt=0, delta__lt=1), name="dataset_delta_in_unit"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def schema(self) -> dict:
+        return {
+            "feature_names": list(self.feature_names),
+            "label_name": self.label_name,
+            "label_classes": [str(c) for c in self.label_classes],
+            "feature_bounds": [list(b) for b in self.feature_bounds] if self.feature_bounds else None,
+        }
+
+
+class TrainingPlan(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        STOPPED = "stopped", "Stopped"
+        COMPLETED = "completed", "Completed"
+
+    agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="plans")
+    name = models.CharField(max_length=200)
+    purpose = models.CharField(max_length=200)
+    datasets = models.ManyToManyField(Dataset, related_name="plans")
+    model_spec = models.JSONField(help_text='e.g. {"kind": "logreg"} or {"kind": "mlp", "hidden": [64]}')
+    feature_names = models.JSONField()
+    label_name = models.CharField(max_length=200)
+    label_classes = models.JSONField()
+    rounds_total = models.PositiveIntegerField(default=10)
+    noise_multiplier = models.FloatField()
+    clip_norm = models.FloatField()
+    batch_size = models.PositiveIntegerField(default=64)
+    local_steps = models.PositiveIntegerField(default=10)
+    learning_rate = models.FloatField(default=0.5)
+    momentum = models.FloatField(default=0.0)
+    server_learning_rate = models.FloatField(default=1.0)
+    eval_noise_multiplier = models.FloatField(
+        null=True, blank=True, help_text="Noise of the evaluation counts; empty disables the release."
+    )
+    secagg_threshold = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Survivors needed to unmask; empty means two thirds of the participants."
+    )
+    phase_timeout_seconds = models.PositiveIntegerField(default=120)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    stopped_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(noise_multiplier__gt=0), name="plan_noise_positive"),
+            models.CheckConstraint(condition=Q(clip_norm__gt=0), name="plan_clip_positive"),
+            models.CheckConstraint(condition=Q(batch_size__gte=1), name="plan_batch_positive"),
+            models.CheckConstraint(condition=Q(local_steps__gte=1), name="plan_steps_positive"),
+            models.CheckConstraint(condition=Q(rounds_total__gte=1), name="plan_rounds_positive"),
+            models.CheckConstraint(condition=Q(learning_rate__gt=0), name="plan_lr_positive"),
+            models.CheckConstraint(
+                condition=Q(eval_noise_multiplier__isnull=True) | Q(eval_noise_multiplier__gt=0),
+                name="plan_eval_noise_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def dp_params_for(self, dataset: Dataset) -> dict:
+        """The exact DP parameters a round of this plan uses on `dataset`: what is charged."""
+        return {
+            "q": min(1.0, self.batch_size / dataset.record_count),
+            "z": self.noise_multiplier,
+            "K": self.local_steps,
+            "C": self.clip_norm,
+            "eval_noise_multiplier": self.eval_noise_multiplier,
+            # The partner releases two Gaussian counts (correct, total) per round.
+            "eval_count": 2 if self.eval_noise_multiplier else 0,
+        }
+
+    def threshold_for(self, n_participants: int) -> int:
+        """Secure-aggregation threshold t: survivors needed to unmask the sum."""
+        if self.secagg_threshold:
+            return min(self.secagg_threshold, n_participants)
+        return max(2, math.ceil(2 * n_participants / 3)) if n_participants >= 2 else n_participants
+
+    def schema(self) -> dict:
+        return {
+            "feature_names": list(self.feature_names),
+            "label_name": self.label_name,
+            "label_classes": [str(c) for c in self.label_classes],
+        }
+
+
+class TrainingRound(models.Model):
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "Requested"
+        BLOCKED = "blocked", "Blocked"
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        RUNNING = "running", "Running"
+        AGGREGATING = "aggregating", "Aggregating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        ABORTED = "aborted", "Aborted"
+
+    LIVE_STATES = (
+        Status.REQUESTED,
+        Status.AWAITING_APPROVAL,
+        Status.APPROVED,
+        Status.RUNNING,
+        Status.AGGREGATING,
+    )
+    FINAL_STATES = (Status.BLOCKED, Status.REJECTED, Status.COMPLETED, Status.FAILED, Status.ABORTED)
+
+    plan = models.ForeignKey(TrainingPlan, on_delete=models.PROTECT, related_name="rounds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.REQUESTED)
+    participants = models.ManyToManyField(Dataset, through="RoundParticipant", related_name="rounds")
+    governance_report = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True, help_text="Why the round was blocked, rejected, failed or aborted.")
+    phase = models.CharField(max_length=32, blank=True)
+    phase_deadline = models.DateTimeField(null=True, blank=True)
+    protocol_state = models.JSONField(default=dict, blank=True, help_text="Secure-aggregation server state.")
+    metrics = models.JSONField(default=dict, blank=True)
+    idempotency_key = models.CharField(max_length=128, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["plan_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="round_number_unique_per_plan"),
+            models.UniqueConstraint(
+                fields=["plan", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="round_idempotency_key_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} round {self.number}"
+
+    def participating_datasets(self):
+        return self.participants.order_by("id")
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE_STATES
+
+
+class RoundParticipant(models.Model):
+    class Status(models.TextChoices):
+        INVITED = "invited", "Invited"
+        ACTIVE = "active", "Taking part"
+        DROPPED = "dropped", "Dropped out"
+        FINISHED = "finished", "Finished"
+
+    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="participant_links")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="round_links")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.INVITED)
+    last_phase = models.CharField(max_length=32, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["round", "dataset"], name="round_participant_unique"),
+        ]
+
+
+class RoundApproval(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approve"
+        REJECT = "reject", "Reject"
+
+    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="approvals")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="approvals")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    reason = models.TextField(blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    standing_approval = models.ForeignKey(
+        "StandingApproval", null=True, blank=True, on_delete=models.PROTECT, related_name="uses"
+    )
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["round", "organisation"], name="approval_once_per_organisation"),
+            models.CheckConstraint(condition=Q(decision="approve") | ~Q(reason=""), name="rejection_has_reason"),
+        ]
+
+
+class StandingApproval(models.Model):
+    """A representative's approval of a plan's future rounds, up to a count or an epsilon."""
+
+    plan = models.ForeignKey(TrainingPlan, on_delete=models.CASCADE, related_name="standing_approvals")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="standing_approvals")
+    max_rounds = models.PositiveIntegerField(null=True, blank=True)
+    max_epsilon = models.FloatField(null=True, blank=True, help_text="Per dataset of this organisation.")
+    given_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    given_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_rounds__isnull=False) | Q(max_epsilon__isnull=False), name="standing_approval_bounded"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_epsilon__isnull=True) | Q(max_epsilon__gt=0), name="standing_approval_epsilon_positive"
+            ),
+        ]
+
+
+class GovernanceEvent(models.Model):
+    """Every change of governance state, with actor and time. Append-only, read by auditors."""
+
+    class Kind(models.TextChoices):
+        AGREEMENT_CREATED = "agreement_created", "Agreement created"
+        AGREEMENT_SUBMITTED = "agreement_submitted", "Agreement sent for signature"
+        AGREEMENT_SIGNED = "agreement_signed", "Agreement signed"
+        AGREEMENT_ACTIVATED = "agreement_activated", "Agreement active"
+        AGREEMENT_AMENDED = "agreement_amended", "Agreement amended"
+        AGREEMENT_SUSPENDED = "agreement_suspended", "Agreement suspended"
+        AGREEMENT_RESUMED = "agreement_resumed", "Agreement resumed"
+        AGREEMENT_TERMINATED = "agreement_terminated", "Agreement terminated"
+        AGREEMENT_EXPIRED = "agreement_expired", "Agreement expired"
+        EXIT_NOTICE = "exit_notice", "Exit notice given"
+        PARTY_EXITED = "party_exited", "Party exited"
+        DATASET_REGISTERED = "dataset_registered", "Dataset registered"
+        BUDGET_CHANGED = "budget_changed", "Budget changed"
+        PLAN_CREATED = "plan_created", "Training plan created"
+        PLAN_STOPPED = "plan_stopped", "Training plan stopped"
+        ROUND_REQUESTED = "round_requested", "Round requested"
+        ROUND_BLOCKED = "round_blocked", "Round blocked"
+        ROUND_APPROVED = "round_approved", "Round approved"
+        ROUND_REJECTED = "round_rejected", "Round rejected"
+        ROUND_STARTED = "round_started", "Round started"
+        ROUND_COMPLETED = "round_completed", "Round completed"
+        ROUND_FAILED = "round_failed", "Round failed"
+        ROUND_ABORTED = "round_aborted", "Round aborted"
+        STANDING_APPROVAL = "standing_approval", "Standing approval given"
+        AUDITOR_ASSIGNED = "auditor_assigned", "Auditor assigned"
+        AGENT_ENROLLED = "agent_enrolled", "Partner agent enrolled"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    agreement = models.ForeignKey(Agreement, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    organisation = models.ForeignKey(
+        Organisation, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    round = models.ForeignKey(TrainingRound, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True, help_text="Kept even if the user is later removed.")
+    message = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.get_kind_display()}: {self.message}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError("governance events are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("governance events are append-only")
+
+
+def default_exit_date(agreement: Agreement, now=None):
+    return (now or timezone.now()) + timedelta(days=agreement.exit_notice_days)
+
+
+class ApiToken(models.Model):
+    """A machine's token: stored as a SHA-256 hash, with scopes and an expiry.
+
+    The key itself is shown once, when created; fedgov keeps only its hash and a short
+    prefix to recognise it in lists.
+    """
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        TRIGGER = "trigger", "Trigger rounds"
+        APPROVE = "approve", "Approve rounds"
+        AGENT = "agent", "Partner agent"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user}, {', '.join(self.scopes)})"
+
+    @staticmethod
+    def hash_key(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def is_valid(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,0 +1,337 @@
+"""Writes for training rounds: request, approvals, and the governance gate before a start.
+
+State changes are compare-and-set under the round's row lock (STYLE.md 7): two approvals
+arriving together, or a task delivered twice, move a round once.
+"""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from fedgov.errors import InvalidState, NotFound, ValidationFailed
+
+from .. import governance
+from ..models import (
+    AgreementParty,
+    GovernanceEvent,
+    Organisation,
+    RoundApproval,
+    RoundParticipant,
+    StandingApproval,
+    TrainingPlan,
+    TrainingRound,
+)
+from ..permissions import require_representative, visible_plans
+from .common import event_record, field_error
+
+Status = TrainingRound.Status
+
+MSG_PLAN_NOT_ACTIVE = "Plan '{plan}' is {status}: {reason}"
+MSG_ROUND_LIVE = "Round {number} of '{plan}' is still {status}; one round of a plan runs at a time."
+MSG_NOT_AWAITING = "Round {number} is {status}; approvals are only taken while a round awaits them."
+MSG_ALREADY_DECIDED = "{organisation} already {decision}d round {number}."
+MSG_NOT_INVOLVED = "{organisation} has no dataset in round {number}; only the organisations whose data it uses decide."
+MSG_REASON_REQUIRED = "Say why you reject the round."
+MSG_PLAN_COMPLETE = "Plan '{plan}' has run all of its {total} rounds."
+
+
+def _on_commit_enqueue(task_name: str, round_id: int) -> None:
+    """Enqueue after commit (STYLE.md 6): the task must never read an uncommitted row."""
+    from .. import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(round_id))
+
+
+def _set_status(round: TrainingRound, to: str, *, reason: str = "", **fields) -> None:
+    round.status = to
+    if reason:
+        round.reason = reason
+    if to in TrainingRound.FINAL_STATES:
+        round.finished_at = timezone.now()
+    for k, v in fields.items():
+        setattr(round, k, v)
+    round.save()
+
+
+def eligible_datasets(plan: TrainingPlan):
+    """The plan's datasets whose organisation is still an active party (not exited, no notice)."""
+    links = {p.organisation_id: p for p in plan.agreement.party_links.all()}
+    return [
+        d
+        for d in plan.datasets.select_related("organisation").order_by("id")
+        if d.organisation_id in links and links[d.organisation_id].effective_status() == AgreementParty.Status.ACTIVE
+    ]
+
+
+@transaction.atomic
+def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", system: bool = False) -> TrainingRound:
+    """Ask for the plan's next round. Returns the round, BLOCKED with its report when a
+    governance check fails, otherwise AWAITING_APPROVAL (or APPROVED when standing approvals
+    cover it). A repeated request with the same idempotency key returns the first round."""
+    if not system:
+        if not visible_plans(actor).filter(pk=plan.pk).exists():
+            raise NotFound("Training plan not found.")
+        from ..permissions import is_administrator, is_representative_of
+
+        if not (is_administrator(actor) or any(is_representative_of(actor, d.organisation) for d in plan.datasets.all())):
+            from fedgov.errors import PermissionDenied
+
+            raise PermissionDenied("Only an administrator or a representative of a participating organisation can request rounds.")
+    # The plan row serialises requests: two clients asking at once get round n and a refusal,
+    # never two rounds numbered n.
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if idempotency_key:
+        if len(idempotency_key) > 128:
+            raise field_error("idempotency_key", "An Idempotency-Key has at most 128 characters.")
+        existing = TrainingRound.objects.filter(plan=plan, idempotency_key=idempotency_key).first()
+        if existing:
+            return existing
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        raise InvalidState(MSG_PLAN_NOT_ACTIVE.format(plan=plan.name, status=plan.get_status_display().lower(), reason=plan.stopped_reason or "no reason recorded"))
+    live = plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).first()
+    if live:
+        raise InvalidState(MSG_ROUND_LIVE.format(number=live.number, plan=plan.name, status=live.get_status_display().lower()))
+    completed = plan.rounds.filter(status=Status.COMPLETED).count()
+    if completed >= plan.rounds_total:
+        raise InvalidState(MSG_PLAN_COMPLETE.format(plan=plan.name, total=plan.rounds_total))
+    number = (plan.rounds.aggregate(n=Max("number"))["n"] or 0) + 1
+    try:
+        with transaction.atomic():
+            round = TrainingRound.objects.create(
+                plan=plan, number=number, requested_by=actor if getattr(actor, "pk", None) else None, idempotency_key=idempotency_key
+            )
+    except IntegrityError:
+        raise InvalidState(f"Round {number} of '{plan.name}' was requested concurrently; retry.") from None
+    for dataset in eligible_datasets(plan):
+        RoundParticipant.objects.create(round=round, dataset=dataset)
+    report = governance.governance_report(round, stage=governance.STAGE_REQUEST)
+    round.governance_report = report.to_dict()
+    event_record(
+        kind=GovernanceEvent.Kind.ROUND_REQUESTED,
+        message=f"Round {number} of '{plan.name}' requested with {round.participants.count()} participants.",
+        actor=actor,
+        agreement=plan.agreement,
+        round=round,
+    )
+    if not report.passed:
+        _set_status(round, Status.BLOCKED, reason=report.summary())
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_BLOCKED,
+            message=f"Round {number} of '{plan.name}' blocked: {report.summary()}",
+            actor=actor,
+            agreement=plan.agreement,
+            round=round,
+            details={"failed": [c.name for c in report.failures]},
+        )
+        return round
+    _set_status(round, Status.AWAITING_APPROVAL)
+    _apply_standing_approvals(round)
+    _maybe_approved(round, actor=actor)
+    return round
+
+
+def _apply_standing_approvals(round: TrainingRound) -> None:
+    orgs, _ = governance.required_approvers(round)
+    eps = governance_eps(round)
+    for standing in StandingApproval.objects.filter(plan=round.plan, organisation_id__in=orgs, revoked_at__isnull=True):
+        used = standing.uses.count()
+        if standing.max_rounds is not None and used >= standing.max_rounds:
+            continue
+        if standing.max_epsilon is not None:
+            from accounting.selectors import dataset_epsilon_spent
+
+            over = False
+            for dataset in round.participating_datasets().filter(organisation_id=standing.organisation_id):
+                spent_under_plan = dataset_epsilon_spent(dataset=dataset)
+                if spent_under_plan + eps.get(dataset.slug, 0.0) > standing.max_epsilon + 1e-12:
+                    over = True
+            if over:
+                continue
+        RoundApproval.objects.create(
+            round=round,
+            organisation_id=standing.organisation_id,
+            decision=RoundApproval.Decision.APPROVE,
+            decided_by=standing.given_by,
+            standing_approval=standing,
+            reason="",
+        )
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_APPROVED,
+            message=f"{standing.organisation.name} approved round {round.number} by standing approval.",
+            actor=standing.given_by,
+            agreement=round.plan.agreement,
+            organisation=standing.organisation,
+            round=round,
+        )
+
+
+def governance_eps(round: TrainingRound) -> dict:
+    for check in round.governance_report.get("checks", []):
+        if check["name"] == governance.DP_PARAMETERS:
+            return check["details"].get("epsilon_per_round", {})
+    return {}
+
+
+def _maybe_approved(round: TrainingRound, *, actor) -> None:
+    if governance.check_approvals(round).passed:
+        _set_status(round, Status.APPROVED)
+        _on_commit_enqueue("round_start_task", round.pk)
+
+
+def _lock_awaiting(round: TrainingRound) -> TrainingRound:
+    round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
+    if round.status != Status.AWAITING_APPROVAL:
+        raise InvalidState(MSG_NOT_AWAITING.format(number=round.number, status=round.get_status_display().lower()))
+    return round
+
+
+def _check_decider(actor, round: TrainingRound, organisation: Organisation) -> None:
+    require_representative(actor, organisation=organisation, agreement=round.plan.agreement, action="decide on this round")
+    orgs, _ = governance.required_approvers(round)
+    if organisation.pk not in orgs:
+        raise ValidationFailed(MSG_NOT_INVOLVED.format(organisation=organisation.name, number=round.number))
+    existing = RoundApproval.objects.filter(round=round, organisation=organisation).first()
+    if existing:
+        raise InvalidState(MSG_ALREADY_DECIDED.format(organisation=organisation.name, decision=existing.decision, number=round.number))
+
+
+@transaction.atomic
+def round_approve(*, actor, round: TrainingRound, organisation: Organisation) -> RoundApproval:
+    round = _lock_awaiting(round)
+    _check_decider(actor, round, organisation)
+    approval = RoundApproval.objects.create(round=round, organisation=organisation, decision=RoundApproval.Decision.APPROVE, decided_by=actor)
+    event_record(
+        kind=GovernanceEvent.Kind.ROUND_APPROVED,
+        message=f"{organisation.name} approved round {round.number} of '{round.plan.name}'.",
+        actor=actor,
+        agreement=round.plan.agreement,
+        organisation=organisation,
+        round=round,
+    )
+    _maybe_approved(round, actor=actor)
+    return approval
+
+
+@transaction.atomic
+def round_reject(*, actor, round: TrainingRound, organisation: Organisation, reason: str) -> RoundApproval:
+    reason = (reason or "").strip()
+    if not reason:
+        raise field_error("reason", MSG_REASON_REQUIRED)
+    round = _lock_awaiting(round)
+    _check_decider(actor, round, organisation)
+    approval = RoundApproval.objects.create(
+        round=round, organisation=organisation, decision=RoundApproval.Decision.REJECT, decided_by=actor, reason=reason
+    )
+    _set_status(round, Status.REJECTED, reason=f"Rejected by {organisation.name}: {reason}")
+    event_record(
+        kind=GovernanceEvent.Kind.ROUND_REJECTED,
+        message=f"{organisation.name} rejected round {round.number} of '{round.plan.name}': {reason}",
+        actor=actor,
+        agreement=round.plan.agreement,
+        organisation=organisation,
+        round=round,
+    )
+    return approval
+
+
+@transaction.atomic
+def standing_approval_give(
+    *, actor, plan: TrainingPlan, organisation: Organisation, max_rounds: int | None = None, max_epsilon: float | None = None
+) -> StandingApproval:
+    """Approve the plan's future rounds for `organisation`, up to a count or an epsilon."""
+    require_representative(actor, organisation=organisation, agreement=plan.agreement, action="give standing approvals")
+    if not plan.datasets.filter(organisation=organisation).exists():
+        raise ValidationFailed(f"{organisation.name} has no dataset in plan '{plan.name}'.")
+    if max_rounds is None and max_epsilon is None:
+        raise field_error("max_rounds", "Bound the standing approval by a number of rounds, an epsilon, or both.")
+    if max_rounds is not None and max_rounds < 1:
+        raise field_error("max_rounds", "The number of rounds must be at least 1.")
+    if max_epsilon is not None and max_epsilon <= 0:
+        raise field_error("max_epsilon", "The epsilon bound must be greater than 0.")
+    standing = StandingApproval.objects.create(
+        plan=plan, organisation=organisation, max_rounds=max_rounds, max_epsilon=max_epsilon, given_by=actor
+    )
+    bound = " and ".join(b for b in (f"{max_rounds} rounds" if max_rounds else "", f"epsilon {max_epsilon} per dataset" if max_epsilon else "") if b)
+    event_record(
+        kind=GovernanceEvent.Kind.STANDING_APPROVAL,
+        message=f"{organisation.name} gave a standing approval for '{plan.name}' up to {bound}.",
+        actor=actor,
+        agreement=plan.agreement,
+        organisation=organisation,
+    )
+    # A round already waiting benefits at once.
+    waiting = plan.rounds.filter(status=Status.AWAITING_APPROVAL).first()
+    if waiting and not RoundApproval.objects.filter(round=waiting, organisation=organisation).exists():
+        waiting = TrainingRound.objects.select_for_update().get(pk=waiting.pk)
+        _apply_standing_approvals(waiting)
+        _maybe_approved(waiting, actor=actor)
+    return standing
+
+
+@transaction.atomic
+def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Status.ABORTED) -> TrainingRound:
+    """Stop a live round (ABORTED, or FAILED for an error). Budget per DESIGN.md invariant 2:
+    released only if the round never got past the point where updates could be released."""
+    from accounting.services import budget_commit, budget_release
+
+    round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
+    if round.status not in TrainingRound.LIVE_STATES:
+        return round
+    had_reservation = round.status in (Status.RUNNING, Status.AGGREGATING)
+    # An update may have left a partner once the masked-input phase opened: then the budget
+    # stays spent. Before that, no partner has sent anything computed from its data.
+    no_update_released = round.status == Status.RUNNING and round.phase in ("", "advertise_keys", "share_keys")
+    _set_status(round, status, reason=reason)
+    if had_reservation:
+        if no_update_released:
+            budget_release(round=round, actor=actor, reason=reason, no_update_released=True)
+        else:
+            budget_commit(round=round, actor=actor)
+    kind = GovernanceEvent.Kind.ROUND_FAILED if status == Status.FAILED else GovernanceEvent.Kind.ROUND_ABORTED
+    event_record(kind=kind, message=f"Round {round.number} of '{round.plan.name}' {status}: {reason}", actor=actor, agreement=round.plan.agreement, round=round)
+    return round
+
+
+@transaction.atomic
+def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
+    """APPROVED -> RUNNING: re-run every governance check and reserve the budget in the same
+    transaction. Returns None when the round is gone or already past APPROVED (a repeated
+    task delivery), so the caller does nothing twice."""
+    from accounting.services import BudgetExceeded, budget_reserve
+
+    round = TrainingRound.objects.select_for_update().select_related("plan__agreement").filter(pk=round_id).first()
+    if round is None or round.status != Status.APPROVED:
+        return None
+    report = governance.governance_report(round, stage=governance.STAGE_START)
+    round.governance_report = report.to_dict()
+    if not report.passed:
+        _set_status(round, Status.BLOCKED, reason=report.summary())
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_BLOCKED,
+            message=f"Round {round.number} of '{round.plan.name}' blocked at start: {report.summary()}",
+            actor=actor,
+            agreement=round.plan.agreement,
+            round=round,
+            details={"failed": [c.name for c in report.failures]},
+        )
+        return round
+    try:
+        # The check above and this reservation share one transaction; budget_reserve locks
+        # every dataset's budget row, so a concurrent round cannot slip in between.
+        budget_reserve(round=round, actor=actor)
+    except BudgetExceeded as exc:
+        _set_status(round, Status.BLOCKED, reason=str(exc))
+        event_record(kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round)
+        return round
+    _set_status(round, Status.RUNNING, started_at=timezone.now())
+    event_record(
+        kind=GovernanceEvent.Kind.ROUND_STARTED,
+        message=f"Round {round.number} of '{round.plan.name}' started; budget reserved.",
+        actor=actor,
+        agreement=round.plan.agreement,
+        round=round,
+    )
+    return round
