@@ -595,3 +595,68 @@ class ApiToken(models.Model):
     def is_valid(self, now=None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class ModelVersion(models.Model):
+    """A global model: version 0 is the plan's initial model, version n the result of round n.
+
+    The parameters are one flat float32 vector (see federation.learning); its SHA-256 is what
+    partners and auditors compare.
+    """
+
+    plan = models.ForeignKey(TrainingPlan, on_delete=models.PROTECT, related_name="model_versions")
+    round = models.OneToOneField(
+        TrainingRound, null=True, blank=True, on_delete=models.PROTECT, related_name="model_version"
+    )
+    version = models.PositiveIntegerField()
+    params = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["plan_id", "version"]
+        constraints = [models.UniqueConstraint(fields=["plan", "version"], name="model_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.plan} model v{self.version}"
+
+
+class AgentIdentity(models.Model):
+    """A partner agent's long-term Ed25519 identity key, registered at enrolment. Secure
+    aggregation's AdvertiseKeys messages are signed with it."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="agent_identities")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="agent_identities")
+    public_key = models.CharField(max_length=64, help_text="Raw Ed25519 public key, hex.")
+    enrolled_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-enrolled_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation"], condition=Q(revoked_at__isnull=True), name="one_live_agent_key_per_organisation"
+            ),
+        ]
+
+
+class SecAggMessage(models.Model):
+    """A secure-aggregation message the coordinator received, kept to relay it (opaque
+    ciphertexts between partners) and to refuse replays: one per round, phase, sender and
+    recipient."""
+
+    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="secagg_messages")
+    phase = models.CharField(max_length=32)
+    sender = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    recipient = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    body = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["round", "phase", "sender", "recipient"], name="secagg_message_once",
+                nulls_distinct=False,
+            ),
+        ]
