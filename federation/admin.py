@@ -94,7 +94,7 @@ class RoundApprovalInline(admin.TabularInline):
 class TrainingRoundAdmin(admin.ModelAdmin):
     list_display = ("plan", "number", "status", "phase", "requested_at", "finished_at")
     list_filter = ("status",)
-    readonly_fields = ("governance_report", "protocol_state", "metrics")
+    readonly_fields = ("governance_report", "metrics")
     inlines = [RoundParticipantInline, RoundApprovalInline]
 
 

@@ -402,7 +402,6 @@ class TrainingRound(models.Model):
     reason = models.TextField(blank=True, help_text="Why the round was blocked, rejected, failed or aborted.")
     phase = models.CharField(max_length=32, blank=True)
     phase_deadline = models.DateTimeField(null=True, blank=True)
-    protocol_state = models.JSONField(default=dict, blank=True, help_text="Secure-aggregation server state.")
     metrics = models.JSONField(default=dict, blank=True)
     idempotency_key = models.CharField(max_length=128, blank=True)
     requested_by = models.ForeignKey(
@@ -641,22 +640,18 @@ class AgentIdentity(models.Model):
         ]
 
 
-class SecAggMessage(models.Model):
-    """A secure-aggregation message the coordinator received, kept to relay it (opaque
-    ciphertexts between partners) and to refuse replays: one per round, phase, sender and
-    recipient."""
+class RoundProtocol(models.Model):
+    """The coordinator's secure-aggregation state for one round, beside the round row.
 
-    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="secagg_messages")
-    phase = models.CharField(max_length=32)
-    sender = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
-    recipient = models.ForeignKey(Organisation, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    body = models.BinaryField()
-    created_at = models.DateTimeField(default=timezone.now)
+    `state` is the SecAggServer's serialised state (keys, shares, who answered), `running_sum`
+    the masked inputs summed so far (d uint32 words, never an individual input) and `relays`
+    what the coordinator forwards to each partner in the current phase (opaque to it).
+    Writes happen under the round's row lock.
+    """
 
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["round", "phase", "sender", "recipient"], name="secagg_message_once",
-                nulls_distinct=False,
-            ),
-        ]
+    round = models.OneToOneField(TrainingRound, on_delete=models.CASCADE, related_name="protocol")
+    config = models.JSONField(default=dict)
+    state = models.JSONField(default=dict)
+    running_sum = models.BinaryField(null=True, blank=True)
+    relays = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
