@@ -1,7 +1,9 @@
 """Thin Celery tasks (STYLE.md 5): they take ids, call one service, and are idempotent.
 
-Every task is acknowledged late and re-queued if its worker dies; a repeated delivery finds
-the row already past the state it expects and returns without doing anything twice.
+Every task is acknowledged late and re-queued if its worker dies (`acks_late`,
+`reject_on_worker_lost`); a repeated delivery finds the row already past the state it
+expects and returns without doing anything twice. Queues: rounds (start, phase closes),
+aggregation (unmask + FedAvg, CPU-heavy, may run on other machines), deadlines (beat).
 """
 
 from __future__ import annotations
@@ -9,30 +11,57 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.db import OperationalError
 
 logger = logging.getLogger(__name__)
 
-COMMON = {"acks_late": True, "reject_on_worker_lost": True, "max_retries": 5, "default_retry_delay": 2}
+COMMON = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 10,
+}
 
 
-@shared_task(name="fedgov.rounds.start", queue="fedgov.rounds", bind=True, **COMMON)
-def round_start_task(self, round_id: int) -> str:
+@shared_task(name="fedgov.rounds.start", queue="fedgov.rounds", **COMMON)
+def round_start_task(round_id: int) -> str:
     from .services.rounds import round_start
 
-    try:
-        round = round_start(round_id=round_id)
-    except Exception as exc:  # database hiccups: retry; the service is idempotent
-        logger.exception("round %s: start failed, retrying", round_id)
-        raise self.retry(exc=exc) from exc
+    round = round_start(round_id=round_id)
     if round is None:
         logger.info("round %s: not approved any more or gone; nothing to start", round_id)
         return "skipped"
+    logger.info("round %s: %s", round_id, round.status)
     return round.status
+
+
+@shared_task(name="fedgov.rounds.close_phase", queue="fedgov.rounds", **COMMON)
+def phase_close_task(round_id: int, phase: str) -> str:
+    from .services.orchestration import round_close_phase
+
+    outcome = round_close_phase(round_id=round_id, phase=phase)
+    logger.info("round %s: close %s -> %s", round_id, phase, outcome)
+    return outcome
+
+
+@shared_task(name="fedgov.aggregation.aggregate", queue="fedgov.aggregation", **COMMON)
+def round_aggregate_task(round_id: int) -> str:
+    from .services.orchestration import round_aggregate
+
+    outcome = round_aggregate(round_id=round_id)
+    logger.info("round %s: aggregate -> %s", round_id, outcome)
+    return outcome
 
 
 @shared_task(name="fedgov.deadlines.sweep", queue="fedgov.deadlines", **COMMON)
 def deadlines_sweep() -> dict:
-    """Beat, every few seconds: exits whose notice ran out, expired agreements."""
+    """Beat, every few seconds: phases past their deadline, exits whose notice ran out,
+    expired agreements, and work whose task was lost (e.g. Redis restarted)."""
     from .services.agreements import agreements_apply_due_changes
+    from .services.orchestration import rounds_sweep_deadlines
 
-    return agreements_apply_due_changes()
+    out = agreements_apply_due_changes()
+    out["phases"] = rounds_sweep_deadlines()
+    return out

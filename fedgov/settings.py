@@ -253,5 +253,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # dp-accounting logs every RDP order whose series does not converge (it excludes
+        # them, correctly); one line per order per event is noise in an operator's log.
+        "absl": {"level": "ERROR"},
+    },
 }

@@ -28,6 +28,8 @@ def _check_schema(feature_names, label_name, label_classes, feature_bounds) -> N
         raise field_error("label_classes", "List at least two label classes.")
     if len({str(c) for c in label_classes}) != len(label_classes):
         raise field_error("label_classes", "Label classes must be distinct.")
+    if not feature_bounds:
+        raise field_error("feature_bounds", "Declare public [low, high] bounds for every feature: partners scale with them, at no privacy cost.")
     if feature_bounds:
         if not isinstance(feature_bounds, list) or len(feature_bounds) != len(feature_names):
             raise field_error("feature_bounds", f"Give one [low, high] pair per feature ({len(feature_names)}).")

@@ -327,6 +327,11 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
         event_record(kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round)
         return round
     _set_status(round, Status.RUNNING, started_at=timezone.now())
+    from .orchestration import round_open_protocol
+
+    round = round_open_protocol(round=round)
+    if round.status != Status.RUNNING:
+        return round
     event_record(
         kind=GovernanceEvent.Kind.ROUND_STARTED,
         message=f"Round {round.number} of '{round.plan.name}' started; budget reserved.",

@@ -26,7 +26,7 @@ from federation.services.organisations import membership_add, organisation_creat
 from federation.services.plans import plan_create
 from federation.services.rounds import round_approve, round_reject, round_request, standing_approval_give
 from fedgov.errors import NotFound, PermissionDenied
-from tests.factories import FEATURES, UserFactory, terms
+from tests.factories import BOUNDS, FEATURES, UserFactory, terms
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +91,7 @@ SERVICES = {
         lambda u, c, s: dataset_register(
             actor=u, organisation=c.org_a, agreement=c.agreement, slug="a-extra", name="Extra", record_count=10,
             feature_names=list(FEATURES), label_name="outcome", label_classes=["no", "yes"], epsilon_budget=1.0, delta=1e-6,
+            feature_bounds=[list(b) for b in BOUNDS],
         ),
         None,
         FOR_ORG_A_OR_ADMIN,

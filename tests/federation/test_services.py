@@ -19,7 +19,7 @@ from federation.services.datasets import dataset_raise_budget, dataset_register
 from federation.services.plans import plan_create
 from federation.services.rounds import round_approve, round_reject, round_request, standing_approval_give
 from fedgov.errors import InvalidState, PermissionDenied, ValidationFailed
-from tests.factories import FEATURES, OrganisationFactory, terms
+from tests.factories import BOUNDS, FEATURES, OrganisationFactory, terms
 
 pytestmark = pytest.mark.django_db
 
@@ -162,6 +162,7 @@ def test_dataset_budget_above_the_terms_is_refused(cast):
         dataset_register(
             actor=cast.rep_a, organisation=cast.org_a, agreement=cast.agreement, slug="big", name="Big", record_count=10,
             feature_names=list(FEATURES), label_name="outcome", label_classes=["no", "yes"], epsilon_budget=11, delta=1e-6,
+            feature_bounds=[list(b) for b in BOUNDS],
         )
     assert "epsilon_budget" in err.value.details["fields"]
     assert counts() == before
@@ -177,6 +178,7 @@ def test_dataset_budget_above_the_terms_is_refused(cast):
         ({"feature_names": []}, "feature_names"),
         ({"label_classes": ["only"]}, "label_classes"),
         ({"feature_bounds": [[0, 1]]}, "feature_bounds"),
+        ({"feature_bounds": None}, "feature_bounds"),
         ({"feature_bounds": [[1, 0], [0, 1], [0, 1]]}, "feature_bounds"),
     ],
 )
@@ -184,6 +186,7 @@ def test_dataset_bad_metadata_is_refused(cast, overrides, field):
     kwargs = dict(
         actor=cast.rep_a, organisation=cast.org_a, agreement=cast.agreement, slug="bad", name="Bad", record_count=10,
         feature_names=list(FEATURES), label_name="outcome", label_classes=["no", "yes"], epsilon_budget=1.0, delta=1e-6,
+        feature_bounds=[list(b) for b in BOUNDS],
     )
     kwargs.update(overrides)
     before = counts()

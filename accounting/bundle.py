@@ -1,0 +1,269 @@
+"""Audit bundles: verify offline, without the database (DESIGN.md invariants 4 and 5).
+
+Pure Python + numpy + dp-accounting + cryptography; no Django. An auditor can run it with
+`python manage.py verify_ledger --bundle FILE [--since OLD]` or import it directly.
+
+A bundle is one JSON object:
+
+    {"format": "fedgov.audit-bundle.v1",
+     "exported_at": ISO-8601,
+     "public_key": {"algorithm": "Ed25519", "hex": ..., "pem": ..., "key_id": sha256(raw key)},
+     "accountant": {"rdp_orders": [...], "pld_value_discretization_interval": ..., ...},
+     "chains": [{"dataset": SLUG, "entries": [...], "signed_heads": [...]}]}
+
+Verification of each chain: every entry through `chain.ChainVerifier` (hash links, formats,
+two-phase semantics, recomputed epsilon), every signed head's Ed25519 signature, each head
+matching the entry hash at its seq, and the last entry covered by a signed head (otherwise
+trailing entries could be altered and re-hashed undetected).
+
+Consistency (`verify_consistency(old, new)`), as in Certificate Transparency: the new bundle
+has the same key, every chain of the old one, and for each the very same entries up to the
+old bundle's last signed head. History is never rewritten, only extended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import accountant as acc
+from . import chain
+
+BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
+HEAD_TYPE = "fedgov.ledger.head.v1"
+_HEX = re.compile(r"[0-9a-f]+")
+HEAD_FIELDS = ("dataset", "seq", "head_hash", "key_id", "signed_at", "signature")
+
+
+class BundleError(Exception):
+    """A bundle does not verify; the message names the chain and entry when there is one."""
+
+    def __init__(self, message: str, *, dataset: str | None = None, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.dataset, self.seq = dataset, seq
+
+
+def head_message(*, dataset: str, seq: int, head_hash: str, key_id: str, signed_at: str) -> bytes:
+    """The bytes the coordinator signs for a chain head (canonical JSON, domain-separated)."""
+    return acc.canonical_json(
+        {"type": HEAD_TYPE, "dataset": dataset, "seq": seq, "head_hash": head_hash, "key_id": key_id, "signed_at": signed_at}
+    ).encode("utf-8")
+
+
+def key_id_of(raw_public_key: bytes) -> str:
+    return hashlib.sha256(raw_public_key).hexdigest()
+
+
+def public_key_from(info: Mapping[str, Any]) -> tuple[Ed25519PublicKey, str]:
+    """(key, key_id) from a bundle's public_key block; PEM, hex and key_id must agree."""
+    if not isinstance(info, Mapping) or info.get("algorithm") != "Ed25519":
+        raise BundleError("public_key must be an Ed25519 key block")
+    hex_key = info.get("hex")
+    if not isinstance(hex_key, str) or len(hex_key) != 64 or not _HEX.fullmatch(hex_key):
+        raise BundleError("public_key.hex must be 64 lowercase hex digits")
+    raw = bytes.fromhex(hex_key)
+    key = Ed25519PublicKey.from_public_bytes(raw)
+    pem = info.get("pem")
+    if pem is not None:
+        try:
+            from_pem = serialization.load_pem_public_key(pem.encode())
+        except (ValueError, TypeError, AttributeError) as e:
+            raise BundleError(f"public_key.pem cannot be read: {e}") from None
+        if not isinstance(from_pem, Ed25519PublicKey) or from_pem.public_bytes_raw() != raw:
+            raise BundleError("public_key.pem and public_key.hex are different keys")
+    kid = key_id_of(raw)
+    if info.get("key_id") != kid:
+        raise BundleError("public_key.key_id is not the SHA-256 of the key")
+    return key, kid
+
+
+def verify_head(head: Mapping[str, Any], key: Ed25519PublicKey, kid: str, *, dataset: str) -> None:
+    if not isinstance(head, Mapping) or set(head) != set(HEAD_FIELDS):
+        raise BundleError(f"dataset {dataset}: a signed head has the wrong fields", dataset=dataset)
+    seq = head["seq"]
+    if head["dataset"] != dataset or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise BundleError(f"dataset {dataset}: a signed head names another chain or a bad seq", dataset=dataset)
+    if head["key_id"] != kid:
+        raise BundleError(f"dataset {dataset}: head #{seq} was signed by another key ({str(head['key_id'])[:16]}...)", dataset=dataset, seq=seq)
+    sig = head["signature"]
+    if not isinstance(sig, str) or len(sig) != 128 or not _HEX.fullmatch(sig):
+        raise BundleError(f"dataset {dataset}: head #{seq}: signature is not 128 lowercase hex digits", dataset=dataset, seq=seq)
+    if not isinstance(head["head_hash"], str) or not isinstance(head["signed_at"], str):
+        raise BundleError(f"dataset {dataset}: head #{seq}: malformed", dataset=dataset, seq=seq)
+    message = head_message(dataset=dataset, seq=seq, head_hash=head["head_hash"], key_id=kid, signed_at=head["signed_at"])
+    try:
+        key.verify(bytes.fromhex(sig), message)
+    except InvalidSignature:
+        raise BundleError(f"dataset {dataset}: head #{seq}: the signature does not verify", dataset=dataset, seq=seq) from None
+
+
+@dataclass
+class ChainSummary:
+    dataset: str
+    entries: int
+    head_seq: int
+    head_hash: str
+    epsilon_budget: float
+    epsilon_spent: float
+    open_reservations: list[int] = field(default_factory=list)
+
+
+@dataclass
+class BundleReport:
+    key_id: str
+    chains: list[ChainSummary]
+
+    def lines(self) -> list[str]:
+        out = [f"public key {self.key_id}"]
+        for c in self.chains:
+            out.append(
+                f"{c.dataset}: {c.entries} entries, head #{c.head_seq} {c.head_hash[:16]}..., "
+                f"epsilon spent {c.epsilon_spent:.6g} of {c.epsilon_budget:.6g}"
+                + (f", open reservations: rounds {c.open_reservations}" if c.open_reservations else "")
+            )
+        return out
+
+
+def load(path: str) -> dict:
+    """Read a bundle file, refusing NaN/Infinity and duplicate keys."""
+
+    def refuse_constant(name: str) -> Any:
+        raise BundleError(f"{path}: {name} is not allowed in a bundle")
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise BundleError(f"{path}: duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=refuse_constant, object_pairs_hook=no_duplicates)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: cannot read the bundle: {e}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: a bundle is a JSON object")
+    return data
+
+
+def _accountant_settings(bundle: Mapping[str, Any]) -> tuple[tuple[float, ...], float]:
+    params = bundle.get("accountant")
+    if not isinstance(params, Mapping):
+        raise BundleError("the bundle lacks its accountant parameters")
+    try:
+        orders = acc._orders_tuple(params.get("rdp_orders"))  # noqa: SLF001
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"accountant.rdp_orders: {e}") from None
+    interval = params.get("pld_value_discretization_interval")
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 1:
+        raise BundleError("accountant.pld_value_discretization_interval must be in (0, 1]")
+    return orders, float(interval)
+
+
+def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None) -> BundleReport:
+    """Verify a parsed bundle; raise BundleError naming the first problem."""
+    if bundle.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"unknown bundle format {bundle.get('format')!r}")
+    key, kid = public_key_from(bundle.get("public_key"))
+    if pinned_key_id is not None and kid != pinned_key_id:
+        raise BundleError(f"the bundle is signed by key {kid[:16]}..., not the expected {pinned_key_id[:16]}...")
+    orders, interval = _accountant_settings(bundle)
+    chains = bundle.get("chains")
+    if not isinstance(chains, list):
+        raise BundleError("chains must be a list")
+    seen: set[str] = set()
+    summaries = []
+    for c in chains:
+        if not isinstance(c, Mapping) or set(c) != {"dataset", "entries", "signed_heads"}:
+            raise BundleError("a chain must have exactly dataset, entries and signed_heads")
+        slug = c["dataset"]
+        if not isinstance(slug, str) or slug in seen:
+            raise BundleError(f"chain {slug!r} is malformed or repeated")
+        seen.add(slug)
+        entries, heads = c["entries"], c["signed_heads"]
+        if not isinstance(entries, list) or not isinstance(heads, list):
+            raise BundleError(f"dataset {slug}: entries and signed_heads must be lists", dataset=slug)
+        verifier = chain.ChainVerifier(slug, orders=orders, pld_interval=interval)
+        try:
+            state = verifier.feed_all(entries)
+        except chain.ChainError as e:
+            raise BundleError(str(e), dataset=slug, seq=e.seq) from None
+        if not heads:
+            if entries:
+                raise BundleError(f"dataset {slug}: no signed head covers the chain", dataset=slug)
+        last_seq = 0
+        for head in heads:
+            verify_head(head, key, kid, dataset=slug)
+            seq = head["seq"]
+            if seq <= last_seq:
+                raise BundleError(f"dataset {slug}: signed heads are not in increasing order", dataset=slug, seq=seq)
+            last_seq = seq
+            if seq > len(entries) or entries[seq - 1]["entry_hash"] != head["head_hash"]:
+                raise BundleError(
+                    f"dataset {slug}: signed head #{seq} does not match entry #{seq}'s hash", dataset=slug, seq=seq
+                )
+        if last_seq != state.seq:
+            raise BundleError(
+                f"dataset {slug}: entries #{last_seq + 1}..#{state.seq} are not covered by a signed head",
+                dataset=slug,
+                seq=last_seq + 1,
+            )
+        summaries.append(
+            ChainSummary(
+                dataset=slug,
+                entries=state.seq,
+                head_seq=state.seq,
+                head_hash=state.head_hash,
+                epsilon_budget=state.epsilon_budget,
+                epsilon_spent=state.epsilon_spent,
+                open_reservations=sorted(state.open_rounds),
+            )
+        )
+    return BundleReport(key_id=kid, chains=summaries)
+
+
+def verify_consistency(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Check that `new` extends `old` (both already verified). Returns one line per chain."""
+    _, old_kid = public_key_from(old.get("public_key"))
+    _, new_kid = public_key_from(new.get("public_key"))
+    if old_kid != new_kid:
+        raise BundleError(f"the signing key changed from {old_kid[:16]}... to {new_kid[:16]}...")
+    new_chains = {c["dataset"]: c for c in new["chains"]}
+    lines = []
+    for old_chain in old["chains"]:
+        slug = old_chain["dataset"]
+        if not old_chain["signed_heads"]:
+            continue
+        old_head = old_chain["signed_heads"][-1]
+        n = old_head["seq"]
+        new_chain = new_chains.get(slug)
+        if new_chain is None:
+            raise BundleError(f"dataset {slug}: present in the old bundle, missing from the new one", dataset=slug)
+        new_entries = new_chain["entries"]
+        if len(new_entries) < n:
+            raise BundleError(
+                f"dataset {slug}: the new bundle has {len(new_entries)} entries, fewer than the old signed head #{n}",
+                dataset=slug,
+                seq=len(new_entries) + 1,
+            )
+        for i in range(n):
+            if acc.canonical_json(new_entries[i]) != acc.canonical_json(old_chain["entries"][i]):
+                raise BundleError(
+                    f"dataset {slug}: entry #{i + 1} differs from the old bundle: history was rewritten",
+                    dataset=slug,
+                    seq=i + 1,
+                )
+        if new_entries[n - 1]["entry_hash"] != old_head["head_hash"]:
+            raise BundleError(f"dataset {slug}: entry #{n} does not match the old signed head", dataset=slug, seq=n)
+        lines.append(f"{slug}: extends the old head #{n} by {len(new_entries) - n} entries")
+    return lines

@@ -1,0 +1,44 @@
+"""python manage.py export_ledger --out FILE [--dataset SLUG]
+
+Signs each chain's current head and writes an audit bundle (entries, signed heads, the
+coordinator's public key, the accountant parameters) that `verify_ledger --bundle FILE`
+verifies without the database.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Write a signed audit bundle of the budget ledgers."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", required=True, help="File to write (replaced atomically).")
+        parser.add_argument("--dataset", help="Only this dataset's chain (slug).")
+
+    def handle(self, *args, **options):
+        from accounting import ledger
+        from federation.models import Dataset
+
+        datasets = None
+        if options["dataset"]:
+            datasets = list(Dataset.objects.filter(slug=options["dataset"]))
+            if not datasets:
+                raise CommandError(f"no dataset {options['dataset']!r}", returncode=2)
+        out = os.path.abspath(options["out"])
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".bundle-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                summary = ledger.export_bundle(f, datasets=datasets)
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        for slug, seq in summary["chains"].items():
+            self.stdout.write(f"{slug}: {seq} entries, head signed")
+        self.stdout.write(f"wrote {out} (key {summary['key_id']})")

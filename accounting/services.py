@@ -1,0 +1,350 @@
+"""Writes to the privacy-budget ledger (STYLE.md 1): grant, reserve, commit, release.
+
+DESIGN.md invariants 1 and 2, in code:
+
+* `budget_reserve` checks and reserves a round on every participating dataset in one
+  transaction, locking each dataset's budget row in increasing dataset id order (so two
+  rounds sharing datasets queue instead of deadlocking). The check composes the dataset's
+  cumulative RDP vector (every committed and every open reservation) with the round's
+  event; a single dataset over budget raises BudgetExceeded and nothing is written.
+* `budget_commit` marks reservations final when a round ends (nothing is refunded).
+* `budget_release` gives a reservation back only with explicit proof that no update of the
+  dataset left the partner (`no_update_released=True`) and a round in a state that shows it
+  (failed, aborted, blocked or rejected). Without both, the budget stays spent.
+* `budget_grant` records a new budget on the ledger.
+
+Each function joins the caller's transaction (round_start, round_abort, dataset_register
+call them inside theirs) and signs the new chain heads after the commit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from . import accountant as acc
+from . import chain, ledger
+from .errors import (
+    MSG_ALREADY_FINAL,
+    MSG_BAD_BUDGET,
+    MSG_BAD_EVENT,
+    MSG_NO_PARTICIPANTS,
+    MSG_NOTHING_RESERVED,
+    MSG_RELEASE_NO_REASON,
+    MSG_RELEASE_ROUND_STATE,
+    MSG_RELEASE_WITHOUT_PROOF,
+    MSG_RESERVED_AFTER_RELEASE,
+    BudgetExceeded,
+    InvalidBudget,
+    LedgerStateError,
+    ReleaseRefused,
+)
+from .models import DatasetBudget, LedgerEntry
+
+__all__ = [
+    "BudgetExceeded",
+    "BudgetCheckResult",
+    "ReleaseRefused",
+    "LedgerStateError",
+    "budget_grant",
+    "budget_reserve",
+    "budget_commit",
+    "budget_release",
+    "budget_check",
+    "round_dp_event",
+]
+
+# Round states that show no update was released: the round never ran (blocked, rejected)
+# or was stopped (failed, aborted) by a caller that vouches, with no_update_released=True,
+# that it stopped before any masked input left a partner.
+RELEASABLE_ROUND_STATES = ("failed", "aborted", "blocked", "rejected")
+
+
+def round_dp_event(*, round, dataset) -> tuple[str, object]:
+    """(canonical JSON, DpEvent) of what one round of its plan charges to `dataset`."""
+    try:
+        event = acc.dataset_round_event(round.plan.dp_params_for(dataset))
+    except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+        raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
+    return acc.canonical_json(event), event
+
+
+def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:
+    """Kinds of ledger entries each dataset already has for this round."""
+    states: dict[int, set[str]] = defaultdict(set)
+    rows = LedgerEntry.objects.filter(round_id=round_id, dataset_id__in=list(dataset_ids)).values_list("dataset_id", "kind")
+    for dataset_id, kind in rows:
+        states[dataset_id].add(kind)
+    return states
+
+
+def _effective_budget(budget: DatasetBudget, dataset) -> float:
+    # The ledger's budget is its last GRANT; if the Dataset row was lowered behind the
+    # ledger's back, the lower figure wins. Never the higher: when in doubt, spend less.
+    if budget.entry_count == 0:
+        return float(dataset.epsilon_budget)
+    return min(budget.epsilon_budget, float(dataset.epsilon_budget))
+
+
+def _open_ledger(budget: DatasetBudget, dataset, actor) -> None:
+    """A ledger that has never had a GRANT opens with the dataset's registered budget."""
+    if budget.entry_count == 0:
+        ledger.append(
+            budget,
+            dataset,
+            kind=chain.GRANT,
+            projection=ledger.project(budget, dataset),
+            epsilon_budget=float(dataset.epsilon_budget),
+            actor=ledger.actor_name(actor),
+            payload={"epsilon_budget": float(dataset.epsilon_budget), "reason": "ledger opened with the registered budget"},
+        )
+
+
+def budget_grant(*, dataset, epsilon_budget: float, actor, reason: str = "") -> LedgerEntry:
+    """Record `epsilon_budget` as the dataset's budget (a GRANT entry). The budget itself is a
+    field of federation.Dataset, set by the caller; the ledger keeps its history."""
+    if isinstance(epsilon_budget, bool) or not isinstance(epsilon_budget, (int, float)) or not math.isfinite(epsilon_budget) or epsilon_budget <= 0:
+        raise InvalidBudget(MSG_BAD_BUDGET.format(value=epsilon_budget), fields={"epsilon_budget": [MSG_BAD_BUDGET.format(value=epsilon_budget)]})
+    payload = {"epsilon_budget": float(epsilon_budget)}
+    if reason:
+        payload["reason"] = reason
+    with transaction.atomic():
+        budget = ledger.lock_budget(dataset)
+        entry = ledger.append(
+            budget,
+            dataset,
+            kind=chain.GRANT,
+            projection=ledger.project(budget, dataset),
+            epsilon_budget=float(epsilon_budget),
+            actor=ledger.actor_name(actor),
+            payload=payload,
+        )
+        ledger.sign_heads_after_commit([dataset.pk])
+    return entry
+
+
+@dataclass(frozen=True)
+class BudgetCheckResult:
+    """One dataset's answer to "can this round run?" (epsilon at the dataset's delta)."""
+
+    dataset: object
+    requested: float  # epsilon(spent + this round) - spent; 0 when already reserved
+    remaining: float  # budget - spent
+    spent: float
+    budget: float
+    ok: bool
+    reserved: bool = False  # the round already holds a reservation on this dataset
+
+
+def _check_one(*, budget: DatasetBudget, dataset, key: str, vector) -> tuple[ledger.Projection, float, float, float]:
+    projection = ledger.project(budget, dataset, add=(key, vector))
+    spent = ledger.project(budget, dataset).epsilon_spent
+    return projection, spent, _effective_budget(budget, dataset), projection.epsilon_spent - spent
+
+
+def budget_check(*, round) -> list[BudgetCheckResult]:
+    """Per participating dataset: what this round would need and what remains. Read-only,
+    no locks: the answer can be stale by the time the round starts, which is why
+    budget_reserve checks again under the lock."""
+    datasets = list(round.participating_datasets())
+    states = _round_states(round.pk, [d.pk for d in datasets])
+    budgets = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}
+    results = []
+    for dataset in datasets:
+        budget = budgets.get(dataset.pk) or _empty_budget(dataset)
+        if chain.RESERVE in states.get(dataset.pk, ()):
+            spent = ledger.project(budget, dataset).epsilon_spent
+            limit = _effective_budget(budget, dataset)
+            released = chain.RELEASE in states[dataset.pk]
+            results.append(BudgetCheckResult(dataset, 0.0, limit - spent, spent, limit, not released, reserved=not released))
+            continue
+        key, event = round_dp_event(round=round, dataset=dataset)
+        projection, spent, limit, requested = _check_one(budget=budget, dataset=dataset, key=key, vector=acc.rdp_vector(event))
+        results.append(
+            BudgetCheckResult(dataset, requested, limit - spent, spent, limit, projection.epsilon_spent <= limit)
+        )
+    return results
+
+
+def _empty_budget(dataset) -> DatasetBudget:
+    return DatasetBudget(
+        dataset_id=dataset.pk,
+        chain_slug=dataset.slug,
+        accountant=dataset.accountant,
+        epsilon_budget=float(dataset.epsilon_budget),
+        delta=float(dataset.delta),
+        cum_rdp=acc.rdp_to_json(acc.zero_rdp()),
+    )
+
+
+def budget_reserve(*, round, actor) -> list[LedgerEntry]:
+    """RESERVE this round's event on every participating dataset, or on none.
+
+    Idempotent: a dataset already holding this round's reservation is skipped, so a task
+    delivered twice reserves once. Returns the round's RESERVE entries (new and existing).
+    Raises BudgetExceeded (for the first dataset over budget, by id; details list all)
+    with nothing written.
+    """
+    datasets = sorted(round.participating_datasets(), key=lambda d: d.pk)
+    if not datasets:
+        raise LedgerStateError(MSG_NO_PARTICIPANTS.format(round=round.pk))
+    # Slow work before taking any lock (STYLE.md 7): the events' RDP curves (~20 ms each the
+    # first time, then memoised).
+    events = {}
+    for dataset in datasets:
+        key, event = round_dp_event(round=round, dataset=dataset)
+        events[dataset.pk] = (key, acc.rdp_vector(event))
+    name = ledger.actor_name(actor)
+    with transaction.atomic():
+        # Lock in increasing dataset id order: two rounds sharing datasets A and B both lock
+        # A first, so neither can hold B while waiting for A (no deadlock).
+        budgets = {d.pk: ledger.lock_budget(d) for d in datasets}
+        # Read the round's reservations only under the locks: a concurrent duplicate reserve
+        # has either committed (we see it and skip) or waits behind us.
+        states = _round_states(round.pk, budgets)
+        todo, over = [], []
+        for dataset in datasets:
+            kinds = states.get(dataset.pk, set())
+            if chain.RESERVE in kinds:
+                if chain.RELEASE in kinds:
+                    raise LedgerStateError(MSG_RESERVED_AFTER_RELEASE.format(round=round.pk, dataset=dataset.slug))
+                continue  # already reserved: idempotent
+            budget = budgets[dataset.pk]
+            key, vector = events[dataset.pk]
+            projection, spent, limit, requested = _check_one(budget=budget, dataset=dataset, key=key, vector=vector)
+            if not projection.epsilon_spent <= limit:
+                over.append((dataset, requested, limit - spent, limit, spent))
+            todo.append((dataset, budget, key, vector, projection))
+        if over:
+            dataset, requested, remaining, limit, spent = over[0]
+            raise BudgetExceeded(
+                dataset,
+                requested,
+                remaining,
+                budget=limit,
+                spent=spent,
+                datasets={d.slug: {"requested": r, "remaining": rem, "budget": b, "spent": s} for d, r, rem, b, s in over},
+            )
+        for dataset, budget, key, vector, projection in todo:
+            # A ledger without a GRANT opens with the dataset's budget; the projection above
+            # stays valid (a GRANT changes neither the events nor delta nor accountant).
+            _open_ledger(budget, dataset, actor)
+            ledger.append(
+                budget,
+                dataset,
+                kind=chain.RESERVE,
+                projection=projection,
+                epsilon_budget=budget.epsilon_budget,
+                actor=name,
+                round_id=round.pk,
+                event=key,
+                payload={"plan": round.plan_id, "round_number": round.number},
+            )
+        if todo:
+            ledger.sign_heads_after_commit([d.pk for d, *_ in todo])
+        return list(
+            LedgerEntry.objects.filter(round_id=round.pk, kind=chain.RESERVE, dataset_id__in=list(budgets)).order_by("dataset_id")
+        )
+
+
+def _lock_round_reservations(round) -> tuple[dict, dict[int, set[str]], dict[int, str]]:
+    """Lock the budget rows of every dataset this round touched; return their states."""
+    from federation.models import Dataset
+
+    dataset_ids = sorted(set(LedgerEntry.objects.filter(round_id=round.pk).values_list("dataset_id", flat=True)))
+    datasets = {d.pk: d for d in Dataset.objects.filter(pk__in=dataset_ids)}
+    budgets = {pk: ledger.lock_budget(datasets[pk]) for pk in dataset_ids}
+    states: dict[int, set[str]] = defaultdict(set)
+    events: dict[int, str] = {}
+    for dataset_id, kind, event in LedgerEntry.objects.filter(round_id=round.pk).values_list("dataset_id", "kind", "event"):
+        states[dataset_id].add(kind)
+        if kind == chain.RESERVE:
+            events[dataset_id] = event
+    return {pk: (datasets[pk], budgets[pk]) for pk in dataset_ids}, states, events
+
+
+def budget_commit(*, round, actor) -> list[LedgerEntry]:
+    """COMMIT every open reservation of the round: the budget is spent for good.
+
+    Idempotent (already committed: nothing to do). Raises LedgerStateError when the round
+    has no reservation at all, or when a reservation was released."""
+    name = ledger.actor_name(actor)
+    with transaction.atomic():
+        locked, states, events = _lock_round_reservations(round)
+        if not locked:
+            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="commit"))
+        entries = []
+        for pk, (dataset, budget) in locked.items():
+            kinds = states[pk]
+            if chain.COMMIT in kinds:
+                continue
+            if chain.RELEASE in kinds:
+                raise LedgerStateError(MSG_ALREADY_FINAL.format(round=round.pk, dataset=dataset.slug, state="released"))
+            entries.append(
+                ledger.append(
+                    budget,
+                    dataset,
+                    kind=chain.COMMIT,
+                    projection=ledger.project(budget, dataset),
+                    epsilon_budget=budget.epsilon_budget,
+                    actor=name,
+                    round_id=round.pk,
+                    event=events[pk],
+                    payload={},
+                )
+            )
+        if entries:
+            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+        return entries
+
+
+def budget_release(*, round, actor, reason: str, no_update_released: bool) -> list[LedgerEntry]:
+    """RELEASE the round's open reservations, giving the budget back.
+
+    Only with proof (DESIGN.md invariant 2): the caller states `no_update_released=True`
+    and the round is failed, aborted, blocked or rejected. Otherwise ReleaseRefused and the
+    budget stays spent. Idempotent for already released reservations; a committed one
+    cannot be released (LedgerStateError)."""
+    from federation.models import TrainingRound
+
+    if no_update_released is not True:
+        raise ReleaseRefused(MSG_RELEASE_WITHOUT_PROOF.format(round=round.pk), round=round.pk)
+    if not isinstance(reason, str) or not reason.strip():
+        raise ReleaseRefused(MSG_RELEASE_NO_REASON.format(round=round.pk), round=round.pk)
+    name = ledger.actor_name(actor)
+    with transaction.atomic():
+        # The round's state as committed (or as our caller's transaction left it), not as a
+        # possibly stale Python object says.
+        status = TrainingRound.objects.filter(pk=round.pk).values_list("status", flat=True).first()
+        if status not in RELEASABLE_ROUND_STATES:
+            raise ReleaseRefused(MSG_RELEASE_ROUND_STATE.format(round=round.pk, status=status), round=round.pk, status=status)
+        locked, states, events = _lock_round_reservations(round)
+        if not locked:
+            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="release"))
+        entries = []
+        for pk, (dataset, budget) in locked.items():
+            kinds = states[pk]
+            if chain.RELEASE in kinds:
+                continue
+            if chain.COMMIT in kinds:
+                raise LedgerStateError(MSG_ALREADY_FINAL.format(round=round.pk, dataset=dataset.slug, state="committed"))
+            key = events[pk]
+            entries.append(
+                ledger.append(
+                    budget,
+                    dataset,
+                    kind=chain.RELEASE,
+                    projection=ledger.project(budget, dataset, remove=(key, acc.rdp_vector_from_json(key))),
+                    epsilon_budget=budget.epsilon_budget,
+                    actor=name,
+                    round_id=round.pk,
+                    event=key,
+                    payload={"reason": reason.strip(), "no_update_released": True, "round_status": status},
+                )
+            )
+        if entries:
+            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+        return entries

@@ -1,0 +1,95 @@
+"""Database triggers that refuse UPDATE and DELETE on the append-only ledger tables.
+
+DESIGN.md invariant 3: the models refuse update and delete, and so does the database, for
+anyone who goes around the models (raw SQL, a database console, another program). Both
+backends fedgov supports get them; the migration installs them and uninstalling them is a
+deliberate act (the tamper tests do it to show the hash chain catches what then slips by).
+
+TRUNCATE and DROP need the table owner's rights, like dropping a trigger. Run the application
+with a database role that does not own the tables (see the README) and only the migration
+role can do either.
+"""
+
+from __future__ import annotations
+
+PROTECTED_TABLES = ("accounting_ledgerentry", "accounting_signedhead")
+
+_PG_FUNCTION = """
+CREATE OR REPLACE FUNCTION accounting_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'restrict_violation';
+END
+$$;
+"""
+
+
+def _trigger_name(table: str, op: str) -> str:
+    return f"{table}_no_{op.lower()}"
+
+
+def install_sql(vendor: str) -> list[str]:
+    statements: list[str] = []
+    if vendor == "postgresql":
+        statements.append(_PG_FUNCTION)
+    for table in PROTECTED_TABLES:
+        for op in ("UPDATE", "DELETE"):
+            name = _trigger_name(table, op)
+            if vendor == "sqlite":
+                statements.append(
+                    f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE {op} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {op} refused'); END"
+                )
+            elif vendor == "postgresql":
+                statements.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                statements.append(
+                    f"CREATE TRIGGER {name} BEFORE {op} ON {table} "
+                    f"FOR EACH ROW EXECUTE FUNCTION accounting_refuse_change()"
+                )
+            else:
+                raise NotImplementedError(f"no append-only triggers for database vendor {vendor!r}")
+    return statements
+
+
+def uninstall_sql(vendor: str) -> list[str]:
+    statements: list[str] = []
+    for table in PROTECTED_TABLES:
+        for op in ("UPDATE", "DELETE"):
+            name = _trigger_name(table, op)
+            if vendor == "sqlite":
+                statements.append(f"DROP TRIGGER IF EXISTS {name}")
+            elif vendor == "postgresql":
+                statements.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+    if vendor == "postgresql":
+        statements.append("DROP FUNCTION IF EXISTS accounting_refuse_change()")
+    return statements
+
+
+def install(connection) -> None:
+    with connection.cursor() as cursor:
+        for sql in install_sql(connection.vendor):
+            cursor.execute(sql)
+
+
+def uninstall(connection) -> None:
+    with connection.cursor() as cursor:
+        for sql in uninstall_sql(connection.vendor):
+            cursor.execute(sql)
+
+
+def installed(connection) -> set[str]:
+    """Names of the append-only triggers present (for tests and `verify_ledger`)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        elif connection.vendor == "postgresql":
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        else:
+            return set()
+        names = {row[0] for row in cursor.fetchall()}
+    return {n for n in names if n.endswith(("_no_update", "_no_delete")) and n.startswith(PROTECTED_TABLES)}
+
+
+def expected() -> set[str]:
+    return {_trigger_name(t, op) for t in PROTECTED_TABLES for op in ("UPDATE", "DELETE")}

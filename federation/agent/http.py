@@ -1,0 +1,76 @@
+"""A small HTTP client for the coordinator's agent API, with retries and backoff.
+
+A coordinator that restarts, or a network that drops a request, must not stop the agent:
+connection errors and 5xx answers are retried with exponential backoff; 4xx answers are
+the coordinator refusing a message, which the caller handles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+logger = logging.getLogger("fedgov.agent")
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class CoordinatorClient:
+    def __init__(self, server: str, token: str, *, timeout: float = 60.0, max_backoff: float = 10.0) -> None:
+        self.base = server.rstrip("/") + "/api/v1/agent/"
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": f"Token {token}", "User-Agent": "fedgov-agent/1"})
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+
+    def _request(self, method: str, path: str, *, retry_for: float = 600.0, **kwargs) -> Any:
+        delay, deadline = 0.2, time.monotonic() + retry_for
+        while True:
+            try:
+                response = self.session.request(method, self.base + path, timeout=self.timeout, **kwargs)
+            except requests.RequestException as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("coordinator unreachable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500:
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = {"code": "http_error", "message": response.text[:200]}
+                    raise ApiError(response.status_code, body.get("code", "error"), body.get("message", ""))
+                if time.monotonic() >= deadline:
+                    raise ApiError(response.status_code, "server_error", response.text[:200])
+                logger.warning("coordinator answered %s; retrying in %.1fs", response.status_code, delay)
+            time.sleep(delay)
+            delay = min(self.max_backoff, delay * 2)
+
+    def enrol(self, public_key_hex: str) -> dict:
+        return self._request("POST", "enrol/", json={"public_key": public_key_hex})
+
+    def tasks(self, wait: float = 10.0) -> list[dict]:
+        return self._request("GET", "tasks/", params={"wait": wait})["tasks"]
+
+    def submit(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False) -> dict:
+        content_type = "application/octet-stream" if binary else "application/json"
+        return self._request(
+            "POST", f"rounds/{round_pk}/{phase}/", data=body, headers={"Content-Type": content_type}, retry_for=60.0
+        )
+
+    def submit_json(self, round_pk: int, phase: str, payload: dict) -> dict:
+        return self.submit(round_pk, phase, json.dumps(payload).encode())

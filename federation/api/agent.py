@@ -1,0 +1,131 @@
+"""The partner agent's API (/api/v1/agent/): enrolment, task polling, protocol messages.
+
+Only a token with the `agent` scope, held by a member with the agent role, gets in; it sees
+its own organisation's tasks only. Protocol messages are raw bodies (JSON, or the binary
+masked input), size-checked against the round's configuration before anything parses them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.db import close_old_connections
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import parsers, permissions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from fedgov.errors import ValidationFailed
+
+from .. import secagg
+from ..models import ApiToken, RoundProtocol
+from ..services import orchestration
+
+MAX_WAIT_SECONDS = 25
+POLL_INTERVAL = 0.05
+EVALUATION_MAX_BYTES = 4096
+
+
+class IsAgentToken(permissions.BasePermission):
+    message = "Partner agent endpoints need a token with the 'agent' scope."
+
+    def has_permission(self, request, view) -> bool:
+        return isinstance(request.auth, ApiToken) and ApiToken.Scope.AGENT in request.auth.scopes
+
+
+class RawBodyParser(parsers.BaseParser):
+    """Accepts any body; the view reads request.body itself (protocol messages are bytes)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return {}
+
+
+class AgentView(APIView):
+    permission_classes = [permissions.IsAuthenticated, IsAgentToken]
+
+
+class EnrolView(AgentView):
+    class InputSerializer(serializers.Serializer):
+        public_key = serializers.CharField(max_length=64, min_length=64, help_text="Raw Ed25519 public key, hex")
+
+    @extend_schema(
+        request=InputSerializer,
+        responses=inline_serializer(
+            "AgentEnrolment",
+            {"organisation": serializers.CharField(), "public_key": serializers.CharField(), "terms": serializers.ListField(child=serializers.DictField())},
+        ),
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        identity = orchestration.agent_enrol(user=request.user, public_key_hex=data.validated_data["public_key"])
+        return Response(
+            {
+                "organisation": identity.organisation.slug,
+                "public_key": identity.public_key,
+                "terms": orchestration.agent_terms(identity.organisation),
+            }
+        )
+
+
+class TasksView(AgentView):
+    """Long poll: answers at once when there is work, otherwise waits up to `wait` seconds."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("wait", int, description=f"seconds to wait for work (0-{MAX_WAIT_SECONDS})")],
+        responses=inline_serializer("AgentTasks", {"tasks": serializers.ListField(child=serializers.DictField())}),
+    )
+    def get(self, request):
+        try:
+            wait = min(MAX_WAIT_SECONDS, max(0.0, float(request.query_params.get("wait", 0))))
+        except ValueError:
+            raise ValidationFailed("wait must be a number of seconds.", fields={"wait": ["Enter a number."]}) from None
+        deadline = time.monotonic() + wait
+        while True:
+            tasks = orchestration.agent_tasks(user=request.user)
+            if tasks or time.monotonic() >= deadline:
+                return Response({"tasks": tasks})
+            close_old_connections()
+            time.sleep(POLL_INTERVAL)
+
+
+def _body_limit(round_id: int, phase: str) -> int:
+    if phase == orchestration.EVALUATE:
+        return EVALUATION_MAX_BYTES
+    protocol = RoundProtocol.objects.filter(round_id=round_id).only("config", "round_id").first()
+    if protocol is None or not protocol.config:
+        return 4096
+    cfg = protocol.config
+    config = secagg.RoundConfig(
+        round_id=f"round-{round_id}", roster=tuple(cfg["roster"]), threshold=cfg["threshold"], vector_length=cfg["vector_length"]
+    )
+    return secagg.max_body_bytes(config, phase)
+
+
+class SubmitView(AgentView):
+    parser_classes = [RawBodyParser]
+
+    @extend_schema(
+        request={"application/octet-stream": bytes, "application/json": dict},
+        responses={200: inline_serializer("AgentAccepted", {"accepted": serializers.BooleanField()})},
+        description="One protocol message for the round's current phase: the raw body a partner's "
+        "SecAggClient produced (binary for masked_input), or the noisy evaluation release as JSON.",
+    )
+    def post(self, request, round_id: int, phase: str):
+        limit = _body_limit(round_id, phase)
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > limit:
+            return Response(
+                {"code": "message_too_large", "message": f"A {phase} message is at most {limit} bytes; got {length}.", "details": {"limit": limit}},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        body = request.body
+        if len(body) > limit:
+            return Response(
+                {"code": "message_too_large", "message": f"A {phase} message is at most {limit} bytes.", "details": {"limit": limit}},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
+        return Response(result)

@@ -1,0 +1,318 @@
+"""Forms of the web UI. They parse and type the input; the rules live in the services.
+
+A form here checks only what a browser could get wrong (a missing value, text where a number
+belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
+quorum larger than the number of parties?) is the service's business: the view calls the
+service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
+to its field, so the web UI and the API say the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+
+from fedgov.errors import ApplicationError
+
+from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation, TrainingPlan
+
+User = get_user_model()
+
+
+def apply_service_errors(form: forms.Form, exc: ApplicationError, field_map: dict[str, str] | None = None) -> None:
+    """Show a service's error on the form: each field's messages next to that field, the rest
+    (or an error without fields) at the top of the form."""
+    field_map = field_map or {}
+    fields = (exc.details or {}).get("fields") or {}
+    if not fields:
+        form.add_error(None, exc.message)
+        return
+    for name, messages in fields.items():
+        if isinstance(messages, str):
+            messages = [messages]
+        target = field_map.get(name, name)
+        if target in form.fields:
+            for message in messages:
+                form.add_error(target, message)
+        else:
+            label = "" if name == "__all__" else f"{name.replace('_', ' ')}: "
+            for message in messages:
+                form.add_error(None, f"{label}{message}")
+
+
+def _split_list(text: str) -> list[str]:
+    """Split on new lines and commas, dropping blanks."""
+    return [part.strip() for part in re.split(r"[\n,;]", text or "") if part.strip()]
+
+
+class ListField(forms.CharField):
+    """A list of names typed one per line (or separated by commas)."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def to_python(self, value):
+        return _split_list(super().to_python(value))
+
+
+class BoundsField(forms.CharField):
+    """Optional public [low, high] bounds, one "low, high" pair per line."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def to_python(self, value):
+        text = super().to_python(value) or ""
+        pairs = []
+        for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
+            parts = [p for p in re.split(r"[\s,;]+", line.strip()) if p]
+            try:
+                pair = [float(p) for p in parts]
+            except ValueError:
+                raise forms.ValidationError(f"Line {n}: write two numbers, low and high.") from None
+            if len(pair) != 2:
+                raise forms.ValidationError(f"Line {n}: write two numbers, low and high.")
+            pairs.append(pair)
+        return pairs
+
+
+# --- Organisations ----------------------------------------------------------------------------
+
+
+class OrganisationForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(max_length=64, help_text="Short name used in URLs and audit bundles, e.g. st-marys.")
+    kind = forms.ChoiceField(choices=Organisation.Kind.choices, initial=Organisation.Kind.HOSPITAL)
+
+
+class RepresentativeForm(forms.Form):
+    """A new person at an organisation: the user account and its membership."""
+
+    username = forms.CharField(max_length=150)
+    first_name = forms.CharField(max_length=150, required=False)
+    last_name = forms.CharField(max_length=150, required=False)
+    email = forms.EmailField(required=False)
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
+    password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False), strip=False, help_text="Initial password; tell it to the person."
+    )
+
+    def clean_username(self):
+        username = self.cleaned_data["username"]
+        if User.objects.filter(username__iexact=username).exists():
+            raise forms.ValidationError("A user with this username already exists.")
+        return username
+
+    def clean(self):
+        data = super().clean()
+        password = data.get("password")
+        if password:
+            probe = User(username=data.get("username") or "", email=data.get("email") or "",
+                         first_name=data.get("first_name") or "", last_name=data.get("last_name") or "")
+            try:
+                validate_password(password, probe)
+            except forms.ValidationError as exc:
+                self.add_error("password", exc)
+        return data
+
+
+class ExistingMemberForm(forms.Form):
+    """Give an existing user a role at an organisation."""
+
+    user = forms.ModelChoiceField(queryset=User.objects.order_by("username"), to_field_name="username")
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
+
+
+# --- Agreements -------------------------------------------------------------------------------
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+
+class AgreementForm(forms.Form):
+    title = forms.CharField(max_length=200)
+    purposes = ListField(help_text="Permitted purposes, one per line.")
+    valid_from = forms.DateField(widget=DateInput)
+    valid_until = forms.DateField(widget=DateInput)
+    parties = forms.ModelMultipleChoiceField(
+        queryset=Organisation.objects.all(), widget=forms.CheckboxSelectMultiple, help_text="At least two organisations."
+    )
+    min_participants = forms.IntegerField(initial=2, help_text="Fewest datasets a round may use.")
+    min_noise_multiplier = forms.FloatField(help_text="DP floor: smallest noise multiplier z a plan may use.")
+    max_clip_norm = forms.FloatField(help_text="DP ceiling: largest clipping norm C.")
+    max_delta = forms.FloatField(help_text="DP ceiling: largest delta a dataset may declare, e.g. 1e-5.")
+    max_epsilon_per_round = forms.FloatField(help_text="DP ceiling: largest epsilon one round may spend on a dataset.")
+    max_epsilon_budget = forms.FloatField(help_text="Largest total epsilon budget a dataset may be given.")
+    approval_rule = forms.ChoiceField(choices=Agreement.ApprovalRule.choices)
+    approval_quorum = forms.IntegerField(required=False, help_text="k, for the quorum rule.")
+    auditors = forms.ModelMultipleChoiceField(
+        queryset=User.objects.filter(groups__name=AUDITORS_GROUP).order_by("username"),
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+    auditor_access = forms.ChoiceField(choices=Agreement.AuditorAccess.choices)
+    exit_notice_days = forms.IntegerField(initial=30, min_value=0, help_text="Days between an exit notice and the exit.")
+    data_retention = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    TERM_NAMES = (
+        "title", "purposes", "valid_from", "valid_until", "min_participants", "min_noise_multiplier", "max_clip_norm",
+        "max_delta", "max_epsilon_per_round", "max_epsilon_budget", "approval_rule", "approval_quorum",
+        "auditor_access", "exit_notice_days", "data_retention",
+    )  # fmt: skip
+
+    @classmethod
+    def initial_from(cls, agreement: Agreement) -> dict:
+        initial = {name: getattr(agreement, name) for name in cls.TERM_NAMES}
+        initial["purposes"] = "\n".join(agreement.purposes or [])
+        initial["parties"] = list(agreement.parties.all())
+        initial["auditors"] = list(agreement.auditors.all())
+        return initial
+
+    def terms(self) -> dict:
+        data = self.cleaned_data
+        out = {name: data.get(name) for name in self.TERM_NAMES}
+        if out["approval_rule"] == Agreement.ApprovalRule.EVERY_PARTY:
+            out["approval_quorum"] = None
+        out["data_retention"] = out["data_retention"] or ""
+        return out
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+
+class SignForm(forms.Form):
+    """The representative signs the hash shown to it: the service refuses any other."""
+
+    terms_hash = forms.CharField(max_length=64, widget=forms.HiddenInput)
+    confirm = forms.BooleanField(label="I have read these terms and sign them for my organisation.")
+
+
+class ExitNoticeForm(forms.Form):
+    confirm = forms.BooleanField(label="I give notice that my organisation leaves this agreement.")
+
+
+# --- Datasets ---------------------------------------------------------------------------------
+
+
+class DatasetForm(forms.Form):
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.all(), to_field_name="slug")
+    agreement = forms.ModelChoiceField(queryset=Agreement.objects.all())
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(max_length=64)
+    record_count = forms.IntegerField(help_text="How many records the partner holds (metadata only).")
+    feature_names = ListField(help_text="Feature columns, one per line or comma-separated, in order.")
+    label_name = forms.CharField(max_length=200)
+    label_classes = ListField(help_text="Label classes, e.g. benign, malignant.")
+    feature_bounds = BoundsField(required=False, help_text='Optional public bounds, one "low, high" per feature and line.')
+    epsilon_budget = forms.FloatField(help_text="Total epsilon this dataset may spend, within the agreement's maximum.")
+    delta = forms.FloatField(help_text="Delta at which spent epsilon is measured, e.g. 1e-5.")
+    accountant = forms.ChoiceField(choices=Dataset.Accountant.choices, initial=Dataset.Accountant.RDP)
+
+    def __init__(self, *args, organisations=None, agreements=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if organisations is not None:
+            self.fields["organisation"].queryset = organisations
+        if agreements is not None:
+            self.fields["agreement"].queryset = agreements
+
+    def service_kwargs(self) -> dict:
+        data = dict(self.cleaned_data)
+        data["feature_bounds"] = data.get("feature_bounds") or None
+        return data
+
+
+class RaiseBudgetForm(forms.Form):
+    epsilon_budget = forms.FloatField(label="New epsilon budget", help_text="Budgets only go up: spent privacy is never given back.")
+
+
+# --- Plans and rounds -------------------------------------------------------------------------
+
+
+class PlanForm(forms.Form):
+    MODEL_CHOICES = (("logreg", "Logistic regression"), ("mlp", "Multi-layer perceptron"))
+
+    agreement = forms.ModelChoiceField(queryset=Agreement.objects.all())
+    name = forms.CharField(max_length=200)
+    purpose = forms.CharField(max_length=200, help_text="One of the agreement's permitted purposes.")
+    datasets = forms.ModelMultipleChoiceField(
+        queryset=Dataset.objects.select_related("agreement", "organisation"), widget=forms.CheckboxSelectMultiple
+    )
+    model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label="Model")
+    hidden = forms.CharField(required=False, label="Hidden layers", help_text="MLP only: widths, e.g. 64, 32.")
+    rounds_total = forms.IntegerField(initial=10, min_value=1)
+    noise_multiplier = forms.FloatField(help_text="z: Gaussian noise std as a multiple of the clip norm.")
+    clip_norm = forms.FloatField(help_text="C: per-example gradient clipping norm.")
+    batch_size = forms.IntegerField(initial=64, min_value=1, help_text="Expected batch; sampling rate q = batch / records.")
+    local_steps = forms.IntegerField(initial=10, min_value=1, help_text="K: DP-SGD steps per round at each partner.")
+    learning_rate = forms.FloatField(initial=0.5)
+    momentum = forms.FloatField(initial=0.0)
+    server_learning_rate = forms.FloatField(initial=1.0)
+    eval_noise_multiplier = forms.FloatField(required=False, help_text="Noise of the evaluation counts; empty disables the release.")
+    secagg_threshold = forms.IntegerField(required=False, help_text="Survivors needed to unmask; empty means two thirds.")
+    phase_timeout_seconds = forms.IntegerField(initial=120, min_value=1)
+
+    ERROR_FIELDS = {"model_spec": "hidden"}
+
+    def __init__(self, *args, agreements=None, datasets=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if agreements is not None:
+            self.fields["agreement"].queryset = agreements
+        if datasets is not None:
+            self.fields["datasets"].queryset = datasets
+        self.fields["datasets"].label_from_instance = lambda d: f"{d.slug} ({d.organisation.name}, {d.agreement.title})"
+
+    def clean_hidden(self):
+        text = self.cleaned_data.get("hidden") or ""
+        try:
+            return [int(p) for p in _split_list(text)]
+        except ValueError:
+            raise forms.ValidationError("Write whole numbers separated by commas, e.g. 64, 32.") from None
+
+    def service_kwargs(self) -> dict:
+        data = dict(self.cleaned_data)
+        kind = data.pop("model_kind")
+        hidden = data.pop("hidden") or []
+        data["model_spec"] = {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
+        data["datasets"] = list(data["datasets"])
+        return data
+
+
+class RejectForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), help_text="The other parties and the auditors read it.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Leave the emptiness check to the service, whose message tests assert on.
+        self.fields["reason"].required = False
+
+
+class StandingApprovalForm(forms.Form):
+    max_rounds = forms.IntegerField(required=False, label="At most this many rounds")
+    max_epsilon = forms.FloatField(required=False, label="At most this epsilon spent per dataset")
+
+
+class LedgerFilterForm(forms.Form):
+    KIND_CHOICES = (("", "Every kind"), ("GRANT", "Budget granted"), ("RESERVE", "Reserved"), ("COMMIT", "Committed"), ("RELEASE", "Released"))
+
+    kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
+    round = forms.IntegerField(required=False, min_value=1, label="Round id")
+
+
+class EventFilterForm(forms.Form):
+    agreement = forms.ModelChoiceField(queryset=Agreement.objects.none(), required=False, empty_label="Every agreement")
+    kind = forms.ChoiceField(required=False)
+
+    def __init__(self, *args, agreements=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .models import GovernanceEvent
+
+        if agreements is not None:
+            self.fields["agreement"].queryset = agreements
+        self.fields["kind"].choices = [("", "Every kind"), *GovernanceEvent.Kind.choices]
+
+
+class PlanChoiceForm(forms.Form):
+    plan = forms.ModelChoiceField(queryset=TrainingPlan.objects.none())

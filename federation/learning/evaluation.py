@@ -1,0 +1,123 @@
+"""Evaluation on a partner's held-out records, released only as Gaussian-noised counts.
+
+Why: an accuracy computed on a partner's records is computed from partner data, so by the
+privacy model it leaves the partner only as a DP release charged to the ledger, or not at
+all. What is released, per partner and per evaluation:
+
+* ``noisy_correct = #correct + N(0, sigma^2)``  (sensitivity 1: adding or removing one
+  record changes the count of correct predictions by at most 1)
+* ``noisy_total   = #records + N(0, sigma^2)``  (sensitivity 1)
+
+i.e. two Gaussian mechanisms with noise multiplier ``sigma``. The accountant charges it as
+``ComposedDpEvent([GaussianDpEvent(sigma)] * 2)`` — equivalently one
+``GaussianDpEvent(sigma / sqrt(2))``, since the pair has L2 sensitivity sqrt(2) — on the
+dataset the records belong to. ``evaluation_event_params`` returns exactly that.
+``sigma=None`` disables the release (nothing is computed, nothing is charged).
+
+The coordinator only ever sees noisy counts; ``combine_accuracy`` turns several partners'
+releases into one accuracy, clamped to [0, 1] because noise can push the ratio outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import DPParameterError
+from .models import ModelSpec, as_spec, check_labels, predict
+
+
+@dataclass(frozen=True)
+class EvaluationRelease:
+    """What leaves the partner: two noisy counts and the noise multiplier that produced them."""
+
+    noisy_correct: float
+    noisy_total: float
+    noise_multiplier: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "noisy_correct": self.noisy_correct,
+            "noisy_total": self.noisy_total,
+            "noise_multiplier": self.noise_multiplier,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationRelease:
+        return cls(
+            noisy_correct=float(data["noisy_correct"]),
+            noisy_total=float(data["noisy_total"]),
+            noise_multiplier=float(data["noise_multiplier"]),
+        )
+
+
+def _check_sigma(sigma: float) -> float:
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError):
+        raise DPParameterError("sigma", sigma, "a finite number > 0") from None
+    if isinstance(sigma, bool) or not math.isfinite(s) or s <= 0:
+        raise DPParameterError("sigma", sigma, "a finite number > 0")
+    return s
+
+
+def evaluation_event_params(sigma: float) -> dict[str, Any]:
+    """The DP event of one ``release_evaluation``: ``count`` Gaussian mechanisms of
+    ``noise_multiplier`` sigma (sensitivity 1 each), composed."""
+    return {"noise_multiplier": _check_sigma(sigma), "count": 2}
+
+
+def release_evaluation(
+    params: np.ndarray,
+    model_spec: ModelSpec | Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    sigma: float | None,
+    seed: int | None = None,
+) -> tuple[EvaluationRelease | None, dict[str, Any] | None]:
+    """Noisy correct and total counts of the model on ``(X, y)``; ``(release, event params)``.
+
+    With ``sigma=None`` returns ``(None, None)``: evaluation is disabled and nothing is
+    charged. ``seed`` as in ``train_round``: tests only, never chosen by the coordinator.
+    """
+    if sigma is None:
+        return None, None
+    event = evaluation_event_params(sigma)
+    spec = as_spec(model_spec)
+    y = check_labels(y, spec, len(X))
+    correct = int(np.sum(predict(np.asarray(params), spec, X) == y)) if len(y) else 0
+    noise = np.random.default_rng(seed).standard_normal(2) * event["noise_multiplier"]
+    release = EvaluationRelease(
+        noisy_correct=float(correct + noise[0]),
+        noisy_total=float(len(y) + noise[1]),
+        noise_multiplier=event["noise_multiplier"],
+    )
+    return release, event
+
+
+def combine_accuracy(
+    releases: Iterable[EvaluationRelease | Mapping[str, Any] | None],
+) -> float | None:
+    """Pooled accuracy sum(noisy_correct) / sum(noisy_total), clamped to [0, 1].
+
+    Missing releases (``None``: a partner that dropped out or has evaluation disabled) are
+    skipped. Returns ``None`` when nothing usable was released (no release, or a noisy total
+    that is not positive, which happens when the true totals are tiny next to the noise).
+    """
+    correct = total = 0.0
+    any_release = False
+    for r in releases:
+        if r is None:
+            continue
+        r = r if isinstance(r, EvaluationRelease) else EvaluationRelease.from_dict(r)
+        correct += r.noisy_correct
+        total += r.noisy_total
+        any_release = True
+    if not any_release or total <= 0:
+        return None
+    return min(1.0, max(0.0, correct / total))

@@ -1,0 +1,586 @@
+"""Driving a round through secure aggregation, from budget reservation to a new model.
+
+    RUNNING      advertise_keys -> share_keys -> masked_input
+    AGGREGATING  unmask_response -> aggregate -> evaluate
+    COMPLETED    budget committed; the plan's next round requested (or the plan stops)
+
+Partners reach out (the agent API); the coordinator never connects to them. Each phase
+closes when every live partner has answered or at its deadline, whichever comes first: a
+partner that misses a deadline is a dropout. Every transition is a compare-and-set on
+(round.status, round.phase) under the round's row lock, so a close task delivered twice,
+or racing the deadline sweep, moves the round once. The slow work (unmasking, FedAvg) runs
+outside the lock and is redone from the stored state if its worker dies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from datetime import timedelta
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from fedgov.errors import ApplicationError, NotFound, PermissionDenied
+
+from .. import secagg
+from ..learning import (
+    QuantSpec,
+    apply_update,
+    combine_accuracy,
+    fedavg_weights,
+    init_params,
+    secure_average,
+)
+from ..models import (
+    AgentIdentity,
+    GovernanceEvent,
+    Membership,
+    ModelVersion,
+    Organisation,
+    RoundParticipant,
+    RoundProtocol,
+    TrainingPlan,
+    TrainingRound,
+)
+from .common import event_record
+
+logger = logging.getLogger(__name__)
+Status = TrainingRound.Status
+
+ADVERTISE = secagg.ADVERTISE_KEYS
+SHARE = secagg.SHARE_KEYS
+MASKED = secagg.MASKED_INPUT
+UNMASK = secagg.UNMASK_RESPONSE
+AGGREGATE = "aggregate"
+EVALUATE = "evaluate"
+AGENT_PHASES = (ADVERTISE, SHARE, MASKED, UNMASK, EVALUATE)
+NEXT_PHASE = {ADVERTISE: SHARE, SHARE: MASKED, MASKED: UNMASK}
+
+
+class ProtocolRejected(ApplicationError):
+    """A partner's message was refused (wrong phase, replay, bad signature...): the round
+    goes on for the others. `details["secagg_code"]` is the protocol's stable code."""
+
+    code = "protocol_rejected"
+    http_status = 400
+
+
+class PhaseClosed(ApplicationError):
+    code = "phase_closed"
+    http_status = 409
+
+
+# --- the model a plan trains ------------------------------------------------------------------
+
+
+def params_sha256(params: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(params, dtype=np.float32).tobytes()).hexdigest()
+
+
+def model_store(*, plan: TrainingPlan, version: int, params: np.ndarray, round=None, metrics=None) -> ModelVersion:
+    params = np.asarray(params, dtype=np.float32)
+    return ModelVersion.objects.create(
+        plan=plan, round=round, version=version, params=params.tobytes(), sha256=params_sha256(params), metrics=metrics or {}
+    )
+
+
+def model_params(version: ModelVersion) -> np.ndarray:
+    return np.frombuffer(bytes(version.params), dtype=np.float32).copy()
+
+
+def latest_model(plan: TrainingPlan) -> ModelVersion:
+    """The plan's current global model; version 0 (seeded from the plan id) if none yet."""
+    latest = plan.model_versions.order_by("-version").first()
+    if latest is None:
+        latest = model_store(plan=plan, version=0, params=init_params(plan.model_spec, seed=plan.pk))
+    return latest
+
+
+def quant_spec(plan: TrainingPlan, n_parties: int) -> QuantSpec:
+    """Fixed-point range for a weighted update: K steps of lr times an averaged clipped
+    gradient (norm <= C) plus noise; twice that leaves headroom, beyond it is clipped."""
+    clip = max(1e-3, 2.0 * plan.learning_rate * plan.local_steps * plan.clip_norm)
+    return QuantSpec(clip=clip, n_parties=n_parties)
+
+
+# --- opening a round --------------------------------------------------------------------------
+
+
+def _deadline(plan: TrainingPlan):
+    return timezone.now() + timedelta(seconds=plan.phase_timeout_seconds)
+
+
+def _schedule_close(round: TrainingRound, phase: str) -> None:
+    from .. import tasks
+
+    round_id, countdown = round.pk, round.plan.phase_timeout_seconds
+    transaction.on_commit(lambda: tasks.phase_close_task.apply_async((round_id, phase), countdown=countdown))
+
+
+def _enqueue_close_now(round: TrainingRound, phase: str) -> None:
+    from .. import tasks
+
+    round_id = round.pk
+    transaction.on_commit(lambda: tasks.phase_close_task.delay(round_id, phase))
+
+
+def secagg_round_id(round: TrainingRound) -> str:
+    return f"round-{round.pk}"
+
+
+def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
+    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent),
+    the threshold and the global model, and open AdvertiseKeys. Called under the round lock."""
+    from .rounds import round_abort
+
+    plan = round.plan
+    links = list(round.participant_links.select_related("dataset__organisation").order_by("dataset__organisation__slug"))
+    identities = {
+        a.organisation_id: a for a in AgentIdentity.objects.filter(organisation__in=[p.dataset.organisation_id for p in links], revoked_at__isnull=True)
+    }
+    roster, keys = [], {}
+    for link in links:
+        identity = identities.get(link.dataset.organisation_id)
+        if identity is None:
+            link.status = RoundParticipant.Status.DROPPED
+            link.save(update_fields=["status"])
+            continue
+        slug = link.dataset.organisation.slug
+        roster.append(slug)
+        keys[slug] = bytes.fromhex(identity.public_key)
+    n = len(roster)
+    threshold = max(plan.threshold_for(len(links)), n // 2 + 1, 2)
+    if n < 2 or n < threshold:
+        return round_abort(
+            actor=None,
+            round=round,
+            reason=f"Only {n} participant(s) have an enrolled agent; secure aggregation needs {threshold}.",
+        )
+    model = latest_model(plan)
+    dim = model_params(model).size
+    config = secagg.RoundConfig(round_id=secagg_round_id(round), roster=tuple(roster), threshold=threshold, vector_length=dim)
+    server = secagg.SecAggServer(config, identity_keys=keys)
+    datasets = {link.dataset.organisation.slug: link.dataset for link in links if link.dataset.organisation.slug in roster}
+    weights = fedavg_weights({slug: d.record_count for slug, d in datasets.items()})
+    RoundProtocol.objects.update_or_create(
+        round=round,
+        defaults={
+            "config": {
+                "roster": list(config.roster),
+                "threshold": threshold,
+                "vector_length": dim,
+                "model_version": model.version,
+                "weights": {k: float(v) for k, v in weights.items()},
+                "quant": quant_spec(plan, n).to_dict(),
+                "datasets": {slug: d.slug for slug, d in datasets.items()},
+                "identity_keys": {slug: key.hex() for slug, key in keys.items()},
+            },
+            "state": server.to_dict(),
+            "running_sum": None,
+            "relays": {},
+        },
+    )
+    RoundParticipant.objects.filter(round=round, dataset__in=datasets.values()).update(status=RoundParticipant.Status.ACTIVE)
+    round.phase = ADVERTISE
+    round.phase_deadline = _deadline(plan)
+    round.save(update_fields=["phase", "phase_deadline"])
+    _schedule_close(round, ADVERTISE)
+    return round
+
+
+# --- what an agent sees and sends -------------------------------------------------------------
+
+
+def agent_organisation(user) -> Organisation:
+    membership = Membership.objects.filter(user=user, role=Membership.Role.AGENT).select_related("organisation").first()
+    if membership is None:
+        raise PermissionDenied("This account is not a partner agent of any organisation.")
+    return membership.organisation
+
+
+def agent_enrol(*, user, public_key_hex: str) -> AgentIdentity:
+    """Register (or re-register) the agent's Ed25519 identity key for its organisation."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    organisation = agent_organisation(user)
+    try:
+        raw = bytes.fromhex(public_key_hex or "")
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        from fedgov.errors import ValidationFailed
+
+        raise ValidationFailed("public_key must be a raw Ed25519 public key in hex (64 characters).", fields={"public_key": ["Invalid key."]}) from None
+    with transaction.atomic():
+        current = AgentIdentity.objects.select_for_update().filter(organisation=organisation, revoked_at__isnull=True).first()
+        if current and current.public_key == raw.hex():
+            return current
+        if current:
+            current.revoked_at = timezone.now()
+            current.save(update_fields=["revoked_at"])
+        identity = AgentIdentity.objects.create(organisation=organisation, user=user, public_key=raw.hex())
+        event_record(
+            kind=GovernanceEvent.Kind.AGENT_ENROLLED,
+            message=f"Partner agent of {organisation.name} enrolled key {raw.hex()[:16]}…",
+            actor=user,
+            organisation=organisation,
+        )
+    return identity
+
+
+def agent_terms(organisation: Organisation) -> list[dict]:
+    """The DP terms of every active agreement the organisation is party to: what its agent
+    enforces on every plan it is asked to run."""
+    out = []
+    for agreement in organisation.agreements.filter(status="active"):
+        out.append(
+            {
+                "agreement": agreement.pk,
+                "title": agreement.title,
+                "version": agreement.version,
+                "terms_hash": agreement.terms_hash,
+                "min_noise_multiplier": agreement.min_noise_multiplier,
+                "max_clip_norm": agreement.max_clip_norm,
+                "max_delta": agreement.max_delta,
+                "max_epsilon_per_round": agreement.max_epsilon_per_round,
+            }
+        )
+    return out
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _task_payload(round: TrainingRound, protocol: RoundProtocol, slug: str) -> dict:
+    plan, phase, cfg = round.plan, round.phase, protocol.config
+    if phase == ADVERTISE:
+        model = plan.model_versions.get(version=cfg["model_version"])
+        dataset = round.participants.get(slug=cfg["datasets"][slug])
+        return {
+            "config": {"round_id": secagg_round_id(round), "roster": cfg["roster"], "threshold": cfg["threshold"], "vector_length": cfg["vector_length"]},
+            "identity_keys": cfg["identity_keys"],
+            "plan": {
+                "id": plan.pk,
+                "agreement": plan.agreement_id,
+                "name": plan.name,
+                "purpose": plan.purpose,
+                "model_spec": plan.model_spec,
+                "learning_rate": plan.learning_rate,
+                "momentum": plan.momentum,
+                "dp": plan.dp_params_for(dataset),
+                "delta": dataset.delta,
+                "weight": cfg["weights"][slug],
+                "quant": cfg["quant"],
+            },
+            "dataset": {"slug": dataset.slug, "record_count": dataset.record_count, "schema": dataset.schema()},
+            "model": {"version": model.version, "sha256": model.sha256, "params": _b64(bytes(model.params))},
+        }
+    if phase == EVALUATE:
+        model = plan.model_versions.get(round=round)
+        return {
+            "eval_noise_multiplier": plan.eval_noise_multiplier,
+            "model": {"version": model.version, "sha256": model.sha256, "params": _b64(bytes(model.params))},
+        }
+    relay = protocol.relays.get(slug) or protocol.relays.get("*")
+    return {"relay": relay}
+
+
+def _server(protocol: RoundProtocol) -> secagg.SecAggServer:
+    return secagg.SecAggServer.from_dict(protocol.state, running_sum=bytes(protocol.running_sum) if protocol.running_sum is not None else None)
+
+
+def _pending(round: TrainingRound, protocol: RoundProtocol, server=None) -> list[str]:
+    if round.phase == EVALUATE:
+        return sorted(
+            link.dataset.organisation.slug
+            for link in round.participant_links.select_related("dataset__organisation")
+            if link.status == RoundParticipant.Status.ACTIVE and "evaluation" not in link.metrics
+        )
+    if round.phase in (ADVERTISE, SHARE, MASKED, UNMASK):
+        return (server or _server(protocol)).pending()
+    return []
+
+
+def agent_tasks(*, user) -> list[dict]:
+    """What this agent's organisation owes now: one entry per live round whose current
+    phase still waits for it. An empty list means: nothing to do, poll again later."""
+    organisation = agent_organisation(user)
+    tasks = []
+    rounds = (
+        TrainingRound.objects.filter(
+            status__in=(Status.RUNNING, Status.AGGREGATING),
+            participant_links__dataset__organisation=organisation,
+            participant_links__status=RoundParticipant.Status.ACTIVE,
+            phase__in=AGENT_PHASES,
+        )
+        .select_related("plan", "protocol")
+        .distinct()
+    )
+    for round in rounds:
+        protocol = getattr(round, "protocol", None)
+        if protocol is None or organisation.slug not in _pending(round, protocol):
+            continue
+        tasks.append(
+            {
+                "round": round.pk,
+                "round_id": secagg_round_id(round),
+                "phase": round.phase,
+                "deadline": round.phase_deadline.isoformat() if round.phase_deadline else None,
+                "payload": _task_payload(round, protocol, organisation.slug),
+            }
+        )
+    return tasks
+
+
+def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
+    """Take one partner message for the round's current phase. A refused message changes
+    nothing and does not disturb the round for the others."""
+    organisation = agent_organisation(user)
+    if phase not in AGENT_PHASES:
+        raise NotFound(f"Unknown phase {phase!r}.")
+    with transaction.atomic():
+        round = TrainingRound.objects.select_for_update().select_related("plan").filter(pk=round_id).first()
+        link = None
+        if round is not None:
+            link = round.participant_links.select_related("dataset__organisation").filter(dataset__organisation=organisation).first()
+        if round is None or link is None:
+            raise NotFound("Round not found.")
+        if round.status not in (Status.RUNNING, Status.AGGREGATING) or round.phase != phase:
+            raise PhaseClosed(
+                f"Round {round.number} is {round.get_status_display().lower()}"
+                + (f" in phase {round.phase}" if round.phase else "")
+                + f"; a {phase} message is out of turn.",
+                phase=round.phase,
+            )
+        if link.status != RoundParticipant.Status.ACTIVE:
+            raise PhaseClosed(f"{organisation.name} dropped out of round {round.number}.")
+        protocol = RoundProtocol.objects.get(round=round)
+        if phase == EVALUATE:
+            result = _receive_evaluation(round, link, body)
+        else:
+            server = _server(protocol)
+            try:
+                {
+                    ADVERTISE: server.receive_advertise_keys,
+                    SHARE: server.receive_share_keys,
+                    MASKED: server.receive_masked_input,
+                    UNMASK: server.receive_unmask_response,
+                }[phase](body)
+            except secagg.SecAggError as exc:
+                raise ProtocolRejected(f"{phase} from {organisation.slug} refused: {exc}", secagg_code=getattr(exc, "code", "protocol_error")) from exc
+            protocol.state = server.to_dict()
+            if phase == MASKED:
+                protocol.running_sum = server.running_sum_bytes()
+            protocol.save(update_fields=["state", "running_sum", "updated_at"])
+            result = {"accepted": True}
+        link.last_phase = phase
+        link.save(update_fields=["last_phase", "metrics"])
+        if not _pending(round, protocol, None if phase == EVALUATE else server):
+            _enqueue_close_now(round, phase)
+    return result
+
+
+def _receive_evaluation(round: TrainingRound, link: RoundParticipant, body: bytes) -> dict:
+    import json
+
+    from ..learning import EvaluationRelease
+
+    if "evaluation" in link.metrics:
+        raise ProtocolRejected("This partner already released its evaluation for the round.", secagg_code="replay")
+    try:
+        data = json.loads(body)
+        release = EvaluationRelease.from_dict(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ProtocolRejected(f"Evaluation release is malformed: {exc}", secagg_code="malformed") from None
+    if round.plan.eval_noise_multiplier is None or abs(release.noise_multiplier - round.plan.eval_noise_multiplier) > 1e-9:
+        raise ProtocolRejected("Evaluation noise does not match the plan's (what the ledger charged).", secagg_code="bad_parameters")
+    link.metrics = {**link.metrics, "evaluation": release.to_dict()}
+    return {"accepted": True}
+
+
+# --- closing phases ---------------------------------------------------------------------------
+
+
+def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
+    """Close `phase` of the round if it is still the current one (idempotent). Returns what
+    happened, for the task's log."""
+    from .rounds import round_abort
+
+    with transaction.atomic():
+        round = TrainingRound.objects.select_for_update().select_related("plan__agreement").filter(pk=round_id).first()
+        if round is None or round.phase != phase or round.status not in (Status.RUNNING, Status.AGGREGATING):
+            return "already closed"
+        protocol = RoundProtocol.objects.get(round=round)
+        now = now or timezone.now()
+        if phase == EVALUATE:
+            if _pending(round, protocol) and round.phase_deadline and round.phase_deadline > now:
+                return "waiting"
+            _complete(round)
+            return "completed"
+        server = _server(protocol)
+        waiting = server.pending()
+        if waiting and round.phase_deadline and round.phase_deadline > now:
+            return "waiting"
+        for slug in waiting:  # missed the deadline: dropouts
+            RoundParticipant.objects.filter(round=round, dataset__organisation__slug=slug).update(status=RoundParticipant.Status.DROPPED)
+        try:
+            if phase == ADVERTISE:
+                key_list = server.close_advertise_keys()
+                protocol.relays = {"*": _b64(key_list)}
+            elif phase == SHARE:
+                protocol.relays = {slug: _b64(body) for slug, body in server.close_share_keys().items()}
+            elif phase == MASKED:
+                protocol.relays = {"*": _b64(server.close_masked_input())}
+            elif phase == UNMASK:
+                if not server.can_finalize:
+                    raise secagg.TooFewSurvivors(f"{len(server.to_dict()['responses'])} unmasking answers, threshold is {server.config.threshold}")
+        except secagg.SecAggError as exc:
+            round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}")
+            return "aborted"
+        protocol.state = server.to_dict()
+        protocol.running_sum = server.running_sum_bytes()
+        protocol.save()
+        if phase == UNMASK:
+            round.phase = AGGREGATE
+            round.phase_deadline = None
+            round.save(update_fields=["phase", "phase_deadline"])
+            from .. import tasks
+
+            transaction.on_commit(lambda: tasks.round_aggregate_task.delay(round_id))
+            return "aggregating"
+        round.phase = NEXT_PHASE[phase]
+        if phase == MASKED:
+            round.status = Status.AGGREGATING
+        round.phase_deadline = _deadline(round.plan)
+        round.save(update_fields=["phase", "status", "phase_deadline"])
+        _schedule_close(round, round.phase)
+        return f"opened {round.phase}"
+
+
+def round_aggregate(*, round_id: int) -> str:
+    """Unmask the sum, dequantise, FedAvg, store the new global model (aggregation queue).
+
+    Reads the stored state and does the slow work outside any lock; the result is written
+    with a compare-and-set on phase == aggregate, so a redelivered task writes it once."""
+    from .rounds import round_abort
+
+    round = TrainingRound.objects.select_related("plan").filter(pk=round_id).first()
+    if round is None or round.phase != AGGREGATE:
+        return "not aggregating"
+    protocol = RoundProtocol.objects.get(round=round)
+    cfg = protocol.config
+    try:
+        result = _server(protocol).finalize()
+    except secagg.SecAggError as exc:
+        with transaction.atomic():
+            locked = TrainingRound.objects.select_for_update().get(pk=round_id)
+            if locked.phase == AGGREGATE:
+                round_abort(actor=None, round=locked, reason=f"Unmasking failed: {exc}", status=Status.FAILED)
+        return "failed"
+    plan = round.plan
+    spec = QuantSpec(**cfg["quant"])
+    update = secure_average(result.vector, spec, cfg["weights"], result.contributors)
+    base = model_params(plan.model_versions.get(version=cfg["model_version"]))
+    new_params = apply_update(base, update, plan.server_learning_rate)
+    with transaction.atomic():
+        round = TrainingRound.objects.select_for_update().select_related("plan").get(pk=round_id)
+        if round.phase != AGGREGATE:
+            return "already aggregated"
+        version = cfg["model_version"] + 1
+        while ModelVersion.objects.filter(plan=plan, version=version).exists():
+            version += 1
+        model_store(
+            plan=plan,
+            version=version,
+            params=new_params,
+            round=round,
+            metrics={"contributors": list(result.contributors), "dropouts": list(result.dropouts)},
+        )
+        RoundParticipant.objects.filter(round=round, dataset__organisation__slug__in=result.dropouts).update(status=RoundParticipant.Status.DROPPED)
+        round.metrics = {
+            **round.metrics,
+            "contributors": list(result.contributors),
+            "dropouts": list(result.dropouts),
+            "update_norm": float(np.linalg.norm(update)),
+            "model_sha256": params_sha256(new_params),
+        }
+        if plan.eval_noise_multiplier:
+            round.phase = EVALUATE
+            round.phase_deadline = _deadline(plan)
+            round.save(update_fields=["phase", "phase_deadline", "metrics"])
+            _schedule_close(round, EVALUATE)
+            return "evaluating"
+        round.save(update_fields=["metrics"])
+        _complete(round)
+    return "completed"
+
+
+def _complete(round: TrainingRound) -> None:
+    """AGGREGATING -> COMPLETED under the caller's lock: commit the budget, record the
+    accuracy, request the plan's next round or stop the plan saying why."""
+    from accounting.services import budget_commit
+
+    links = list(round.participant_links.all())
+    accuracy = combine_accuracy([link.metrics.get("evaluation") for link in links])
+    round.metrics = {**round.metrics, "accuracy": accuracy, "evaluations": sum("evaluation" in link.metrics for link in links)}
+    RoundParticipant.objects.filter(round=round, status=RoundParticipant.Status.ACTIVE).update(status=RoundParticipant.Status.FINISHED)
+    round.status = Status.COMPLETED
+    round.phase = ""
+    round.phase_deadline = None
+    round.finished_at = timezone.now()
+    round.save(update_fields=["status", "phase", "phase_deadline", "finished_at", "metrics"])
+    budget_commit(round=round, actor=None)
+    ModelVersion.objects.filter(round=round).update(metrics={**round.metrics})
+    event_record(
+        kind=GovernanceEvent.Kind.ROUND_COMPLETED,
+        message=f"Round {round.number} of '{round.plan.name}' completed with {len(round.metrics.get('contributors', []))} contributors"
+        + (f", accuracy {accuracy:.3f}." if accuracy is not None else "."),
+        agreement=round.plan.agreement,
+        round=round,
+    )
+    plan_continue(plan=round.plan)
+
+
+def plan_continue(*, plan: TrainingPlan) -> TrainingRound | None:
+    """After a round: request the next one, or finish / stop the plan with the reason."""
+    from .plans import plan_stop
+    from .rounds import round_request
+
+    plan = TrainingPlan.objects.select_for_update().get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        return None
+    if plan.rounds.filter(status=Status.COMPLETED).count() >= plan.rounds_total:
+        plan.status = TrainingPlan.Status.COMPLETED
+        plan.stopped_reason = f"All {plan.rounds_total} rounds completed."
+        plan.save(update_fields=["status", "stopped_reason"])
+        return None
+    nxt = round_request(actor=None, plan=plan, system=True)
+    if nxt.status == Status.BLOCKED:
+        plan_stop(actor=None, plan=plan, reason=nxt.reason)
+    return nxt
+
+
+def rounds_sweep_deadlines(*, now=None) -> int:
+    """Beat safety net: close every phase past its deadline (a countdown task lost with a
+    restarted Redis is re-created here). Also re-drives an aggregation that lost its task."""
+    from .. import tasks
+
+    now = now or timezone.now()
+    n = 0
+    for round_id, phase in TrainingRound.objects.filter(
+        status__in=(Status.RUNNING, Status.AGGREGATING), phase__in=AGENT_PHASES, phase_deadline__lt=now
+    ).values_list("pk", "phase"):
+        tasks.phase_close_task.delay(round_id, phase)
+        n += 1
+    stale = now - timedelta(seconds=30)
+    for round_id in TrainingRound.objects.filter(status=Status.AGGREGATING, phase=AGGREGATE, protocol__updated_at__lt=stale).values_list("pk", flat=True):
+        tasks.round_aggregate_task.delay(round_id)
+        n += 1
+    for round_id in TrainingRound.objects.filter(status=Status.APPROVED, requested_at__lt=stale).values_list("pk", flat=True):
+        tasks.round_start_task.delay(round_id)
+        n += 1
+    return n
+

@@ -1,0 +1,183 @@
+"""Template tags of the web UI: charts and bars drawn server-side as SVG, and small formatters.
+
+The charts are computed from the data the view passes (ledger entries, round metrics), with
+`svgchart`, so they render without JavaScript and under the strict CSP.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django import template
+from django.utils import timezone
+from django.utils.safestring import mark_safe
+
+from . import svgchart
+
+register = template.Library()
+
+CHECK_LABELS = {
+    "agreement_active": "Agreement active",
+    "agreement_signed": "Signed by every party",
+    "agreement_dates": "Within the agreement's dates",
+    "purpose_permitted": "Purpose permitted",
+    "no_exited_participant": "No participant exited or leaving",
+    "min_participants": "Enough participants",
+    "dp_parameters": "DP parameters within the terms",
+    "feature_schema": "Feature schema matches",
+    "budget": "Remaining budget covers the round",
+    "approvals": "Required approvals",
+}
+
+
+@register.filter
+def check_label(name: str) -> str:
+    return CHECK_LABELS.get(name, str(name).replace("_", " ").capitalize())
+
+
+@register.filter
+def eps(value, digits: int = 3) -> str:
+    """An epsilon (or any float) with a few significant digits; a dash for nothing."""
+    if value is None or value == "":
+        return "—"
+    try:
+        return f"{float(value):.{int(digits)}g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def percent(value) -> str:
+    if value is None:
+        return "—"
+    return f"{float(value) * 100:.1f} %"
+
+
+@register.filter
+def get_item(mapping, key):
+    try:
+        return mapping.get(key)
+    except AttributeError:
+        return None
+
+
+@register.filter
+def duration(seconds) -> str:
+    """Seconds as "1 min 05 s"."""
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+@register.simple_tag
+def budget_bar(spent, budget, cost=0.0):
+    return mark_safe(svgchart.budget_bar(spent=spent or 0.0, cost=cost or 0.0, budget=budget or 0.0))
+
+
+def _time_axis(times: list[datetime]):
+    """x values (hours since the first entry) and a formatter that prints dates back."""
+    start = times[0]
+    span_s = (times[-1] - start).total_seconds()
+    unit = 86400.0 if span_s > 3 * 86400 else 3600.0 if span_s > 3 * 3600 else 60.0 if span_s > 180 else 1.0
+    tz = timezone.get_current_timezone()
+
+    def fmt(x: float) -> str:
+        moment = (start + timedelta(seconds=x * unit)).astimezone(tz)
+        if unit >= 86400:
+            return moment.strftime("%d %b")
+        if unit >= 60:
+            return moment.strftime("%H:%M")
+        return moment.strftime("%H:%M:%S")
+
+    label = {86400.0: "date", 3600.0: "time (UTC)", 60.0: "time (UTC)", 1.0: "time (UTC)"}[unit]
+    return [(t - start).total_seconds() / unit for t in times], fmt, label
+
+
+@register.simple_tag
+def ledger_chart(series, title="Epsilon spent over time"):
+    """Epsilon spent after each ledger entry, a step line against the budget in force.
+
+    `series` is selectors.ledger_series(dataset): dicts with created_at, epsilon_spent_after
+    and epsilon_budget, in chain order.
+    """
+    rows = list(series or [])
+    if not rows:
+        return mark_safe(svgchart.render(svgchart.Chart(title=title, series=[], empty_text="No ledger entry yet.")))
+    times = [r["created_at"] for r in rows]
+    xs, fmt, x_label = _time_axis(times)
+    if xs[-1] == xs[0]:
+        # Every entry in the same instant (tests, a seeded demo): plot by entry order instead.
+        xs = [float(r["seq"]) for r in rows]
+        fmt, x_label = (lambda v: f"#{v:g}"), "ledger entry"
+    spent = svgchart.Series("epsilon spent", [(x, float(r["epsilon_spent_after"])) for x, r in zip(xs, rows)], step=True, css_class="spent")
+    budget = svgchart.Series("budget", [(x, float(r["epsilon_budget"])) for x, r in zip(xs, rows)], step=True, dashed=True, css_class="budget")
+    chart = svgchart.Chart(title=title, series=[spent, budget], x_label=x_label, y_label="epsilon", x_format=fmt)
+    return mark_safe(svgchart.render(chart))
+
+
+@register.simple_tag
+def accuracy_chart(rows, title="Accuracy per round"):
+    """rows: [{"number", "accuracy", "test_accuracy"}] from selectors.plan_series."""
+    rows = list(rows or [])
+    series = []
+    for key, name in (("accuracy", "accuracy (partners, noisy)"), ("test_accuracy", "held-out test accuracy")):
+        points = [(float(r["number"]), float(r[key])) for r in rows if r.get(key) is not None]
+        if points:
+            series.append(svgchart.Series(name, points, css_class=key))
+    chart = svgchart.Chart(
+        title=title, series=series, x_label="round", y_label="accuracy", y_min=0.0, y_max=1.0, x_integer=True,
+        y_format=lambda v: f"{v:.0%}" if v <= 1 else f"{v:g}", empty_text="No round has reported an accuracy yet.",
+    )
+    return mark_safe(svgchart.render(chart))
+
+
+@register.simple_tag
+def epsilon_rounds_chart(cumulative, datasets=None, title="Epsilon spent per dataset, by round"):
+    """cumulative: {dataset slug: {round number: epsilon spent after it}}; budgets as dashed
+    lines when `datasets` (the plan's datasets) is given."""
+    series = []
+    for slug in sorted(cumulative or {}):
+        points = sorted((float(n), float(e)) for n, e in cumulative[slug].items())
+        series.append(svgchart.Series(f"{slug} spent", points, css_class="spent"))
+    numbers = [p[0] for s in series for p in s.points]
+    if series and datasets:
+        lo, hi = min(numbers), max(numbers)
+        for d in datasets:
+            if d.slug in (cumulative or {}):
+                series.append(
+                    svgchart.Series(f"{d.slug} budget", [(lo, d.epsilon_budget), (hi, d.epsilon_budget)], step=True, dashed=True, css_class="budget")
+                )
+    chart = svgchart.Chart(
+        title=title, series=series, x_label="round", y_label="epsilon", x_integer=True,
+        empty_text="No round has charged the ledger yet.",
+    )
+    return mark_safe(svgchart.render(chart))
+
+
+@register.filter
+def is_admin(user) -> bool:
+    from federation.permissions import is_administrator
+
+    return is_administrator(user)
+
+
+@register.filter
+def is_auditor_user(user) -> bool:
+    from federation.permissions import is_auditor
+
+    return is_auditor(user)
+
+
+@register.filter
+def is_representative(user) -> bool:
+    from federation.models import Membership
+    from federation.permissions import organisations_of
+
+    return organisations_of(user, Membership.Role.REPRESENTATIVE).exists()
