@@ -100,18 +100,14 @@ def round_event(q: float, z: float, K: int) -> dp_event.DpEvent:  # noqa: N803 (
     `q` is the Poisson sampling rate (batch size / records, capped at 1), `z` the noise
     multiplier (noise std / clip norm), `K` the number of local steps in the round.
     """
-    event = dp_event.SelfComposedDpEvent(
-        dp_event.PoissonSampledDpEvent(float(q), dp_event.GaussianDpEvent(float(z))), int(K)
-    )
+    event = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(float(q), dp_event.GaussianDpEvent(float(z))), int(K))
     _validate(event_to_json(event))
     return event
 
 
 def evaluation_event(noise_multiplier: float, count: int) -> dp_event.DpEvent:
     """`count` Gaussian count releases, each with noise std = noise_multiplier * sensitivity."""
-    event = dp_event.SelfComposedDpEvent(
-        dp_event.GaussianDpEvent(float(noise_multiplier)), int(count)
-    )
+    event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(float(noise_multiplier)), int(count))
     _validate(event_to_json(event))
     return event
 
@@ -195,9 +191,7 @@ _ALLOWED: dict[str, tuple[type, dict[str, Any]]] = {
     "PoissonSampledDpEvent": (
         dp_event.PoissonSampledDpEvent,
         {
-            "sampling_probability": _float_field(
-                "sampling_probability", lo=0.0, hi=1.0, lo_open=True
-            ),
+            "sampling_probability": _float_field("sampling_probability", lo=0.0, hi=1.0, lo_open=True),
             "event": _EVENT,
         },
     ),
@@ -228,9 +222,7 @@ def _to_json(event: Any, path: str, depth: int) -> dict:
         if check is _EVENT:
             out[field] = _to_json(value, f"{path}.{field}", depth + 1)
         elif check is _EVENT_LIST:
-            out[field] = [
-                _to_json(v, f"{path}.{field}[{i}]", depth + 1) for i, v in enumerate(value)
-            ]
+            out[field] = [_to_json(v, f"{path}.{field}[{i}]", depth + 1) for i, v in enumerate(value)]
         else:
             out[field] = check(value, path)
     return out
@@ -260,9 +252,7 @@ def _from_json(data: Any, path: str, depth: int) -> dp_event.DpEvent:
         raise InvalidDpEvent(f"{path}: module {module_name!r} is not allowed (only {_MODULE!r})")
     spec = _ALLOWED.get(class_name) if isinstance(class_name, str) else None
     if spec is None:
-        raise InvalidDpEvent(
-            f"{path}: class {class_name!r} is not allowed (allowed: {', '.join(ALLOWED_EVENT_CLASSES)})"
-        )
+        raise InvalidDpEvent(f"{path}: class {class_name!r} is not allowed (allowed: {', '.join(ALLOWED_EVENT_CLASSES)})")
     cls, fields = spec
     expected = {"module_name", "class_name", *fields}
     if set(data) != expected:
@@ -282,9 +272,7 @@ def _from_json(data: Any, path: str, depth: int) -> dp_event.DpEvent:
                 raise InvalidDpEvent(f"{path}.{field} must be a non-empty list")
             if len(value) > _MAX_COMPOSED:
                 raise InvalidDpEvent(f"{path}.{field} has more than {_MAX_COMPOSED} events")
-            kwargs[field] = [
-                _from_json(v, f"{path}.{field}[{i}]", depth + 1) for i, v in enumerate(value)
-            ]
+            kwargs[field] = [_from_json(v, f"{path}.{field}[{i}]", depth + 1) for i, v in enumerate(value)]
         else:
             kwargs[field] = check(value, path)
     return cls(**kwargs)
@@ -338,9 +326,7 @@ def _rdp_vector_cached(key: str, orders: tuple[float, ...]) -> np.ndarray:
     return vector
 
 
-def rdp_vector(
-    event: dp_event.DpEvent | Mapping, orders: Sequence[float] | None = None
-) -> np.ndarray:
+def rdp_vector(event: dp_event.DpEvent | Mapping, orders: Sequence[float] | None = None) -> np.ndarray:
     """The RDP curve of `event` at `orders` (default ORDERS), from dp-accounting's RdpAccountant.
 
     Memoised by the event's canonical JSON: identical events (every round of a plan on a
@@ -404,6 +390,11 @@ def rdp_from_json(data: Sequence[float | None], orders: Sequence[float] | None =
     n = len(_orders_tuple(orders))
     if not isinstance(data, (list, tuple)) or len(data) != n:
         raise ValueError(f"an RDP vector must be a list of {n} numbers")
+    if all(type(v) is float for v in data):  # the usual case: no excluded order, plain floats
+        out = np.array(data, dtype=np.float64)
+        if not (np.isfinite(out).all() and (out >= 0).all()):
+            raise ValueError("RDP vector entries must be non-negative finite numbers or null")
+        return out
     if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in data):
         raise ValueError("RDP vector entries must be numbers or null")
     out = np.array([np.inf if v is None else v for v in data], dtype=np.float64)
@@ -412,9 +403,7 @@ def rdp_from_json(data: Sequence[float | None], orders: Sequence[float] | None =
     return out
 
 
-def epsilon_from_rdp(
-    vector: Sequence[float] | np.ndarray, delta: float, orders: Sequence[float] | None = None
-) -> float:
+def epsilon_from_rdp(vector: Sequence[float] | np.ndarray, delta: float, orders: Sequence[float] | None = None) -> float:
     """Epsilon at `delta` of an RDP curve, by dp-accounting's own conversion (compute_epsilon).
 
     This is exactly what RdpAccountant.get_epsilon does with its internal vector.
@@ -430,9 +419,7 @@ def epsilon_from_rdp(
     return float(eps)
 
 
-def compose_rdp(
-    events: Iterable[dp_event.DpEvent | Mapping | str], orders: Sequence[float] | None = None
-) -> np.ndarray:
+def compose_rdp(events: Iterable[dp_event.DpEvent | Mapping | str], orders: Sequence[float] | None = None) -> np.ndarray:
     """Sum of the RDP curves of `events` (canonical JSON strings are accepted)."""
     orders_t = _orders_tuple(orders)
     cum = zero_rdp(orders_t)

@@ -92,7 +92,9 @@ def verify_head(head: Mapping[str, Any], key: Ed25519PublicKey, kid: str, *, dat
     if head["dataset"] != dataset or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise BundleError(f"dataset {dataset}: a signed head names another chain or a bad seq", dataset=dataset)
     if head["key_id"] != kid:
-        raise BundleError(f"dataset {dataset}: head #{seq} was signed by another key ({str(head['key_id'])[:16]}...)", dataset=dataset, seq=seq)
+        raise BundleError(
+            f"dataset {dataset}: head #{seq} was signed by another key ({str(head['key_id'])[:16]}...)", dataset=dataset, seq=seq
+        )
     sig = head["signature"]
     if not isinstance(sig, str) or len(sig) != 128 or not _HEX.fullmatch(sig):
         raise BundleError(f"dataset {dataset}: head #{seq}: signature is not 128 lowercase hex digits", dataset=dataset, seq=seq)
@@ -209,9 +211,7 @@ def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None) -> Bu
                 raise BundleError(f"dataset {slug}: signed heads are not in increasing order", dataset=slug, seq=seq)
             last_seq = seq
             if seq > len(entries) or entries[seq - 1]["entry_hash"] != head["head_hash"]:
-                raise BundleError(
-                    f"dataset {slug}: signed head #{seq} does not match entry #{seq}'s hash", dataset=slug, seq=seq
-                )
+                raise BundleError(f"dataset {slug}: signed head #{seq} does not match entry #{seq}'s hash", dataset=slug, seq=seq)
         if last_seq != state.seq:
             raise BundleError(
                 f"dataset {slug}: entries #{last_seq + 1}..#{state.seq} are not covered by a signed head",

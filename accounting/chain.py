@@ -203,7 +203,8 @@ class ChainVerifier:
             raise self._fail(expected_seq, f"seq must be an integer, got {seq!r}")
         if seq != expected_seq:
             raise self._fail(
-                seq, f"out of sequence: expected entry #{expected_seq} (an entry is missing, inserted or reordered)"
+                expected_seq,
+                f"out of sequence: found entry #{seq} where #{expected_seq} belongs (an entry is missing, inserted or reordered)",
             )
         keys = set(entry)
         want = set(ENTRY_FIELDS) | {"entry_hash"}
@@ -217,13 +218,17 @@ class ChainVerifier:
             if not isinstance(value, str) or not _HEX64.fullmatch(value):
                 raise self._fail(seq, f"{name} is not 64 lowercase hex digits")
         if prev_hash != st.head_hash:
-            raise self._fail(seq, f"prev_hash {prev_hash[:12]}... does not match the previous entry's hash {st.head_hash[:12]}...")
+            raise self._fail(
+                seq, f"prev_hash {prev_hash[:12]}... does not match the previous entry's hash {st.head_hash[:12]}..."
+            )
         try:
             computed = compute_entry_hash(entry)
         except (TypeError, ValueError) as e:
             raise self._fail(seq, f"entry cannot be serialised canonically: {e}") from None
         if computed != entry_hash:
-            raise self._fail(seq, f"entry_hash mismatch: the entry was altered (stored {entry_hash[:12]}..., computed {computed[:12]}...)")
+            raise self._fail(
+                seq, f"entry_hash mismatch: the entry was altered (stored {entry_hash[:12]}..., computed {computed[:12]}...)"
+            )
 
         # Field types.
         if entry["v"] != FORMAT_VERSION:
@@ -297,9 +302,7 @@ class ChainVerifier:
         else:
             recomputed = self._spent(accountant, delta, cum, live, seq)
         if not epsilon_matches(stored_eps, recomputed, accountant):
-            raise self._fail(
-                seq, f"epsilon_spent_after {stored_eps!r} differs from the recomputed composition {recomputed!r}"
-            )
+            raise self._fail(seq, f"epsilon_spent_after {stored_eps!r} differs from the recomputed composition {recomputed!r}")
         if kind == RESERVE and recomputed > budget * (1 + RDP_RTOL) + ABS_TOL:
             raise self._fail(seq, f"RESERVE overspends: epsilon {recomputed!r} exceeds the budget {budget!r}")
 

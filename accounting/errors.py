@@ -12,8 +12,7 @@ MSG_BUDGET_EXCEEDED = (
     "only {remaining:.4f} of {budget:.4f} remains."
 )
 MSG_RELEASE_WITHOUT_PROOF = (
-    "Refused to release the reservation of round {round}: no proof that no update was released; "
-    "the budget stays spent."
+    "Refused to release the reservation of round {round}: no proof that no update was released; the budget stays spent."
 )
 MSG_RELEASE_ROUND_STATE = (
     "Refused to release the reservation of round {round}: the round is {status}; only a round that "

@@ -74,9 +74,7 @@ def signing_key() -> Ed25519PrivateKey:
             _create_key(path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            raise ImproperlyConfigured(
-                f"{path} is readable by others (mode {mode:o}); the ledger signing key must be 0600"
-            )
+            raise ImproperlyConfigured(f"{path} is readable by others (mode {mode:o}); the ledger signing key must be 0600")
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ImproperlyConfigured(f"{path} does not hold an Ed25519 private key")
@@ -357,6 +355,8 @@ def sign_head(dataset) -> SignedHead | None:
 def sign_heads_after_commit(dataset_ids: Iterable[int]) -> None:
     """Schedule head signatures once the caller's transaction commits (crypto stays outside
     the locked section, STYLE.md 7). A failure is logged: the next export signs anyway."""
+    if not getattr(settings, "FEDGOV_LEDGER_SIGN_ON_COMMIT", True):
+        return  # heads are then signed by export_ledger (and whoever calls sign_head)
     ids = sorted(set(dataset_ids))
 
     def sign() -> None:
@@ -447,7 +447,9 @@ def _stream(dataset_id: int, chunk_size: int) -> Iterator[LedgerEntry]:
 def _check_head(head: SignedHead, doc: dict, slug: str, public_key, kid: str) -> None:
     seq = doc["seq"]
     if head.key_id != kid:
-        raise chain.ChainError(slug, seq, f"head #{seq} is signed by key {head.key_id[:16]}..., not the coordinator's current key")
+        raise chain.ChainError(
+            slug, seq, f"head #{seq} is signed by key {head.key_id[:16]}..., not the coordinator's current key"
+        )
     if head.head_hash != doc["entry_hash"] or head.dataset_slug != slug:
         raise chain.ChainError(slug, seq, f"signed head #{seq} does not match the entry's hash")
     document = head.document()

@@ -19,6 +19,7 @@ call them inside theirs) and signs the new chain heads after the commit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -65,8 +66,25 @@ RELEASABLE_ROUND_STATES = ("failed", "aborted", "blocked", "rejected")
 
 def round_dp_event(*, round, dataset) -> tuple[str, object]:
     """(canonical JSON, DpEvent) of what one round of its plan charges to `dataset`."""
+    params = round.plan.dp_params_for(dataset)
     try:
-        event = acc.dataset_round_event(round.plan.dp_params_for(dataset))
+        return _event_for_params(tuple(sorted(params.items())))
+    except TypeError:  # unhashable parameter values: build without the memo
+        return _build_event(params, dataset)
+    except (acc.InvalidDpEvent, ValueError) as e:
+        raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _event_for_params(items: tuple) -> tuple[str, object]:
+    # Every round of a plan on a dataset charges the same event: build and validate it once.
+    event = acc.dataset_round_event(dict(items))
+    return acc.canonical_json(event), event
+
+
+def _build_event(params: dict, dataset) -> tuple[str, object]:
+    try:
+        event = acc.dataset_round_event(params)
     except (acc.InvalidDpEvent, ValueError, TypeError) as e:
         raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
     return acc.canonical_json(event), event
@@ -75,10 +93,15 @@ def round_dp_event(*, round, dataset) -> tuple[str, object]:
 def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:
     """Kinds of ledger entries each dataset already has for this round."""
     states: dict[int, set[str]] = defaultdict(set)
-    rows = LedgerEntry.objects.filter(round_id=round_id, dataset_id__in=list(dataset_ids)).values_list("dataset_id", "kind")
+    rows = LedgerEntry.objects.filter(round_id=round_id, dataset_id__in=list(dataset_ids)).order_by().values_list("dataset_id", "kind")
     for dataset_id, kind in rows:
         states[dataset_id].add(kind)
     return states
+
+
+def effective_budget(budget: DatasetBudget, dataset) -> float:
+    """The budget a check applies: the ledger's last GRANT, or the Dataset's budget if lower."""
+    return _effective_budget(budget, dataset)
 
 
 def _effective_budget(budget: DatasetBudget, dataset) -> float:
@@ -106,8 +129,15 @@ def _open_ledger(budget: DatasetBudget, dataset, actor) -> None:
 def budget_grant(*, dataset, epsilon_budget: float, actor, reason: str = "") -> LedgerEntry:
     """Record `epsilon_budget` as the dataset's budget (a GRANT entry). The budget itself is a
     field of federation.Dataset, set by the caller; the ledger keeps its history."""
-    if isinstance(epsilon_budget, bool) or not isinstance(epsilon_budget, (int, float)) or not math.isfinite(epsilon_budget) or epsilon_budget <= 0:
-        raise InvalidBudget(MSG_BAD_BUDGET.format(value=epsilon_budget), fields={"epsilon_budget": [MSG_BAD_BUDGET.format(value=epsilon_budget)]})
+    if (
+        isinstance(epsilon_budget, bool)
+        or not isinstance(epsilon_budget, (int, float))
+        or not math.isfinite(epsilon_budget)
+        or epsilon_budget <= 0
+    ):
+        raise InvalidBudget(
+            MSG_BAD_BUDGET.format(value=epsilon_budget), fields={"epsilon_budget": [MSG_BAD_BUDGET.format(value=epsilon_budget)]}
+        )
     payload = {"epsilon_budget": float(epsilon_budget)}
     if reason:
         payload["reason"] = reason
@@ -150,23 +180,43 @@ def budget_check(*, round) -> list[BudgetCheckResult]:
     no locks: the answer can be stale by the time the round starts, which is why
     budget_reserve checks again under the lock."""
     datasets = list(round.participating_datasets())
-    states = _round_states(round.pk, [d.pk for d in datasets])
-    budgets = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}
+    budgets = _budgets_with_round_state(round.pk, [d.pk for d in datasets])
     results = []
     for dataset in datasets:
         budget = budgets.get(dataset.pk) or _empty_budget(dataset)
-        if chain.RESERVE in states.get(dataset.pk, ()):
+        if getattr(budget, "has_reserve", False):
             spent = ledger.project(budget, dataset).epsilon_spent
             limit = _effective_budget(budget, dataset)
-            released = chain.RELEASE in states[dataset.pk]
+            released = budget.has_release
             results.append(BudgetCheckResult(dataset, 0.0, limit - spent, spent, limit, not released, reserved=not released))
             continue
         key, event = round_dp_event(round=round, dataset=dataset)
         projection, spent, limit, requested = _check_one(budget=budget, dataset=dataset, key=key, vector=acc.rdp_vector(event))
-        results.append(
-            BudgetCheckResult(dataset, requested, limit - spent, spent, limit, projection.epsilon_spent <= limit)
-        )
+        results.append(BudgetCheckResult(dataset, requested, limit - spent, spent, limit, projection.epsilon_spent <= limit))
     return results
+
+
+def _budgets_with_round_state(round_id: int, dataset_ids: list[int]) -> dict[int, DatasetBudget]:
+    """The datasets' budget rows, each with `has_reserve` / `has_release` for this round, in
+    one query. Raw SQL because this is the hot read of every governance report: the ORM's
+    compilation of the same query (two EXISTS subqueries) costs more than running it. A
+    dataset without a budget row has no ledger, hence no reservation."""
+    if not dataset_ids:
+        return {}
+    entries, budgets = LedgerEntry._meta.db_table, DatasetBudget._meta.db_table
+    marks = ", ".join(["%s"] * len(dataset_ids))
+    sql = (
+        f"SELECT b.*, "
+        f"EXISTS (SELECT 1 FROM {entries} e WHERE e.dataset_id = b.dataset_id AND e.round_id = %s AND e.kind = %s) AS has_reserve, "
+        f"EXISTS (SELECT 1 FROM {entries} e WHERE e.dataset_id = b.dataset_id AND e.round_id = %s AND e.kind = %s) AS has_release "
+        f"FROM {budgets} b WHERE b.dataset_id IN ({marks})"
+    )
+    params = [round_id, chain.RESERVE, round_id, chain.RELEASE, *dataset_ids]
+    out = {}
+    for b in DatasetBudget.objects.raw(sql, params):
+        b.has_reserve, b.has_release = bool(b.has_reserve), bool(b.has_release)
+        out[b.dataset_id] = b
+    return out
 
 
 def _empty_budget(dataset) -> DatasetBudget:
@@ -228,7 +278,7 @@ def budget_reserve(*, round, actor) -> list[LedgerEntry]:
                 spent=spent,
                 datasets={d.slug: {"requested": r, "remaining": rem, "budget": b, "spent": s} for d, r, rem, b, s in over},
             )
-        for dataset, budget, key, vector, projection in todo:
+        for dataset, budget, key, _vector, projection in todo:
             # A ledger without a GRANT opens with the dataset's budget; the projection above
             # stays valid (a GRANT changes neither the events nor delta nor accountant).
             _open_ledger(budget, dataset, actor)

@@ -44,8 +44,7 @@ def install_sql(vendor: str) -> list[str]:
             elif vendor == "postgresql":
                 statements.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
                 statements.append(
-                    f"CREATE TRIGGER {name} BEFORE {op} ON {table} "
-                    f"FOR EACH ROW EXECUTE FUNCTION accounting_refuse_change()"
+                    f"CREATE TRIGGER {name} BEFORE {op} ON {table} FOR EACH ROW EXECUTE FUNCTION accounting_refuse_change()"
                 )
             else:
                 raise NotImplementedError(f"no append-only triggers for database vendor {vendor!r}")

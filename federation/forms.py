@@ -17,7 +17,7 @@ from django.contrib.auth.password_validation import validate_password
 
 from fedgov.errors import ApplicationError
 
-from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation, TrainingPlan
+from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
 
 User = get_user_model()
 
@@ -108,8 +108,12 @@ class RepresentativeForm(forms.Form):
         data = super().clean()
         password = data.get("password")
         if password:
-            probe = User(username=data.get("username") or "", email=data.get("email") or "",
-                         first_name=data.get("first_name") or "", last_name=data.get("last_name") or "")
+            probe = User(
+                username=data.get("username") or "",
+                email=data.get("email") or "",
+                first_name=data.get("first_name") or "",
+                last_name=data.get("last_name") or "",
+            )
             try:
                 validate_password(password, probe)
             except forms.ValidationError as exc:
@@ -145,14 +149,16 @@ class AgreementForm(forms.Form):
     max_delta = forms.FloatField(help_text="DP ceiling: largest delta a dataset may declare, e.g. 1e-5.")
     max_epsilon_per_round = forms.FloatField(help_text="DP ceiling: largest epsilon one round may spend on a dataset.")
     max_epsilon_budget = forms.FloatField(help_text="Largest total epsilon budget a dataset may be given.")
-    approval_rule = forms.ChoiceField(choices=Agreement.ApprovalRule.choices)
+    approval_rule = forms.ChoiceField(choices=Agreement.ApprovalRule.choices, initial=Agreement.ApprovalRule.EVERY_PARTY)
     approval_quorum = forms.IntegerField(required=False, help_text="k, for the quorum rule.")
     auditors = forms.ModelMultipleChoiceField(
         queryset=User.objects.filter(groups__name=AUDITORS_GROUP).order_by("username"),
         widget=forms.CheckboxSelectMultiple,
         required=False,
     )
-    auditor_access = forms.ChoiceField(choices=Agreement.AuditorAccess.choices)
+    auditor_access = forms.ChoiceField(
+        choices=Agreement.AuditorAccess.choices, initial=Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE
+    )
     exit_notice_days = forms.IntegerField(initial=30, min_value=0, help_text="Days between an exit notice and the exit.")
     data_retention = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
@@ -206,7 +212,10 @@ class DatasetForm(forms.Form):
     feature_names = ListField(help_text="Feature columns, one per line or comma-separated, in order.")
     label_name = forms.CharField(max_length=200)
     label_classes = ListField(help_text="Label classes, e.g. benign, malignant.")
-    feature_bounds = BoundsField(required=False, help_text='Optional public bounds, one "low, high" per feature and line.')
+    feature_bounds = BoundsField(
+        required=False,
+        help_text='Public bounds of each feature, one "low, high" pair per line in feature order; partners scale with them.',
+    )
     epsilon_budget = forms.FloatField(help_text="Total epsilon this dataset may spend, within the agreement's maximum.")
     delta = forms.FloatField(help_text="Delta at which spent epsilon is measured, e.g. 1e-5.")
     accountant = forms.ChoiceField(choices=Dataset.Accountant.choices, initial=Dataset.Accountant.RDP)
@@ -225,7 +234,9 @@ class DatasetForm(forms.Form):
 
 
 class RaiseBudgetForm(forms.Form):
-    epsilon_budget = forms.FloatField(label="New epsilon budget", help_text="Budgets only go up: spent privacy is never given back.")
+    epsilon_budget = forms.FloatField(
+        label="New epsilon budget", help_text="Budgets only go up: spent privacy is never given back."
+    )
 
 
 # --- Plans and rounds -------------------------------------------------------------------------
@@ -250,7 +261,9 @@ class PlanForm(forms.Form):
     learning_rate = forms.FloatField(initial=0.5)
     momentum = forms.FloatField(initial=0.0)
     server_learning_rate = forms.FloatField(initial=1.0)
-    eval_noise_multiplier = forms.FloatField(required=False, help_text="Noise of the evaluation counts; empty disables the release.")
+    eval_noise_multiplier = forms.FloatField(
+        required=False, help_text="Noise of the evaluation counts; empty disables the release."
+    )
     secagg_threshold = forms.IntegerField(required=False, help_text="Survivors needed to unmask; empty means two thirds.")
     phase_timeout_seconds = forms.IntegerField(initial=120, min_value=1)
 
@@ -295,7 +308,13 @@ class StandingApprovalForm(forms.Form):
 
 
 class LedgerFilterForm(forms.Form):
-    KIND_CHOICES = (("", "Every kind"), ("GRANT", "Budget granted"), ("RESERVE", "Reserved"), ("COMMIT", "Committed"), ("RELEASE", "Released"))
+    KIND_CHOICES = (
+        ("", "Every kind"),
+        ("GRANT", "Budget granted"),
+        ("RESERVE", "Reserved"),
+        ("COMMIT", "Committed"),
+        ("RELEASE", "Released"),
+    )
 
     kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
     round = forms.IntegerField(required=False, min_value=1, label="Round id")
@@ -312,7 +331,3 @@ class EventFilterForm(forms.Form):
         if agreements is not None:
             self.fields["agreement"].queryset = agreements
         self.fields["kind"].choices = [("", "Every kind"), *GovernanceEvent.Kind.choices]
-
-
-class PlanChoiceForm(forms.Form):
-    plan = forms.ModelChoiceField(queryset=TrainingPlan.objects.none())

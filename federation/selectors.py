@@ -12,7 +12,9 @@ def agreements_to_sign(user):
     pending = []
     for agreement in Agreement.objects.filter(status=Agreement.Status.AWAITING_SIGNATURES, parties__in=orgs).distinct():
         signed = set(
-            AgreementSignature.objects.filter(agreement=agreement, version=agreement.version).values_list("organisation_id", flat=True)
+            AgreementSignature.objects.filter(agreement=agreement, version=agreement.version).values_list(
+                "organisation_id", flat=True
+            )
         )
         for org in agreement.parties.filter(pk__in=orgs).exclude(pk__in=signed):
             pending.append((agreement, org))
@@ -158,8 +160,7 @@ def history_agreements_for(user):
     if is_administrator(user):
         return Agreement.objects.all()
     return Agreement.objects.filter(
-        Q(parties__in=organisations_of(user))
-        | Q(auditors=user, auditor_access=Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE)
+        Q(parties__in=organisations_of(user)) | Q(auditors=user, auditor_access=Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE)
     ).distinct()
 
 
@@ -172,9 +173,7 @@ def events_for(user, *, agreement=None, kind: str | None = None):
     if is_administrator(user):
         qs = GovernanceEvent.objects.all()
     else:
-        qs = GovernanceEvent.objects.filter(
-            Q(agreement__in=agreements) | Q(round__plan__agreement__in=agreements)
-        )
+        qs = GovernanceEvent.objects.filter(Q(agreement__in=agreements) | Q(round__plan__agreement__in=agreements))
     if agreement is not None:
         qs = qs.filter(Q(agreement=agreement) | Q(round__plan__agreement=agreement))
     if kind:
@@ -252,6 +251,13 @@ def round_costs(round: TrainingRound) -> list[dict]:
     return rows
 
 
+def round_reservations(round: TrainingRound) -> dict[str, str]:
+    """dataset slug -> reserved | committed | released, from the round's ledger entries."""
+    from accounting import selectors as acct
+
+    return acct.round_reservation_state(round=round)
+
+
 def plan_progress(plan) -> dict:
     completed = plan.rounds.filter(status=TrainingRound.Status.COMPLETED).count()
     return {"completed": completed, "total": plan.rounds_total, "remaining": max(plan.rounds_total - completed, 0)}
@@ -288,13 +294,19 @@ def round_progress(round: TrainingRound, now=None) -> dict:
 
     now = now or timezone.now()
     participants = list(
-        RoundParticipant.objects.filter(round=round).select_related("dataset__organisation").order_by("dataset__organisation__name")
+        RoundParticipant.objects.filter(round=round)
+        .select_related("dataset__organisation")
+        .order_by("dataset__organisation__name")
     )
     seconds_left = None
     if round.phase_deadline and round.status in TrainingRound.LIVE_STATES:
         seconds_left = max(int((round.phase_deadline - now).total_seconds()), 0)
     answered = [p for p in participants if round.phase and p.last_phase == round.phase]
+    metrics = round.metrics or {}
     return {
+        "numeric_metrics": [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)],
+        "contributors": metrics.get("contributors"),
+        "dropouts": metrics.get("dropouts"),
         "round": round,
         "participants": participants,
         "answered": len(answered),
@@ -315,8 +327,14 @@ def admin_attention() -> dict:
 
     return {
         "drafts": list(Agreement.objects.filter(status=Agreement.Status.DRAFT)[:20]),
-        "signing": [(a, awaiting_signature(a)) for a in Agreement.objects.filter(status=Agreement.Status.AWAITING_SIGNATURES)[:20]],
-        "blocked": list(TrainingRound.objects.filter(status=TrainingRound.Status.BLOCKED).select_related("plan").order_by("-requested_at")[:10]),
+        "signing": [
+            (a, awaiting_signature(a)) for a in Agreement.objects.filter(status=Agreement.Status.AWAITING_SIGNATURES)[:20]
+        ],
+        "blocked": list(
+            TrainingRound.objects.filter(status=TrainingRound.Status.BLOCKED)
+            .select_related("plan")
+            .order_by("-requested_at")[:10]
+        ),
         "stopped_plans": list(TrainingPlan.objects.filter(status=TrainingPlan.Status.STOPPED)[:10]),
     }
 
@@ -354,8 +372,10 @@ def ledger_series(dataset) -> list[dict]:
 
 
 def plan_series(plan) -> dict:
-    """Per round of the plan: accuracy (model version or round metrics) and, per dataset,
-    the epsilon charged by the round and the cumulative epsilon spent after it (ledger)."""
+    """Per round of the plan: accuracy (model version or round metrics) and, per dataset, the
+    epsilon the round charged and the cumulative epsilon spent after it (both from the
+    ledger); `per_round` falls back to the governance report's estimate for a round that
+    has not reserved yet."""
     from accounting import selectors as acct
 
     from .models import ModelVersion
@@ -369,23 +389,39 @@ def plan_series(plan) -> dict:
         if mv is not None:
             metrics.update(mv.metrics or {})
         if metrics.get("accuracy") is not None or metrics.get("test_accuracy") is not None:
-            accuracy.append({"number": r.number, "accuracy": metrics.get("accuracy"), "test_accuracy": metrics.get("test_accuracy")})
+            accuracy.append(
+                {"number": r.number, "accuracy": metrics.get("accuracy"), "test_accuracy": metrics.get("test_accuracy")}
+            )
     number_of = {r.pk: r.number for r in rounds}
-    # The spent epsilon after each round's COMMIT (or its RESERVE while it runs), per dataset.
+    # Replay each dataset's chain once: a RESERVE of one of the plan's rounds charges the
+    # difference between the spent epsilon before and after it (composition, so the
+    # increment, not the round's stand-alone epsilon); a RELEASE gives the round back.
     spent: dict[str, dict[int, float]] = {}
+    charged: dict[str, dict[int, float]] = {}
+    previous: dict[str, float] = {}
     entries = (
         acct.ledger_entries()
-        .filter(round_id__in=number_of.keys(), kind__in=["RESERVE", "COMMIT"])
-        .values_list("dataset_slug", "round_id", "epsilon_spent_after")
+        .filter(dataset__in=plan.datasets.all())
+        .values_list("dataset_slug", "kind", "round_id", "epsilon_spent_after")
     )
-    for slug, round_id, after in entries:
-        spent.setdefault(slug, {})[number_of[round_id]] = after
+    for slug, kind, round_id, after in entries.iterator():
+        number = number_of.get(round_id)
+        if number is not None:
+            if kind == "RESERVE":
+                charged.setdefault(slug, {})[number] = max(after - previous.get(slug, 0.0), 0.0)
+                spent.setdefault(slug, {})[number] = after
+            elif kind == "RELEASE":
+                charged.get(slug, {}).pop(number, None)
+                spent.get(slug, {}).pop(number, None)
+        previous[slug] = after
     per_round = {}
     for r in rounds:
-        eps = report_epsilons(r)
-        if eps and r.status not in (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED):
+        eps = {slug: by_round[r.number] for slug, by_round in charged.items() if r.number in by_round}
+        if not eps and r.status not in (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED):
+            eps = report_epsilons(r)  # not charged yet: what the governance report says it will cost
+        if eps:
             per_round[r.number] = eps
-    return {"rounds": rounds, "accuracy": accuracy, "cumulative": spent, "per_round": per_round}
+    return {"rounds": rounds, "accuracy": accuracy, "cumulative": spent, "charged": charged, "per_round": per_round}
 
 
 def approval_items(user) -> list[tuple]:

@@ -20,7 +20,9 @@ urlpatterns = [
     path("agreements/<int:pk>/", views.agreement_detail, name="agreement_detail"),
     path("agreements/<int:pk>/edit/", views.agreement_edit, name="agreement_edit"),
     path("agreements/<int:pk>/submit/", views.agreement_submit, name="agreement_submit"),
-    re_path(r"^agreements/(?P<pk>[0-9]+)/(?P<action>suspend|resume|terminate)/$", views.agreement_status, name="agreement_status"),
+    re_path(
+        r"^agreements/(?P<pk>[0-9]+)/(?P<action>suspend|resume|terminate)/$", views.agreement_status, name="agreement_status"
+    ),
     path("agreements/<int:pk>/sign/<slug:org_slug>/", views.agreement_sign, name="agreement_sign"),
     path("agreements/<int:pk>/exit/<slug:org_slug>/", views.agreement_exit, name="agreement_exit"),
     # Governance history.

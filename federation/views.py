@@ -69,6 +69,12 @@ def _role_context(user) -> dict:
     return {"is_admin": is_administrator(user), "is_auditor": is_auditor(user)}
 
 
+def _posted(request):
+    """The POST data for a bound form, even when empty (an unticked checkbox sends nothing,
+    and an empty QueryDict is falsy: `request.POST or None` would skip validation)."""
+    return request.POST if request.method == "POST" else None
+
+
 def _safe_next(request, default: str) -> str:
     target = request.POST.get("next") or ""
     if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
@@ -132,7 +138,7 @@ def organisation_list(request):
 @require_http_methods(["GET", "POST"])
 def organisation_create(request):
     require_administrator(request.user, what="organisation", action="create")
-    form = forms.OrganisationForm(request.POST or None)
+    form = forms.OrganisationForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             org = organisation_services.organisation_create(actor=request.user, **form.cleaned_data)
@@ -179,8 +185,11 @@ def member_create(request, slug):
             with transaction.atomic():
                 if form is new_form:
                     person = User.objects.create_user(
-                        username=data["username"], password=data["password"], email=data.get("email") or "",
-                        first_name=data.get("first_name") or "", last_name=data.get("last_name") or "",
+                        username=data["username"],
+                        password=data["password"],
+                        email=data.get("email") or "",
+                        first_name=data.get("first_name") or "",
+                        last_name=data.get("last_name") or "",
                     )
                 else:
                     person = data["user"]
@@ -221,7 +230,7 @@ def agreement_list(request):
 @require_http_methods(["GET", "POST"])
 def agreement_create(request):
     require_administrator(request.user, what="agreement", action="create")
-    form = forms.AgreementForm(request.POST or None)
+    form = forms.AgreementForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             agreement = agreement_services.agreement_create(
@@ -285,7 +294,7 @@ def agreement_edit(request, pk):
     if agreement.status in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED):
         messages.error(request, f"'{agreement.title}' is {agreement.get_status_display().lower()} and cannot change any more.")
         return redirect("web:agreement_detail", pk=agreement.pk)
-    form = forms.AgreementForm(request.POST or None, initial=forms.AgreementForm.initial_from(agreement))
+    form = forms.AgreementForm(_posted(request), initial=forms.AgreementForm.initial_from(agreement))
     if request.method == "POST" and form.is_valid():
         service = agreement_services.agreement_amend if amending else agreement_services.agreement_update_terms
         try:
@@ -340,7 +349,7 @@ def agreement_status(request, pk, action):
     service, verb, outcome = STATUS_ACTIONS[action]
     agreement = selectors.agreement_for(request.user, pk)
     require_administrator(request.user, what="agreement", action="change the status of")
-    form = forms.ReasonForm(request.POST or None)
+    form = forms.ReasonForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             service(actor=request.user, agreement=agreement, reason=form.cleaned_data["reason"])
@@ -354,7 +363,9 @@ def agreement_status(request, pk, action):
             messages.success(request, f"'{agreement.title}' is {outcome}.")
             return redirect("web:agreement_detail", pk=pk)
     return render(
-        request, "federation/agreement_status.html", {"agreement": agreement, "form": form, "action": action, "verb": verb, "outcome": outcome}
+        request,
+        "federation/agreement_status.html",
+        {"agreement": agreement, "form": form, "action": action, "verb": verb, "outcome": outcome},
     )
 
 
@@ -374,7 +385,7 @@ def agreement_sign(request, pk, org_slug):
     agreement = selectors.agreement_for(user, pk)
     org = _party_org(agreement, org_slug)
     require_representative(user, organisation=org, agreement=agreement, action="sign this agreement")
-    form = forms.SignForm(request.POST or None, initial={"terms_hash": agreement.terms_hash})
+    form = forms.SignForm(_posted(request), initial={"terms_hash": agreement.terms_hash})
     if request.method == "POST" and form.is_valid():
         try:
             agreement_services.agreement_sign(
@@ -415,7 +426,7 @@ def agreement_exit(request, pk, org_slug):
     org = _party_org(agreement, org_slug)
     require_representative(user, organisation=org, agreement=agreement, action="give exit notice")
     party = AgreementParty.objects.get(agreement=agreement, organisation=org)
-    form = forms.ExitNoticeForm(request.POST or None)
+    form = forms.ExitNoticeForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             party = agreement_services.party_give_exit_notice(actor=user, agreement=agreement, organisation=org)
@@ -462,7 +473,9 @@ def event_list(request):
         except ValueError:
             raise Http404("Agreement not found.") from None
         if not selectors.can_see_governance_history(user, visible):
-            raise DjangoPermissionDenied("Your auditor access to this agreement covers its budget ledgers, not its governance history.")
+            raise DjangoPermissionDenied(
+                "Your auditor access to this agreement covers its budget ledgers, not its governance history."
+            )
     events = selectors.events_for(user, agreement=agreement, kind=kind)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -491,12 +504,16 @@ def dataset_list(request):
 def _dataset_form_scope(user):
     """Organisations and agreements the user may register datasets for."""
     if is_administrator(user):
-        return Organisation.objects.all(), Agreement.objects.exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
+        return Organisation.objects.all(), Agreement.objects.exclude(
+            status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED]
+        )
     orgs = organisations_of(user, Membership.Role.REPRESENTATIVE)
     if not orgs.exists():
         require_administrator(user, what="dataset", action="register")  # 403 for read-only roles, 404 for strangers
     agreements = (
-        Agreement.objects.filter(parties__in=orgs).exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED]).distinct()
+        Agreement.objects.filter(parties__in=orgs)
+        .exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
+        .distinct()
     )
     return orgs, agreements
 
@@ -509,7 +526,7 @@ def dataset_create(request):
     initial = {}
     if request.GET.get("agreement"):
         initial["agreement"] = request.GET["agreement"]
-    form = forms.DatasetForm(request.POST or None, organisations=orgs, agreements=agreements, initial=initial)
+    form = forms.DatasetForm(_posted(request), organisations=orgs, agreements=agreements, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             dataset = dataset_services.dataset_register(actor=user, **form.service_kwargs())
@@ -555,7 +572,9 @@ def dataset_raise_budget(request, slug):
     form = forms.RaiseBudgetForm(request.POST)
     if form.is_valid():
         try:
-            dataset = dataset_services.dataset_raise_budget(actor=user, dataset=dataset, epsilon_budget=form.cleaned_data["epsilon_budget"])
+            dataset = dataset_services.dataset_raise_budget(
+                actor=user, dataset=dataset, epsilon_budget=form.cleaned_data["epsilon_budget"]
+            )
         except (NotFound, PermissionDenied):
             raise
         except ApplicationError as exc:
@@ -581,6 +600,7 @@ def dataset_raise_budget(request, slug):
 
 
 VERIFY_SESSION_KEY = "fedgov.ledger_verifications"
+LEDGER_PAGE_SIZE = 25
 
 
 @web_view
@@ -596,13 +616,18 @@ def ledger(request, slug):
         kind = form.cleaned_data.get("kind") or None
         round_id = form.cleaned_data.get("round")
     entries = selectors.ledger_entries(dataset, kind=kind, round_id=round_id)
-    page = Paginator(entries, 25).get_page(request.GET.get("page"))
+    page = Paginator(entries, LEDGER_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     series = selectors.ledger_series(dataset)
     verification = request.session.get(VERIFY_SESSION_KEY, {}).get(dataset.slug)
     if verification:
-        verification = dict(verification, grown=len(series) - verification["entries_now"])
+        bad_seq = verification.get("bad_seq")
+        verification = dict(
+            verification,
+            grown=len(series) - verification["entries_now"],
+            bad_page=(bad_seq - 1) // LEDGER_PAGE_SIZE + 1 if bad_seq else None,
+        )
     return render(
         request,
         "federation/ledger.html",
@@ -684,7 +709,7 @@ def plan_create(request):
     require_administrator(user, what="training plan", action="create")
     agreements = Agreement.objects.exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
     initial = {"agreement": request.GET.get("agreement")} if request.GET.get("agreement") else {}
-    form = forms.PlanForm(request.POST or None, agreements=agreements, initial=initial)
+    form = forms.PlanForm(_posted(request), agreements=agreements, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
             plan = plan_services.plan_create(actor=user, **form.service_kwargs())
@@ -749,7 +774,7 @@ def standing_approval(request, pk, org_slug):
     plan = selectors.plan_for(user, pk)
     org = _party_org(plan.agreement, org_slug)
     require_representative(user, organisation=org, agreement=plan.agreement, action="give standing approvals")
-    form = forms.StandingApprovalForm(request.POST or None)
+    form = forms.StandingApprovalForm(_posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             round_services.standing_approval_give(actor=user, plan=plan, organisation=org, **form.cleaned_data)
@@ -806,7 +831,10 @@ def round_detail(request, pk):
             "report": round.governance_report or {},
             "decisions": selectors.round_decisions(round),
             "needed": selectors.approvals_needed(round),
-            "my_orgs": _round_orgs_for(user, round),
+            "undecided_orgs": [
+                o for o in _round_orgs_for(user, round) if not RoundApproval.objects.filter(round=round, organisation=o).exists()
+            ],
+            "reservations": selectors.round_reservations(round),
             **selectors.round_progress(round),
         },
     )
@@ -882,7 +910,9 @@ def round_approval(request, pk, org_slug):
             messages.error(request, exc.message)
         else:
             round.refresh_from_db()
-            messages.success(request, f"{org.name} approved round {round.number}. The round is {round.get_status_display().lower()}.")
+            messages.success(
+                request, f"{org.name} approved round {round.number}. The round is {round.get_status_display().lower()}."
+            )
         return redirect("web:round_approval", pk=pk, org_slug=org_slug)
     return render(request, "federation/round_approval.html", _approval_context(user, round, org))
 

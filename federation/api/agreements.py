@@ -19,7 +19,7 @@ from ..services.agreements import (
     party_give_exit_notice,
 )
 from .access import acting_organisation, visible_organisations
-from .base import ApiView
+from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import AgreementFilter
 
@@ -77,7 +77,7 @@ def agreements_for(user):
     )
 
 
-class TermsInput(serializers.Serializer):
+class TermsInput(Input):
     """The terms of an agreement (see the Agreement schema for their meaning)."""
 
     title = serializers.CharField(max_length=200)
@@ -125,6 +125,7 @@ class AgreementListView(ApiView):
     """Agreements you are a party to or audit (administrators: all)."""
 
     required_scope = {"GET": "read", "POST": "approve"}
+    InputSerializer = TermsInput
     filterset_class = AgreementFilter
     ordering_fields = ["created_at", "title", "valid_until", "status"]
 
@@ -170,7 +171,7 @@ class AgreementSubmitView(AgreementObjectView):
         return self.respond(agreement)
 
 
-class OrganisationChoice(serializers.Serializer):
+class OrganisationChoice(Input):
     organisation = VisibleRelatedField(
         visible=visible_organisations, required=False, allow_null=True,
         help_text="The organisation you act for; may be left out when you represent exactly one that is concerned.",
@@ -206,6 +207,7 @@ class AgreementAmendView(AgreementObjectView):
     """Change the terms (administrators): a new version every party signs again."""
 
     required_scope = "approve"
+    InputSerializer = AmendInput
 
     @extend_schema(operation_id="agreements_amend", request=AmendInput, responses=AgreementOutput)
     def post(self, request, pk: int):

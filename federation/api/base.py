@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
-from rest_framework import filters, status
+from rest_framework import filters, serializers, status
 from rest_framework.generics import GenericAPIView
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
@@ -27,11 +29,84 @@ MSG_NOT_FOUND = "{what} not found."
 
 
 class Pagination(PageNumberPagination):
-    """`?page=N&page_size=M` (at most 200 per page); the body says `count`, `next`, `previous`."""
+    """`?page=N&page_size=M` (at most 200 per page); the body says `count`, `next`, `previous`.
+
+    A page_size that is not a positive number is refused (400), not silently replaced by the
+    default: a client asking for something else than it gets deserves to know."""
 
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            raise ValidationError({self.page_size_query_param: ["A positive whole number."]})
+        return min(size, self.max_page_size)
+
+
+def _json_type_error(field: serializers.Field, value) -> str | None:
+    """Why `value` (parsed JSON) is not of the JSON type `field` declares, or None.
+
+    DRF coerces generously (the number 5 is accepted as the text "5", the text "5" as the
+    number 5); a JSON API documents types, so a value of the wrong type is refused instead.
+    """
+    if value is None:
+        return None  # allow_null decides
+    if isinstance(field, (serializers.ManyRelatedField, serializers.ListField)):
+        if not isinstance(value, list):
+            return "Expected a list."
+        child = field.child_relation if isinstance(field, serializers.ManyRelatedField) else field.child
+        return next((e for e in (_json_type_error(child, v) for v in value) if e), None)
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else "Expected true or false."
+    if isinstance(value, bool):  # a bool is an int to Python, never to JSON
+        return "Expected a value of the documented type, not true or false." if _typed(field) else None
+    if isinstance(field, (serializers.IntegerField, serializers.PrimaryKeyRelatedField)):
+        return None if isinstance(value, int) else "Expected a whole number."
+    if isinstance(field, serializers.FloatField):
+        return None if isinstance(value, (int, float)) else "Expected a number."
+    if isinstance(field, (serializers.CharField, serializers.ChoiceField, serializers.SlugRelatedField, serializers.DateField)):
+        return None if isinstance(value, str) else "Expected text."
+    if isinstance(field, (serializers.DictField, serializers.Serializer)):
+        return None if isinstance(value, dict) else "Expected an object."
+    return None
+
+
+_TYPED = (
+    serializers.IntegerField, serializers.PrimaryKeyRelatedField, serializers.FloatField, serializers.CharField,
+    serializers.ChoiceField, serializers.SlugRelatedField, serializers.DateField, serializers.DictField, serializers.Serializer,
+)
+
+
+def _typed(field: serializers.Field) -> bool:
+    return isinstance(field, _TYPED)
+
+
+class Input(serializers.Serializer):
+    """Base of every request body: JSON types are checked before DRF's own validation."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            errors = {}
+            for name, field in self.fields.items():
+                if not field.read_only and field.field_name in data:
+                    error = _json_type_error(field, data[field.field_name])
+                    if error:
+                        errors[name] = [error]
+            if errors:
+                raise ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+class NoInput(Input):
+    """The body of an action that takes none."""
 
 
 class ApiView(GenericAPIView):
@@ -42,6 +117,8 @@ class ApiView(GenericAPIView):
     """
 
     schema = FedgovAutoSchema()
+    # JSON only: one body format to validate, document and test (415 for anything else).
+    parser_classes = [JSONParser]
     permission_classes = [IsAuthenticated, HasScope]
     pagination_class = Pagination
     filter_backends = [DjangoFilterBackend, filters.OrderingFilter]
@@ -50,6 +127,11 @@ class ApiView(GenericAPIView):
     # Objects addressed by the URL (`<int:pk>`) are loaded from `object_queryset()`, the
     # requester's visible set, before the handler runs: nothing to see means 404.
     object_name = "Object"
+
+    def get_serializer_class(self):
+        # What the browsable API's forms show: the view's body, or nothing for actions
+        # that take none. (The OpenAPI schema reads the explicit extend_schema instead.)
+        return getattr(self, "InputSerializer", None) or NoInput
 
     def object_queryset(self) -> QuerySet:
         raise NotImplementedError
@@ -65,10 +147,16 @@ class ApiView(GenericAPIView):
         """Filter, order and paginate `queryset`, then serialise one page."""
         queryset = self.filter_queryset(queryset)
         page = self.paginate_queryset(queryset)
-        return self.get_paginated_response(serializer_class(page, many=True, context=self.get_serializer_context()).data)
+        return self.get_paginated_response(serializer_class(page, many=True, context=self.context_for(page)).data)
 
     def output(self, serializer_class, instance, *, status_code: int = status.HTTP_200_OK, headers=None) -> Response:
-        return Response(serializer_class(instance, context=self.get_serializer_context()).data, status=status_code, headers=headers)
+        data = serializer_class(instance, context=self.context_for([instance])).data
+        return Response(data, status=status_code, headers=headers)
+
+    def context_for(self, objects: list) -> dict:
+        """Serializer context for `objects`, the rows about to be serialised: a view adds what
+        it reads for the whole page at once (so a page costs the same queries as one row)."""
+        return self.get_serializer_context()
 
     def validated_input(self, serializer_class) -> dict:
         serializer = serializer_class(data=self.request.data, context=self.get_serializer_context())

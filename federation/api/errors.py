@@ -55,3 +55,48 @@ def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+# --- Django's own error views, for URLs under /api/ -------------------------------------------
+# A request that never reaches a DRF view (an id that is not a number, an unknown API path, a
+# query string Django itself refuses) still answers with the API's one error body, in JSON.
+
+API_PREFIX = "/api/"
+
+
+def _json_error(status_code: int, code: str, message: str):
+    from django.http import JsonResponse
+
+    return JsonResponse({"code": code, "message": message, "details": {}}, status=status_code)
+
+
+def bad_request(request, exception=None, template_name="400.html"):
+    if request.path.startswith(API_PREFIX):
+        return _json_error(400, "bad_request", "The request could not be read.")
+    from django.views.defaults import bad_request as html
+
+    return html(request, exception, template_name=template_name)
+
+
+def permission_denied(request, exception=None, template_name="403.html"):
+    if request.path.startswith(API_PREFIX):
+        return _json_error(403, "permission_denied", "You do not have permission to do this.")
+    from django.views.defaults import permission_denied as html
+
+    return html(request, exception, template_name=template_name)
+
+
+def page_not_found(request, exception=None, template_name="404.html"):
+    if request.path.startswith(API_PREFIX):
+        return _json_error(404, "not_found", "Not found.")
+    from django.views.defaults import page_not_found as html
+
+    return html(request, exception, template_name=template_name)
+
+
+def server_error(request, template_name="500.html"):
+    if request.path.startswith(API_PREFIX):
+        return _json_error(500, "server_error", "The server failed to answer; the error is logged.")
+    from django.views.defaults import server_error as html
+
+    return html(request, template_name=template_name)

@@ -28,6 +28,34 @@ from .fields import MAX_PK
 User = get_user_model()
 
 
+class StrictFilterSet(df.FilterSet):
+    """A filter sent with an empty value is refused like any other malformed value (only text
+    filters accept the empty string); a client never gets an unfiltered list by mistake."""
+
+    def is_valid(self) -> bool:
+        super().is_valid()
+        for name, f in self.filters.items():
+            if name in self.data and self.data.get(name) == "" and not isinstance(f, df.CharFilter):
+                self.form.add_error(name, "Give a value, or leave this filter out.")
+        return not self.form.errors
+
+
+class StrictBooleanField(forms.Field):
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        if value in ("true", "false"):
+            return value == "true"
+        raise forms.ValidationError("Enter true or false.")
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class BooleanFilter(df.BooleanFilter):
+    """`true` or `false`, nothing else."""
+
+    field_class = StrictBooleanField
+
+
 @extend_schema_field(OpenApiTypes.INT)
 class IdFilter(df.Filter):
     """An object id (a positive 64-bit integer)."""
@@ -50,7 +78,7 @@ class Before(df.IsoDateTimeFilter):
         super().__init__(field_name=field_name, lookup_expr="lt", **kwargs)
 
 
-class OrganisationFilter(df.FilterSet):
+class OrganisationFilter(StrictFilterSet):
     slug = df.CharFilter()
     kind = df.ChoiceFilter(choices=Organisation.Kind.choices)
 
@@ -59,7 +87,7 @@ class OrganisationFilter(df.FilterSet):
         fields = ["slug", "kind"]
 
 
-class MembershipFilter(df.FilterSet):
+class MembershipFilter(StrictFilterSet):
     organisation = IdFilter(field_name="organisation_id")
     role = df.ChoiceFilter(choices=Membership.Role.choices)
     user = df.CharFilter(field_name="user__username", help_text="Username.")
@@ -69,7 +97,7 @@ class MembershipFilter(df.FilterSet):
         fields = ["organisation", "role", "user"]
 
 
-class AgreementFilter(df.FilterSet):
+class AgreementFilter(StrictFilterSet):
     status = df.ChoiceFilter(choices=Agreement.Status.choices)
     party = IdFilter(field_name="party_links__organisation_id", help_text="Organisation id of a party.")
 
@@ -78,7 +106,7 @@ class AgreementFilter(df.FilterSet):
         fields = ["status", "party"]
 
 
-class DatasetFilter(df.FilterSet):
+class DatasetFilter(StrictFilterSet):
     organisation = IdFilter(field_name="organisation_id")
     agreement = IdFilter(field_name="agreement_id")
     slug = df.CharFilter()
@@ -89,7 +117,7 @@ class DatasetFilter(df.FilterSet):
         fields = ["organisation", "agreement", "slug", "accountant"]
 
 
-class PlanFilter(df.FilterSet):
+class PlanFilter(StrictFilterSet):
     agreement = IdFilter(field_name="agreement_id")
     status = df.ChoiceFilter(choices=TrainingPlan.Status.choices)
     purpose = df.CharFilter()
@@ -99,7 +127,7 @@ class PlanFilter(df.FilterSet):
         fields = ["agreement", "status", "purpose"]
 
 
-class RoundFilter(df.FilterSet):
+class RoundFilter(StrictFilterSet):
     plan = IdFilter(field_name="plan_id")
     status = df.ChoiceFilter(choices=TrainingRound.Status.choices)
     requested_after = Since("requested_at")
@@ -110,7 +138,7 @@ class RoundFilter(df.FilterSet):
         fields = ["plan", "status", "requested_after", "requested_before"]
 
 
-class ParticipantFilter(df.FilterSet):
+class ParticipantFilter(StrictFilterSet):
     status = df.ChoiceFilter(choices=RoundParticipant.Status.choices)
     organisation = IdFilter(field_name="dataset__organisation_id")
 
@@ -119,8 +147,8 @@ class ParticipantFilter(df.FilterSet):
         fields = ["status", "organisation"]
 
 
-class LedgerEntryFilter(df.FilterSet):
-    """Filters of a dataset's ledger. `kind` is grant, reserve, commit or release."""
+class LedgerEntryFilter(StrictFilterSet):
+    """Filters of a dataset's ledger. `kind` is GRANT, RESERVE, COMMIT or RELEASE."""
 
     round = IdFilter(field_name="round_id")
     kind = df.ChoiceFilter(choices=LedgerEntry.Kind.choices)
@@ -132,7 +160,7 @@ class LedgerEntryFilter(df.FilterSet):
         fields = ["round", "kind", "created_after", "created_before"]
 
 
-class EventFilter(df.FilterSet):
+class EventFilter(StrictFilterSet):
     agreement = IdFilter(field_name="agreement_id")
     organisation = IdFilter(field_name="organisation_id")
     round = IdFilter(field_name="round_id")
@@ -145,7 +173,7 @@ class EventFilter(df.FilterSet):
         fields = ["agreement", "organisation", "round", "kind", "created_after", "created_before"]
 
 
-class ModelVersionFilter(df.FilterSet):
+class ModelVersionFilter(StrictFilterSet):
     plan = IdFilter(field_name="plan_id")
     round = IdFilter(field_name="round_id")
     version = IdFilter(field_name="version", min_value=0)
@@ -155,9 +183,9 @@ class ModelVersionFilter(df.FilterSet):
         fields = ["plan", "round", "version"]
 
 
-class TokenFilter(df.FilterSet):
+class TokenFilter(StrictFilterSet):
     user = df.CharFilter(field_name="user__username", help_text="Username (administrators see everyone's tokens).")
-    revoked = df.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
+    revoked = BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = ApiToken

@@ -7,7 +7,8 @@ they are added here, by rule, instead of repeating `responses={...}` on every vi
 * 401 and 429 on every operation that authenticates;
 * 403 on every authenticated operation (a token's scope, a read-only role);
 * 404 on every operation with a path parameter (an object you cannot see does not exist);
-* 400 on every write and on every list (a malformed filter is refused, not ignored);
+* 400 on every write and on every list (a malformed filter is refused, not ignored), and
+  404 on every list (a page number that does not exist);
 * 409 on every write (a state that does not allow the action, a failed governance check).
 
 A view may still declare an error code itself with `extend_schema(responses={409: ...})`;
@@ -24,8 +25,9 @@ ERROR_DESCRIPTIONS = {
     "400": "Invalid input (code `validation_failed`, per-field messages in `details.fields`).",
     "401": "No or invalid credentials (code `not_authenticated` or `authentication_failed`).",
     "403": "Authenticated, but this role or token scope does not allow it (code `permission_denied`).",
-    "404": "No such object, or you may not know that it exists (code `not_found`).",
+    "404": "No such object, or you may not know that it exists; on a list, no such page (code `not_found`).",
     "409": "The object's state does not allow this (codes `invalid_state`, `governance_check_failed`, `budget_exceeded`).",
+    "415": "The body is not JSON (code `unsupported_media_type`).",
     "429": "Too many requests (code `throttled`; `Retry-After` says when to retry).",
 }
 
@@ -61,8 +63,10 @@ class FedgovAutoSchema(AutoSchema):
             codes += ["401", "403"]
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             codes += ["400", "409"]
+            if self.method != "DELETE":
+                codes += ["415"]
         elif self._is_list_view():
-            codes += ["400"]
+            codes += ["400", "404"]  # a malformed filter; a page number past the end
         if "{" in self.path:
             codes += ["404"]
         if authenticated or self.view.get_throttles():

@@ -62,9 +62,7 @@ def weighted_average(updates: Sequence[np.ndarray], weights: Sequence[float]) ->
     return (w @ stacked) / w.sum()
 
 
-def secagg_input(
-    update: np.ndarray, weight: float, spec: QuantSpec, rng: np.random.Generator | None = None
-) -> np.ndarray:
+def secagg_input(update: np.ndarray, weight: float, spec: QuantSpec, rng: np.random.Generator | None = None) -> np.ndarray:
     """Partner side: pre-weight the update by its public FedAvg weight and quantise it."""
     if not 0.0 < weight <= 1.0:
         raise LearningError(f"a FedAvg weight is in (0, 1], got {weight}")
@@ -94,9 +92,7 @@ def secure_average(
     return dequantise_sum(masked_sum, spec, len(survivors)) / total
 
 
-def apply_update(
-    global_params: np.ndarray, aggregated_update: np.ndarray, server_lr: float = 1.0
-) -> np.ndarray:
+def apply_update(global_params: np.ndarray, aggregated_update: np.ndarray, server_lr: float = 1.0) -> np.ndarray:
     """New global parameters ``global + server_lr * update`` (float32, a new array)."""
     if not (np.isfinite(server_lr) and server_lr > 0):
         raise LearningError(f"server_lr must be a finite number > 0, got {server_lr}")

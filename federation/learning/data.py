@@ -96,8 +96,7 @@ class Schema:
 
     def model_spec(self, kind: str = "logreg", hidden: Sequence[int] = ()) -> dict[str, Any]:
         """The JSON model spec that fits this schema."""
-        return {"kind": kind, "n_features": self.n_features, "n_classes": self.n_classes,
-                "hidden": list(hidden)}
+        return {"kind": kind, "n_features": self.n_features, "n_classes": self.n_classes, "hidden": list(hidden)}
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
         """Clip raw feature values into the declared bounds, then map them to [0, 1]."""
@@ -168,9 +167,7 @@ def _rows(reader, header: list[str]):
         if not fields or all(not f.strip() for f in fields):
             continue  # blank lines (a trailing newline, say) are not records
         if len(fields) != len(header):
-            raise DataError(
-                f"expected {len(header)} fields, found {len(fields)}", row=reader.line_num
-            )
+            raise DataError(f"expected {len(header)} fields, found {len(fields)}", row=reader.line_num)
         yield reader.line_num, fields
 
 
@@ -278,13 +275,13 @@ def train_eval_split(
     return X[tr], y[tr], X[ev], y[ev]
 
 
-def write_csv(path: PathOrFile, schema_or_header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def write_csv(path: PathOrFile, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Small helper for simulations and tests: write a header and rows."""
     if isinstance(path, (str, os.PathLike)):
         with open(path, "w", newline="", encoding="utf-8") as f:
-            _write(f, schema_or_header, rows)
+            _write(f, header, rows)
     else:
-        _write(path, schema_or_header, rows)
+        _write(path, header, rows)
 
 
 def _write(f: IO[str], header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

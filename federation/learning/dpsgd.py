@@ -169,9 +169,7 @@ def clipped_gradient_sum(
     return out, norms
 
 
-def per_example_gradients(
-    params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray
-) -> np.ndarray:
+def per_example_gradients(params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Materialised per-example gradients, shape (batch, n_params), in the flat layout.
 
     For tests and debugging only (it costs batch x n_params memory); training uses the

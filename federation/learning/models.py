@@ -165,9 +165,7 @@ def check_params(flat: np.ndarray, spec: ModelSpec) -> None:
     if not isinstance(flat, np.ndarray) or flat.ndim != 1:
         raise ModelSpecError("parameters must be one flat numpy vector")
     if flat.shape[0] != spec.n_params:
-        raise ModelSpecError(
-            f"parameter vector has {flat.shape[0]} entries, the spec needs {spec.n_params}"
-        )
+        raise ModelSpecError(f"parameter vector has {flat.shape[0]} entries, the spec needs {spec.n_params}")
 
 
 def logits(params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarray) -> np.ndarray:
@@ -195,9 +193,7 @@ def predict(params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarr
     return logits(params, spec, X).argmax(axis=1)
 
 
-def per_example_loss(
-    params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray
-) -> np.ndarray:
+def per_example_loss(params: np.ndarray, spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Cross-entropy of each example; DP-SGD clips the gradient of each of these."""
     spec = as_spec(spec)
     y = check_labels(y, spec, len(X))

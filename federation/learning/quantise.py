@@ -57,9 +57,7 @@ class QuantSpec:
         headroom = math.ceil(math.log2(self.n_parties)) if self.n_parties > 1 else 0
         bits = self.modulus_bits - headroom
         if bits < MIN_BITS:
-            raise QuantisationError(
-                f"{self.n_parties} parties leave only {bits} bits of a {self.modulus_bits}-bit modulus"
-            )
+            raise QuantisationError(f"{self.n_parties} parties leave only {bits} bits of a {self.modulus_bits}-bit modulus")
         object.__setattr__(self, "clip", clip)
         object.__setattr__(self, "n_parties", int(self.n_parties))
         object.__setattr__(self, "bits", bits)

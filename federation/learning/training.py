@@ -59,9 +59,7 @@ def train_round(
     return new - start, used
 
 
-def evaluate(
-    params: np.ndarray, model_spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray
-) -> float:
+def evaluate(params: np.ndarray, model_spec: ModelSpec | Mapping[str, Any], X: np.ndarray, y: np.ndarray) -> float:
     """Plain accuracy in [0, 1]; NaN on an empty set.
 
     Not a DP release: use it on data the caller may see in the clear (the coordinator's

@@ -135,7 +135,7 @@ def max_body_bytes(config: RoundConfig, msg_type: str) -> int:
         SHARE_KEYS: 512,
         SHARE_RELAY: 512,
         UNMASK_REQUEST: 128,
-        UNMASK_RESPONSE: 512,
+        UNMASK_RESPONSE: 256,
     }[msg_type]
     return 2048 + per_party * n
 
@@ -169,7 +169,7 @@ def decode_json(body: bytes, *, config: RoundConfig, msg_type: str) -> dict:
         raise MessageTooLarge(f"{len(body)} bytes > {limit} for {msg_type}", size=len(body), limit=limit)
     try:
         msg = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         if isinstance(exc, MalformedMessage):
             raise
         raise MalformedMessage(f"not JSON: {exc}") from exc
@@ -297,7 +297,7 @@ def parse_masked_input(body: bytes, *, config: RoundConfig) -> tuple[dict, memor
         raise MalformedMessage("bad masked-input header length")
     try:
         header = json.loads(bytes(view[7 : 7 + hlen]).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         if isinstance(exc, MalformedMessage):
             raise
         raise MalformedMessage(f"header is not JSON: {exc}") from exc

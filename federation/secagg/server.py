@@ -320,6 +320,16 @@ class SecAggServer:
         raise InconsistentView(f"{key} must list exactly {wanted}, in that order")
 
     @property
+    def survivors(self) -> list[str]:
+        """Parties whose masked input arrived (announced when MaskedInput closes)."""
+        return list(self._survivors)
+
+    @property
+    def responders(self) -> list[str]:
+        """Survivors whose unmask response was accepted."""
+        return sorted(self._responses)
+
+    @property
     def can_finalize(self) -> bool:
         return self.phase == UNMASK_RESPONSE and len(self._responses) >= self.config.threshold
 

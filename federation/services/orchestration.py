@@ -436,7 +436,7 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
                 protocol.relays = {"*": _b64(server.close_masked_input())}
             elif phase == UNMASK:
                 if not server.can_finalize:
-                    raise secagg.TooFewSurvivors(f"{len(server.to_dict()['responses'])} unmasking answers, threshold is {server.config.threshold}")
+                    raise secagg.TooFewSurvivors(f"{len(server.responders)} unmasking answers, threshold is {server.config.threshold}")
         except secagg.SecAggError as exc:
             round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}")
             return "aborted"

@@ -47,6 +47,18 @@ def eps(value, digits: int = 3) -> str:
 
 
 @register.filter
+def iso_datetime(value):
+    """An ISO-8601 string (as stored in JSON: report times, verification times) as a datetime,
+    so templates format it with |date like any other."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+@register.filter
 def percent(value) -> str:
     if value is None:
         return "—"
@@ -116,8 +128,12 @@ def ledger_chart(series, title="Epsilon spent over time"):
         # Every entry in the same instant (tests, a seeded demo): plot by entry order instead.
         xs = [float(r["seq"]) for r in rows]
         fmt, x_label = (lambda v: f"#{v:g}"), "ledger entry"
-    spent = svgchart.Series("epsilon spent", [(x, float(r["epsilon_spent_after"])) for x, r in zip(xs, rows)], step=True, css_class="spent")
-    budget = svgchart.Series("budget", [(x, float(r["epsilon_budget"])) for x, r in zip(xs, rows)], step=True, dashed=True, css_class="budget")
+    spent = svgchart.Series(
+        "epsilon spent", [(x, float(r["epsilon_spent_after"])) for x, r in zip(xs, rows)], step=True, css_class="spent"
+    )
+    budget = svgchart.Series(
+        "budget", [(x, float(r["epsilon_budget"])) for x, r in zip(xs, rows)], step=True, dashed=True, css_class="budget"
+    )
     chart = svgchart.Chart(title=title, series=[spent, budget], x_label=x_label, y_label="epsilon", x_format=fmt)
     return mark_safe(svgchart.render(chart))
 
@@ -132,8 +148,34 @@ def accuracy_chart(rows, title="Accuracy per round"):
         if points:
             series.append(svgchart.Series(name, points, css_class=key))
     chart = svgchart.Chart(
-        title=title, series=series, x_label="round", y_label="accuracy", y_min=0.0, y_max=1.0, x_integer=True,
-        y_format=lambda v: f"{v:.0%}" if v <= 1 else f"{v:g}", empty_text="No round has reported an accuracy yet.",
+        title=title,
+        series=series,
+        x_label="round",
+        y_label="accuracy",
+        y_min=0.0,
+        y_max=1.0,
+        x_integer=True,
+        y_format=lambda v: f"{v:.0%}" if v <= 1 else f"{v:g}",
+        empty_text="No round has reported an accuracy yet.",
+    )
+    return mark_safe(svgchart.render(chart))
+
+
+@register.simple_tag
+def epsilon_charged_chart(charged, title="Epsilon charged by each round"):
+    """charged: {dataset slug: {round number: epsilon the round added to the dataset's spent
+    epsilon}}, from the ledger."""
+    series = [
+        svgchart.Series(slug, sorted((float(n), float(e)) for n, e in charged[slug].items()), css_class="charged")
+        for slug in sorted(charged or {})
+    ]
+    chart = svgchart.Chart(
+        title=title,
+        series=series,
+        x_label="round",
+        y_label="epsilon",
+        x_integer=True,
+        empty_text="No round has charged the ledger yet.",
     )
     return mark_safe(svgchart.render(chart))
 
@@ -152,10 +194,20 @@ def epsilon_rounds_chart(cumulative, datasets=None, title="Epsilon spent per dat
         for d in datasets:
             if d.slug in (cumulative or {}):
                 series.append(
-                    svgchart.Series(f"{d.slug} budget", [(lo, d.epsilon_budget), (hi, d.epsilon_budget)], step=True, dashed=True, css_class="budget")
+                    svgchart.Series(
+                        f"{d.slug} budget",
+                        [(lo, d.epsilon_budget), (hi, d.epsilon_budget)],
+                        step=True,
+                        dashed=True,
+                        css_class="budget",
+                    )
                 )
     chart = svgchart.Chart(
-        title=title, series=series, x_label="round", y_label="epsilon", x_integer=True,
+        title=title,
+        series=series,
+        x_label="round",
+        y_label="epsilon",
+        x_integer=True,
         empty_text="No round has charged the ledger yet.",
     )
     return mark_safe(svgchart.render(chart))

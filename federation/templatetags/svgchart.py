@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 
 WIDTH, HEIGHT = 640, 280
@@ -69,6 +69,12 @@ def _fmt(v: float) -> str:
 
 def render(chart: Chart) -> str:
     """The chart as an <svg> element (a string; the caller marks it safe)."""
+    # A non-finite value (an infinite epsilon from a degenerate DP event) cannot be placed on
+    # an axis: it is left out of the drawing, and the tables beside the chart still show it.
+    chart = replace(
+        chart,
+        series=[replace(s, points=[(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]) for s in chart.series],
+    )
     points = [p for s in chart.series for p in s.points]
     title = escape(chart.title)
     head = (
@@ -122,8 +128,13 @@ def render(chart: Chart) -> str:
     out.append('<g class="chart-labels" fill="#455a64" font-size="11">')
     for t in y_ticks:
         out.append(f'<text x="{MARGIN_LEFT - 6}" y="{_fmt(sy(t) + 4)}" text-anchor="end">{escape(chart.y_format(t))}</text>')
+    drawn = None
     for t in x_ticks:
-        out.append(f'<text x="{_fmt(sx(t))}" y="{MARGIN_TOP + plot_h + 16}" text-anchor="middle">{escape(chart.x_format(t))}</text>')
+        label = chart.x_format(t)
+        if label == drawn:  # ticks closer than the label's resolution: draw each label once
+            continue
+        drawn = label
+        out.append(f'<text x="{_fmt(sx(t))}" y="{MARGIN_TOP + plot_h + 16}" text-anchor="middle">{escape(label)}</text>')
     if chart.x_label:
         out.append(f'<text x="{MARGIN_LEFT + plot_w / 2}" y="{HEIGHT - 6}" text-anchor="middle">{escape(chart.x_label)}</text>')
     if chart.y_label:
@@ -158,7 +169,9 @@ def render(chart: Chart) -> str:
         colour = PALETTE[i % len(PALETTE)]
         y = MARGIN_TOP + 10 + i * 15
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-        out.append(f'<line x1="{MARGIN_LEFT + 10}" x2="{MARGIN_LEFT + 30}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
+        out.append(
+            f'<line x1="{MARGIN_LEFT + 10}" x2="{MARGIN_LEFT + 30}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
         out.append(f'<text x="{MARGIN_LEFT + 36}" y="{y + 4}">{escape(s.name)}</text>')
     out.append("</g></svg>")
     return "".join(out)
@@ -166,7 +179,7 @@ def render(chart: Chart) -> str:
 
 def _path(pts: Sequence[tuple[float, float]], sx, sy, *, step: bool, x_end: float) -> str:
     parts = [f"M{_fmt(sx(pts[0][0]))},{_fmt(sy(pts[0][1]))}"]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    for (_x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if step:
             parts.append(f"L{_fmt(sx(x1))},{_fmt(sy(y0))}")
         parts.append(f"L{_fmt(sx(x1))},{_fmt(sy(y1))}")
@@ -188,7 +201,11 @@ def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, he
     spent_w = min(spent * scale, width)
     cost_w = min(cost * scale, width - spent_w)
     over = spent + cost > budget + 1e-12
-    label = f"{spent:.3g} of {budget:.3g} spent" + (f", this round {cost:.3g}" if cost else "") + f", {max(budget - spent, 0):.3g} remaining"
+    label = (
+        f"{spent:.3g} of {budget:.3g} spent"
+        + (f", this round {cost:.3g}" if cost else "")
+        + f", {max(budget - spent, 0):.3g} remaining"
+    )
     cls = "budget-bar-svg over" if over else "budget-bar-svg"
     return (
         f'<svg class="{cls}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '

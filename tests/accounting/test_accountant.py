@@ -63,9 +63,7 @@ def test_abadi_mnist_setting_gives_the_known_epsilon():
 
 def test_round_event_has_the_design_shape():
     event = acc.round_event(0.01, 1.2, 30)
-    assert event == dpa.SelfComposedDpEvent(
-        dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.2)), 30
-    )
+    assert event == dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.2)), 30)
     assert acc.evaluation_event(3.0, 2) == dpa.SelfComposedDpEvent(dpa.GaussianDpEvent(3.0), 2)
     both = acc.dataset_round_event({"q": 0.01, "z": 1.2, "K": 30, "eval_noise_multiplier": 3.0})
     assert both == dpa.ComposedDpEvent([event, acc.evaluation_event(3.0, 1)])
@@ -278,13 +276,13 @@ def test_bad_delta_is_refused():
 
 
 def test_pld_path_equals_dp_accountings_pld_accountant():
-    events = [acc.round_event(0.05, 1.0 + 0.2 * i, 20) for i in range(3)] + [
-        acc.evaluation_event(10.0, 2)
-    ]
+    events = [acc.round_event(0.05, 1.0 + 0.2 * i, 20) for i in range(3)] + [acc.evaluation_event(10.0, 2)]
     ours = acc.compose_epsilon(events, DELTA, "pld")
-    theirs = PLDAccountant(
-        value_discretization_interval=acc.PLD_VALUE_DISCRETIZATION_INTERVAL
-    ).compose(dpa.ComposedDpEvent(events)).get_epsilon(DELTA)
+    theirs = (
+        PLDAccountant(value_discretization_interval=acc.PLD_VALUE_DISCRETIZATION_INTERVAL)
+        .compose(dpa.ComposedDpEvent(events))
+        .get_epsilon(DELTA)
+    )
     assert ours == pytest.approx(theirs, rel=1e-6)
     # PLD is the tighter accountant; RDP an upper bound on the same events.
     assert ours <= acc.compose_epsilon(events, DELTA, "rdp") * (1 + 1e-9)

@@ -2,15 +2,17 @@
 
 import pytest
 
-from .procs import celery_worker, child_env, redis_server
+from federation.localstack import django_env, start_redis, start_worker, stop
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_task_round_trips_through_redis_and_a_worker_process(tmp_path):
-    with redis_server() as (url, _redis, _port):
-        env = child_env(REDIS_URL=url, FEDGOV_VAR_DIR=str(tmp_path))
-        with celery_worker(env) as (worker, log):
+    redis = start_redis(tmp_path)
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/0"
+        worker = start_worker(django_env(REDIS_URL=url), tmp_path, name="w1", concurrency=1)
+        try:
             from celery import Celery
 
             app = Celery("probe", broker=url, backend=url)
@@ -19,4 +21,8 @@ def test_a_task_round_trips_through_redis_and_a_worker_process(tmp_path):
             assert answer["pong"] == "hello"
             # The answer came from the worker process, not from this one.
             assert answer["worker"].startswith("w1@")
-            assert worker.poll() is None, log.read_text()
+            assert worker.alive(), worker.tail()
+        finally:
+            stop(worker.popen)
+    finally:
+        stop(redis.popen)

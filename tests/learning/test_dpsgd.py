@@ -190,10 +190,21 @@ def test_input_parameters_are_not_modified():
 @pytest.mark.parametrize(
     "name,value",
     [
-        ("q", 0.0), ("q", -0.1), ("q", 1.01), ("q", float("nan")), ("q", "0.1x"),
-        ("z", 0.0), ("z", -1.0), ("z", float("inf")),
-        ("C", 0.0), ("C", -2.0), ("C", float("nan")),
-        ("K", 0), ("K", -3), ("K", 2.5), ("K", True),
+        ("q", 0.0),
+        ("q", -0.1),
+        ("q", 1.01),
+        ("q", float("nan")),
+        ("q", "0.1x"),
+        ("z", 0.0),
+        ("z", -1.0),
+        ("z", float("inf")),
+        ("C", 0.0),
+        ("C", -2.0),
+        ("C", float("nan")),
+        ("K", 0),
+        ("K", -3),
+        ("K", 2.5),
+        ("K", True),
     ],
 )
 def test_parameters_that_break_the_accounting_are_refused(name, value):

@@ -56,8 +56,13 @@ def test_quantisation_is_deterministic_under_a_seeded_generator():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(clip=0, n_parties=3), dict(clip=float("nan"), n_parties=3), dict(clip=1, n_parties=0),
-     dict(clip=1, n_parties=2**31), dict(clip=1, n_parties=3, modulus_bits=33)],
+    [
+        dict(clip=0, n_parties=3),
+        dict(clip=float("nan"), n_parties=3),
+        dict(clip=1, n_parties=0),
+        dict(clip=1, n_parties=2**31),
+        dict(clip=1, n_parties=3, modulus_bits=33),
+    ],
 )
 def test_invalid_specs_are_refused(kwargs):
     with pytest.raises(QuantisationError):

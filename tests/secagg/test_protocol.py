@@ -119,8 +119,12 @@ def test_fewer_than_threshold_survivors_aborts_with_no_sum(phase):
 
 def test_finalize_uses_exactly_threshold_shares_and_ignores_late_extra_ones():
     h = Harness(7, t=4, d=8).up_to("unmask")
-    h.unmask(h.roster[:4])
+    assert not h.server.can_finalize
+    h.unmask(h.roster[:3])
+    assert not h.server.can_finalize and h.server.responders == list(h.roster[:3])
+    h.unmask(h.roster[3:4])
     assert h.server.can_finalize
+    assert h.server.survivors == list(h.roster)
     assert h.server.pending() == list(h.roster[4:])
     result = h.server.finalize()
     np.testing.assert_array_equal(result.vector, modular_sum(h.inputs.values()))
@@ -153,12 +157,11 @@ def test_honest_messages_fit_the_size_caps_with_the_longest_ids_and_fifty_partie
     h = Harness(d=4, roster=roster, round_id="r" * 128)
     h.up_to("final")
     assert h.server.finalize().contributors == h.roster
-    relays = {p: {"x": body} for p, body in h.relays.items()}
     sizes = {
         "advertise_keys": h.sent["advertise"].values(),
         "key_list": [h.key_list],
         "share_keys": h.sent["share"].values(),
-        "share_relay": [r["x"] for r in relays.values()],
+        "share_relay": h.relays.values(),
         "masked_input": h.sent["mask"].values(),
         "unmask_request": [h.request],
         "unmask_response": h.sent["unmask"].values(),

@@ -23,6 +23,7 @@ from federation.secagg import (
     RoundConfig,
     SecAggClient,
     SecAggError,
+    SecAggServer,
     TooFewSurvivors,
     UnmaskConflict,
     WrongPhase,
@@ -182,7 +183,14 @@ def test_server_refuses_a_reused_public_key():
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"not json", b"[1, 2]", b'{"v": 1, "v": 1}', b'{"v": 2, "type": "advertise_keys"}', "\xff".encode("latin-1")],
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"v": 1, "v": 1}',
+        b'{"v": 2, "type": "advertise_keys"}',
+        "\xff".encode("latin-1"),
+    ],
 )
 def test_server_refuses_malformed_bodies(body):
     h = Harness(3)
@@ -190,6 +198,17 @@ def test_server_refuses_malformed_bodies(body):
         h.server.receive_advertise_keys(body)
     assert info.value.code in {"malformed", "wrong_round"}
     assert h.server.pending() == list(h.roster)
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash():
+    h = Harness(10)
+    h.advertise()
+    h.close_advertise()
+    deep = b"[" * 3000 + b"]" * 3000  # under the ShareKeys cap, deeper than the parser's recursion limit
+    assert len(deep) <= max_body_bytes(h.config, "share_keys")
+    assert_rejected(h.server, h.server.receive_share_keys, deep, MalformedMessage, "malformed")
+    c = h.clients["org-0"]
+    _assert_client_refuses(c, c.share_keys, deep, MalformedMessage, "malformed")
 
 
 def test_server_refuses_oversized_messages_before_parsing():
@@ -525,4 +544,53 @@ def test_rejected_messages_do_not_break_the_round_for_the_others():
     h.unmask()
     with pytest.raises(SecAggError):
         h.server.receive_unmask_response(h.sent["unmask"]["org-0"])
+    np.testing.assert_array_equal(h.server.finalize().vector, modular_sum(h.inputs.values()))
+
+
+def _mutations(body: bytes, rng: np.random.Generator, count: int):
+    for _ in range(count):
+        b = bytearray(body)
+        kind = rng.integers(0, 4)
+        i = int(rng.integers(0, len(b)))
+        if kind == 0:
+            b[i] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:
+            del b[i:]
+        elif kind == 2:
+            b[i:i] = bytes(rng.integers(0, 256, int(rng.integers(1, 5)), dtype=np.uint8))
+        else:
+            b[i] = int(rng.choice(list(b'{}[]",:0')))
+        yield bytes(b)
+
+
+def test_mutated_messages_only_ever_raise_secagg_errors_and_leave_the_server_unchanged():
+    rng = np.random.default_rng(2024)
+    h = Harness(4, t=3, d=8)
+    others, last = list(h.roster[:3]), h.roster[3]
+    steps = [
+        (h.advertise, lambda: h.clients[last].advertise_keys(), h.server.receive_advertise_keys, h.close_advertise),
+        (h.share, lambda: h.clients[last].share_keys(h.key_list), h.server.receive_share_keys, h.close_share),
+        (
+            h.mask,
+            lambda: h.clients[last].masked_input(h.relays[last], h.inputs[last]),
+            h.server.receive_masked_input,
+            h.close_mask,
+        ),
+        (h.unmask, lambda: h.clients[last].unmask(h.request), h.server.receive_unmask_response, None),
+    ]
+    for send_others, make_last, receive, close in steps:
+        send_others(others)
+        genuine = make_last()
+        for mutated in _mutations(genuine, rng, 150):
+            server = h.server
+            state, acc = server.to_bytes(), server.running_sum_bytes()
+            try:
+                getattr(server, receive.__name__)(mutated)
+            except SecAggError:
+                assert (server.to_bytes(), server.running_sum_bytes()) == (state, acc)
+            else:  # still a valid message (e.g. a flipped ciphertext the server cannot check): undo
+                h.server = SecAggServer.from_bytes(state, running_sum=acc)
+        getattr(h.server, receive.__name__)(genuine)
+        if close:
+            close()
     np.testing.assert_array_equal(h.server.finalize().vector, modular_sum(h.inputs.values()))

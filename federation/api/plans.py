@@ -1,0 +1,88 @@
+"""Training plans: defined by administrators, read by the parties and auditors."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+
+from ..models import TrainingPlan
+from ..permissions import require_administrator, visible_agreements, visible_datasets, visible_plans
+from ..services.plans import plan_create
+from .base import ApiView, Input
+from .fields import VisibleRelatedField
+from .filters import PlanFilter
+
+
+class PlanOutput(serializers.ModelSerializer):
+    datasets = serializers.PrimaryKeyRelatedField(many=True, read_only=True, pk_field=serializers.IntegerField())
+    model_spec = serializers.DictField()
+    feature_names = serializers.ListField(child=serializers.CharField())
+    label_classes = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = TrainingPlan
+        fields = [
+            "id", "agreement", "name", "purpose", "status", "stopped_reason", "datasets", "model_spec", "feature_names",
+            "label_name", "label_classes", "rounds_total", "noise_multiplier", "clip_norm", "batch_size", "local_steps",
+            "learning_rate", "momentum", "server_learning_rate", "eval_noise_multiplier", "secagg_threshold",
+            "phase_timeout_seconds", "created_at",
+        ]
+        ref_name = "TrainingPlan"
+
+
+def plans_for(user):
+    return visible_plans(user).prefetch_related("datasets")
+
+
+class PlanListView(ApiView):
+    """Training plans of the agreements you are a party to or audit (administrators: all)."""
+
+    required_scope = {"GET": "read", "POST": "approve"}
+    filterset_class = PlanFilter
+    ordering_fields = ["created_at", "name", "status"]
+
+    class InputSerializer(Input):
+        agreement = VisibleRelatedField(visible=visible_agreements)
+        name = serializers.CharField(max_length=200)
+        purpose = serializers.CharField(max_length=200)
+        datasets = VisibleRelatedField(visible=visible_datasets, many=True)
+        model_spec = serializers.DictField(help_text='{"kind": "logreg"} or {"kind": "mlp", "hidden": [64]}')
+        noise_multiplier = serializers.FloatField()
+        clip_norm = serializers.FloatField()
+        rounds_total = serializers.IntegerField(min_value=1, max_value=100_000, default=10)
+        batch_size = serializers.IntegerField(min_value=1, max_value=1_000_000, default=64)
+        local_steps = serializers.IntegerField(min_value=1, max_value=1_000_000, default=10)
+        learning_rate = serializers.FloatField(default=0.5)
+        momentum = serializers.FloatField(min_value=0, max_value=1, default=0.0)
+        server_learning_rate = serializers.FloatField(default=1.0)
+        eval_noise_multiplier = serializers.FloatField(required=False, allow_null=True, default=None)
+        secagg_threshold = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=100_000)
+        phase_timeout_seconds = serializers.IntegerField(min_value=1, max_value=86_400, default=120)
+
+        class Meta:
+            ref_name = "TrainingPlanInput"
+
+    def get_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_list", responses=PlanOutput(many=True))
+    def get(self, request):
+        return self.list_response(self.get_queryset(), PlanOutput)
+
+    @extend_schema(operation_id="plans_create", request=InputSerializer, responses={201: PlanOutput})
+    def post(self, request):
+        require_administrator(request.user, what="training plan", action="create")
+        data = self.validated_input(self.InputSerializer)
+        plan = plan_create(actor=request.user, **data)
+        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk), status_code=status.HTTP_201_CREATED)
+
+
+class PlanDetailView(ApiView):
+    object_name = "Training plan"
+
+    def object_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_retrieve", responses=PlanOutput)
+    def get(self, request, pk: int):
+        return self.output(PlanOutput, self.get_object())

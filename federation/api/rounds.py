@@ -1,0 +1,288 @@
+"""Training rounds: requested through the API (with an Idempotency-Key), approved or rejected
+by the representatives whose data they use, read by every party and auditor."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Count, Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+
+from accounting.errors import BudgetExceeded
+from fedgov.errors import GovernanceCheckFailed
+
+from .. import governance
+from ..models import Organisation, RoundApproval, RoundParticipant, TrainingPlan, TrainingRound
+from ..services.rounds import round_approve, round_reject, round_request
+from .access import acting_organisation, scope_to_visible_agreements
+from .agreements import OrganisationChoice
+from .base import ApiView
+from .filters import ParticipantFilter, RoundFilter
+from .plans import plans_for
+from .schema import ErrorSerializer
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class ApprovalOutput(serializers.ModelSerializer):
+    organisation_slug = serializers.CharField(source="organisation.slug")
+    standing = serializers.SerializerMethodField(help_text="Given by a standing approval.")
+
+    class Meta:
+        model = RoundApproval
+        fields = ["organisation", "organisation_slug", "decision", "reason", "decided_at", "standing"]
+        ref_name = "RoundApproval"
+
+    def get_standing(self, approval: RoundApproval) -> bool:
+        return approval.standing_approval_id is not None
+
+
+class GovernanceCheckOutput(serializers.Serializer):
+    name = serializers.CharField(help_text="Stable check name, e.g. agreement_active, budget, approvals.")
+    passed = serializers.BooleanField()
+    reason = serializers.CharField()
+    details = serializers.DictField()
+
+    class Meta:
+        ref_name = "GovernanceCheck"
+
+
+class GovernanceReportOutput(serializers.Serializer):
+    stage = serializers.ChoiceField(choices=[governance.STAGE_REQUEST, governance.STAGE_START])
+    passed = serializers.BooleanField()
+    checked_at = serializers.CharField()
+    checks = GovernanceCheckOutput(many=True)
+
+    class Meta:
+        ref_name = "GovernanceReport"
+
+
+class RoundOutput(serializers.ModelSerializer):
+    governance_report = serializers.SerializerMethodField(help_text="The last governance report (empty before the first check).")
+    metrics = serializers.DictField()
+    approvals = ApprovalOutput(many=True)
+    participant_count = serializers.IntegerField()
+    requested_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRound
+        fields = [
+            "id", "plan", "number", "status", "phase", "phase_deadline", "reason", "governance_report", "metrics",
+            "approvals", "participant_count", "requested_by", "requested_at", "started_at", "finished_at",
+        ]
+        ref_name = "TrainingRound"
+
+    @extend_schema_field(GovernanceReportOutput(allow_null=True))
+    def get_governance_report(self, round: TrainingRound) -> dict | None:
+        return round.governance_report or None
+
+    def get_requested_by(self, round: TrainingRound) -> str | None:
+        return round.requested_by.username if round.requested_by_id else None
+
+
+def rounds_for(user):
+    """permissions.visible_rounds(user), with what RoundOutput shows (a page costs 2 queries)."""
+    return (
+        scope_to_visible_agreements(TrainingRound.objects.all(), user, "plan__agreement_id")
+        .select_related("requested_by")
+        .prefetch_related(Prefetch("approvals", queryset=RoundApproval.objects.select_related("organisation").order_by("decided_at")))
+        .annotate(participant_count=Count("participant_links"))
+    )
+
+
+class RoundListView(ApiView):
+    """Rounds of the plans you can see; filter by plan, status and time."""
+
+    filterset_class = RoundFilter
+    ordering_fields = ["requested_at", "number", "status", "finished_at"]
+
+    def get_queryset(self):
+        return rounds_for(self.request.user).order_by("-requested_at", "-id")
+
+    @extend_schema(operation_id="rounds_list", responses=RoundOutput(many=True))
+    def get(self, request):
+        return self.list_response(self.get_queryset(), RoundOutput)
+
+
+class PlanRoundsView(ApiView):
+    """GET: the plan's rounds. POST: request the plan's next round.
+
+    The answer carries the round and its governance report: 201 and the round (awaiting
+    approval, or approved when standing approvals cover it) when every check passed; 409
+    `governance_check_failed` (details: `report`, `round`) when a check failed and the round
+    is blocked, or 409 `budget_exceeded` (details: `requested`, `remaining`, `report`,
+    `round`) when the remaining budget is the only failed check.
+
+    Send an `Idempotency-Key` header (at most 128 characters, e.g. a UUID) to retry safely:
+    a retry with the same key answers 200 with the round the first request created (or the
+    same 409), and never starts a second round. Keys are per plan.
+    """
+
+    object_name = "Training plan"
+    required_scope = {"GET": "read", "POST": "trigger"}
+    queryset = TrainingRound.objects.none()  # for the schema: the model the filters describe
+    filterset_class = RoundFilter
+    ordering_fields = ["requested_at", "number", "status", "finished_at"]
+
+    def object_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_rounds_list", responses=RoundOutput(many=True))
+    def get(self, request, pk: int):
+        plan = self.get_object()
+        return self.list_response(rounds_for(request.user).filter(plan=plan).order_by("-number"), RoundOutput)
+
+    @extend_schema(
+        operation_id="plans_rounds_request",
+        request=None,
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                description="A key of your choosing (at most 128 characters); a retry with the same key returns the same round.",
+            )
+        ],
+        responses={
+            201: OpenApiResponse(RoundOutput, description="A new round; its governance checks passed."),
+            200: OpenApiResponse(RoundOutput, description="A retry: the round this Idempotency-Key already requested."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="`governance_check_failed` or `budget_exceeded` (the round is blocked; details carry the "
+                "report and the round), or `invalid_state` (a round of this plan is still live, the plan is stopped or complete).",
+            ),
+        },
+    )
+    def post(self, request, pk: int):
+        plan = self.get_object()
+        key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+        round, created = request_round_once(actor=request.user, plan=plan, idempotency_key=key)
+        round = rounds_for(request.user).get(pk=round.pk)
+        if round.status == TrainingRound.Status.BLOCKED:
+            raise blocked_error(round, RoundOutput(round, context=self.get_serializer_context()).data)
+        if created:
+            return self.output(RoundOutput, round, status_code=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/rounds/{round.pk}/"})
+        return self.output(RoundOutput, round)
+
+
+def request_round_once(*, actor, plan: TrainingPlan, idempotency_key: str) -> tuple[TrainingRound, bool]:
+    """round_request, and whether this call created the round (201) or found the one an
+    earlier request with the same key created (200).
+
+    The race: two copies of one request arriving together must not both answer 201. Taking
+    the plan's row lock before looking for the key (round_request takes the same lock
+    first, so the order is the same and nothing deadlocks) means the second copy looks only
+    after the first committed, and sees its round.
+    TODO(lead): let round_request report `created` itself, and drop this lock.
+    """
+    with transaction.atomic():
+        existed = False
+        if idempotency_key:
+            TrainingPlan.objects.select_for_update().filter(pk=plan.pk).exists()
+            existed = TrainingRound.objects.filter(plan=plan, idempotency_key=idempotency_key).exists()
+        round = round_request(actor=actor, plan=plan, idempotency_key=idempotency_key)
+    return round, not existed
+
+
+def blocked_error(round: TrainingRound, round_data: dict) -> Exception:
+    """The 409 for a blocked round: budget_exceeded when the budget is the only failed check
+    (with the first dataset over budget's figures), governance_check_failed otherwise."""
+    report = round.governance_report or {}
+    failed = [c for c in report.get("checks", []) if not c.get("passed")]
+    if len(failed) == 1 and failed[0]["name"] == governance.BUDGET:
+        datasets = failed[0].get("details", {}).get("datasets", {})
+        over = [(slug, d) for slug, d in sorted(datasets.items()) if d["requested"] > d["remaining"]]
+        if over:
+            slug, figures = over[0]
+            return BudgetExceeded(
+                slug, figures["requested"], figures["remaining"], budget=figures["budget"], spent=figures["spent"],
+                datasets=datasets, report=report, round=round_data,
+            )
+    return GovernanceCheckFailed(round.reason or "A governance check failed.", report=report, round=round_data)
+
+
+class RoundObjectView(ApiView):
+    object_name = "Round"
+
+    def object_queryset(self):
+        return rounds_for(self.request.user).select_related("plan__agreement")
+
+    def respond(self, round: TrainingRound):
+        return self.output(RoundOutput, rounds_for(self.request.user).get(pk=round.pk))
+
+    def deciding_organisation(self, round: TrainingRound, given: Organisation | None) -> Organisation:
+        candidates = list(Organisation.objects.filter(datasets__round_links__round=round).distinct().order_by("slug"))
+        return acting_organisation(
+            self.request.user, candidates=candidates, given=given, agreement=round.plan.agreement, action="decide on this round"
+        )
+
+
+class RoundDetailView(RoundObjectView):
+    """A round: status, phase, governance report, approvals and metrics."""
+
+    @extend_schema(operation_id="rounds_retrieve", responses=RoundOutput)
+    def get(self, request, pk: int):
+        return self.output(RoundOutput, self.get_object())
+
+
+class RoundApproveView(RoundObjectView):
+    """Approve the round for your organisation (a representative of an organisation whose
+    dataset the round uses). The last approval needed starts the round."""
+
+    required_scope = "approve"
+
+    class InputSerializer(OrganisationChoice):
+        class Meta:
+            ref_name = "RoundApproveInput"
+
+    @extend_schema(operation_id="rounds_approve", request=InputSerializer, responses=RoundOutput)
+    def post(self, request, pk: int):
+        round = self.get_object()
+        data = self.validated_input(self.InputSerializer)
+        round_approve(actor=request.user, round=round, organisation=self.deciding_organisation(round, data.get("organisation")))
+        return self.respond(round)
+
+
+class RoundRejectView(RoundObjectView):
+    """Reject the round for your organisation, saying why. One rejection ends the round."""
+
+    required_scope = "approve"
+
+    class InputSerializer(OrganisationChoice):
+        reason = serializers.CharField(max_length=2000, allow_blank=True, default="", trim_whitespace=False)
+
+        class Meta:
+            ref_name = "RoundRejectInput"
+
+    @extend_schema(operation_id="rounds_reject", request=InputSerializer, responses=RoundOutput)
+    def post(self, request, pk: int):
+        round = self.get_object()
+        data = self.validated_input(self.InputSerializer)
+        organisation = self.deciding_organisation(round, data.get("organisation"))
+        round_reject(actor=request.user, round=round, organisation=organisation, reason=data["reason"])
+        return self.respond(round)
+
+
+class ParticipantOutput(serializers.ModelSerializer):
+    dataset_slug = serializers.CharField(source="dataset.slug")
+    organisation = serializers.IntegerField(source="dataset.organisation_id")
+    organisation_slug = serializers.CharField(source="dataset.organisation.slug")
+    metrics = serializers.DictField()
+
+    class Meta:
+        model = RoundParticipant
+        fields = ["dataset", "dataset_slug", "organisation", "organisation_slug", "status", "last_phase", "metrics"]
+        ref_name = "RoundParticipant"
+
+
+class RoundParticipantsView(RoundObjectView):
+    """The datasets taking part in the round, and how far each got."""
+
+    queryset = RoundParticipant.objects.none()  # for the schema: the model the filters describe
+    filterset_class = ParticipantFilter
+    ordering_fields = ["dataset__slug", "status"]
+
+    @extend_schema(operation_id="rounds_participants_list", responses=ParticipantOutput(many=True))
+    def get(self, request, pk: int):
+        round = self.get_object()
+        participants = RoundParticipant.objects.filter(round=round).select_related("dataset__organisation").order_by("dataset__slug")
+        return self.list_response(participants, ParticipantOutput)

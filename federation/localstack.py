@@ -1,0 +1,256 @@
+"""The whole fedgov stack on one machine, as real processes on loopback.
+
+`simulate`, the integration tests and the round benchmark start Redis, the web server
+(gunicorn), Celery workers and partner agents through these helpers: each starts the real
+program on a free port, waits until it answers, and stops it (SIGTERM, then SIGKILL) on
+exit. Nothing here is a stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_QUEUES = "fedgov.default,fedgov.rounds,fedgov.aggregation,fedgov.deadlines"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}\n{tail}")
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def kill_hard(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole process group (a worker and its pool children): a crash."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if not path:
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server (make test and make run do it)")
+    return path
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    port: int | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def _spawn(name: str, cmd: list[str], env: dict, log_dir: Path) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    fh = log.open("ab")
+    popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    fh.close()
+    return Proc(name, popen, log)
+
+
+def django_env(**extra: str | None) -> dict:
+    """The environment for a child process: the same settings, database and var directory
+    as this process, so every process sees the same rows and the same ledger key."""
+    from django.conf import settings
+    from django.db import connection
+
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = os.environ.get("DJANGO_SETTINGS_MODULE", "fedgov.settings")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["FEDGOV_VAR_DIR"] = str(settings.VAR_DIR)
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
+    else:
+        env["DATABASE_URL"] = f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="fedgov-redis-", dir=log_dir))
+    proc = _spawn(
+        f"redis-{port}",
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        dict(os.environ),
+        log_dir,
+    )
+    proc.port = port
+    wait_for_port(port, proc=proc.popen, log=proc.log)
+    return proc
+
+
+def start_web(env: dict, log_dir: Path, port: int | None = None, *, workers: int = 2, threads: int = 32) -> Proc:
+    port = port or free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    proc = _spawn(
+        f"web-{port}",
+        [gunicorn, "fedgov.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+         "--worker-class", "gthread", "--timeout", "120", "--graceful-timeout", "5"],
+        env,
+        log_dir,
+    )
+    proc.port = port
+    wait_for_port(port, proc=proc.popen, log=proc.log)
+    return proc
+
+
+def start_worker(env: dict, log_dir: Path, *, name: str = "worker", queues: str = ALL_QUEUES, concurrency: int = 2) -> Proc:
+    return _spawn(
+        name,
+        [sys.executable, "-m", "celery", "-A", "fedgov", "worker", "-Q", queues, "-n", f"{name}@%h", "--concurrency", str(concurrency),
+         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"],
+        env,
+        log_dir,
+    )
+
+
+def start_beat(env: dict, log_dir: Path) -> Proc:
+    return _spawn(
+        "beat",
+        [sys.executable, "-m", "celery", "-A", "fedgov", "beat", "--loglevel", "INFO", "--schedule", str(log_dir / "celerybeat-schedule")],
+        env,
+        log_dir,
+    )
+
+
+def start_agent(env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0, poll_wait: float = 5.0) -> Proc:
+    agent_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}  # the agent has no Django
+    return _spawn(
+        name,
+        [sys.executable, "-m", "federation.agent", "--server", server, "--token", token, "--data", str(data), "--state", str(state_dir),
+         "--dropout", str(dropout), "--poll-wait", str(poll_wait)],
+        agent_env,
+        log_dir,
+    )
+
+
+@dataclass
+class Stack:
+    """Handles on what a LocalStack started (or found already running)."""
+
+    log_dir: Path
+    redis_url: str
+    server: str
+    env: dict
+    procs: dict[str, Proc] = field(default_factory=dict)
+    exit: ExitStack = field(default_factory=ExitStack)
+
+    def add(self, proc: Proc) -> Proc:
+        self.procs[proc.name] = proc
+        self.exit.callback(stop, proc.popen)
+        return proc
+
+    def agent(self, **kwargs) -> Proc:
+        return self.add(start_agent(self.env, self.log_dir, server=self.server, **kwargs))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{proc.tail()}" for name, proc in self.procs.items())
+
+
+def redis_reachable(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    return port_open(parsed.port or 6379, parsed.hostname or "127.0.0.1")
+
+
+def use_broker(redis_url: str) -> None:
+    """Point this process's Celery app at `redis_url`: tasks it enqueues (a round request's
+    on_commit start, say) must reach the workers this stack started."""
+    from fedgov.celery import app
+
+    app.conf.broker_url = redis_url
+    app.conf.result_backend = redis_url
+    # Drop connections made to the old broker; the next publish opens new ones.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+
+
+@contextmanager
+def local_stack(*, log_dir: Path, redis_url: str | None = None, server: str | None = None, workers: int = 1, beat: bool = True, extra_env: dict | None = None):
+    """Start what is not already running: Redis (unless redis_url answers), the web server
+    (unless server is given), Celery workers and beat. Stops what it started on exit."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as outer:
+        procs: dict[str, Proc] = {}
+        if not redis_url or not redis_reachable(redis_url):
+            redis = start_redis(log_dir)
+            outer.callback(stop, redis.popen)
+            procs[redis.name] = redis
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        env = django_env(REDIS_URL=redis_url, **(extra_env or {}))
+        use_broker(redis_url)
+        if server is None:
+            web = start_web(env, log_dir)
+            outer.callback(stop, web.popen)
+            procs[web.name] = web
+            server = f"http://127.0.0.1:{web.port}"
+        stack = Stack(log_dir=log_dir, redis_url=redis_url, server=server, env=env, procs=procs)
+        outer.enter_context(stack.exit)
+        for i in range(workers):
+            stack.add(start_worker(env, log_dir, name=f"worker{i + 1}"))
+        if beat:
+            stack.add(start_beat(env, log_dir))
+        yield stack

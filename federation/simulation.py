@@ -1,0 +1,268 @@
+"""A whole federation on one machine: data split into partner partitions, the governance
+set up through the services, and the plan's progress read back.
+
+Used by `manage.py simulate`, the round benchmark and the integration tests, so all three
+exercise the same path a real deployment takes: services for every write, then Redis,
+Celery workers, the web server and partner agents talking HTTP.
+"""
+
+from __future__ import annotations
+
+import csv
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from .demo import non_iid_split
+from .models import (
+    ADMINISTRATORS_GROUP,
+    Agreement,
+    Membership,
+    TrainingPlan,
+    TrainingRound,
+)
+from .services.agreements import agreement_create, agreement_sign, agreement_submit
+from .services.datasets import dataset_register
+from .services.organisations import membership_add, organisation_create
+from .services.plans import plan_create
+from .services.rounds import standing_approval_give
+from .services.tokens import token_issue
+
+User = get_user_model()
+
+# Hyperparameters tuned on validation splits for small tabular data (see bench/quality.py):
+# sampling rate 0.25, C=0.5, lr 2, momentum 0.5, about 150 steps in all (15 a round). The noise multiplier is
+# calibrated so that every planned round fits the budget (calibrate_noise).
+SAMPLING_RATE = 0.25
+DEFAULT_PLAN = dict(
+    model_spec={"kind": "logreg"},
+    clip_norm=0.5,
+    local_steps=15,
+    learning_rate=2.0,
+    momentum=0.5,
+    server_learning_rate=1.0,
+    eval_noise_multiplier=10.0,
+)
+
+
+def calibrate_noise(*, q: float, K: int, rounds: int, epsilon: float, delta: float, eval_sigma: float | None, margin: float = 0.97) -> float:
+    """The smallest noise multiplier z (to 1e-3) for which `rounds` rounds of the plan, evaluation
+    releases included, compose to at most margin * epsilon, by dp-accounting (bisection)."""
+    from accounting.accountant import compose_epsilon, dataset_round_event
+
+    def cost(z: float) -> float:
+        event = dataset_round_event({"q": q, "z": z, "K": K, "eval_noise_multiplier": eval_sigma, "eval_count": 2 if eval_sigma else 0})
+        return compose_epsilon([event] * rounds, delta)
+
+    lo, hi = 0.3, 64.0
+    if cost(hi) > margin * epsilon:
+        raise ValueError(f"epsilon {epsilon} cannot pay for {rounds} rounds even with noise multiplier {hi}; raise --epsilon or lower --rounds")
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost(mid) <= margin * epsilon else (mid, hi)
+    return hi
+
+
+@dataclass
+class Table:
+    """A labelled table read from a CSV (or the default data), kept as strings for writing
+    partitions back out exactly."""
+
+    header: list[str]
+    label: str
+    rows: list[list[str]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        i = self.header.index(self.label)
+        return np.array([r[i] for r in self.rows])
+
+    def subset(self, idx) -> Table:
+        return Table(self.header, self.label, [self.rows[i] for i in idx])
+
+    def write(self, path: Path) -> Path:
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(self.header)
+            writer.writerows(self.rows)
+        return path
+
+
+def read_table(path: Path, label: str) -> Table:
+    from .learning import DataError
+
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataError(f"{path} is empty") from None
+        if label not in header:
+            raise DataError(f"{path} has no column {label!r} (columns: {', '.join(header[:10])}{'…' if len(header) > 10 else ''})")
+        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    if len(rows) < 10:
+        raise DataError(f"{path} has {len(rows)} data rows; a federation needs more")
+    return Table(header, label, rows)
+
+
+def default_table() -> Table:
+    from .demo import LABEL, breast_cancer_table
+
+    names, X, y = breast_cancer_table()
+    return Table([*names, LABEL], LABEL, [[*(f"{v:.6g}" for v in x), lab] for x, lab in zip(X, y)])
+
+
+def split_train_test(table: Table, *, test_fraction: float = 0.2, seed: int = 11) -> tuple[Table, Table]:
+    order = np.random.default_rng(seed).permutation(len(table.rows))
+    n_test = int(round(len(order) * test_fraction))
+    return table.subset(sorted(order[n_test:])), table.subset(sorted(order[:n_test]))
+
+
+def schema_for(table: Table, path: Path) -> dict:
+    """Stand-in for the metadata partners would declare: derived from the file."""
+    from .learning import schema_from_csv
+
+    s = schema_from_csv(path, table.label)
+    bounds = [[lo, hi if hi > lo else lo + 1.0] for lo, hi in s.bounds]
+    return {"feature_names": list(s.features), "label_name": s.label, "label_classes": list(s.classes), "feature_bounds": bounds}
+
+
+@dataclass
+class Federation:
+    admin: object
+    plan: TrainingPlan
+    partitions: list[Path]
+    tokens: dict[str, str]  # organisation slug -> agent token
+    datasets: list = field(default_factory=list)
+
+
+def setup_federation(
+    *,
+    partitions: list[Path],
+    schema: dict,
+    epsilon: float,
+    rounds: int,
+    delta: float = 1e-5,
+    prefix: str | None = None,
+    plan_overrides: dict | None = None,
+    phase_timeout: int = 60,
+) -> Federation:
+    """Organisations, users, an active signed agreement, a dataset per partition, a plan
+    and standing approvals for all of its rounds, through the services."""
+    prefix = prefix or f"sim{int(time.time())}{secrets.token_hex(2)}"
+    admin, _ = User.objects.get_or_create(username=f"{prefix}-admin")
+    admin.groups.add(Group.objects.get_or_create(name=ADMINISTRATORS_GROUP)[0])
+    plan_kwargs = dict(DEFAULT_PLAN)
+    plan_kwargs.update(plan_overrides or {})
+    sizes = []
+    for path in partitions:
+        with path.open() as fh:
+            sizes.append(sum(1 for _ in fh) - 1)
+    plan_kwargs.setdefault("batch_size", max(1, round(SAMPLING_RATE * min(sizes))))
+    if "noise_multiplier" not in plan_kwargs:
+        q = min(1.0, plan_kwargs["batch_size"] / min(sizes))
+        eval_sigma = plan_kwargs.get("eval_noise_multiplier")
+        try:
+            plan_kwargs["noise_multiplier"] = calibrate_noise(
+                q=q, K=plan_kwargs["local_steps"], rounds=rounds, epsilon=epsilon, delta=delta, eval_sigma=eval_sigma
+            )
+        except ValueError:
+            plan_kwargs["eval_noise_multiplier"] = None  # cannot afford evaluation releases
+            plan_kwargs["noise_multiplier"] = calibrate_noise(q=q, K=plan_kwargs["local_steps"], rounds=rounds, epsilon=epsilon, delta=delta, eval_sigma=None)
+    orgs, reps, tokens = [], [], {}
+    for i in range(len(partitions)):
+        org = organisation_create(actor=admin, slug=f"{prefix}-p{i + 1}", name=f"Partner {i + 1} ({prefix})")
+        rep = User.objects.create(username=f"{prefix}-rep{i + 1}")
+        agent = User.objects.create(username=f"{prefix}-agent{i + 1}")
+        membership_add(actor=admin, user=rep, organisation=org, role=Membership.Role.REPRESENTATIVE)
+        membership_add(actor=admin, user=agent, organisation=org, role=Membership.Role.AGENT)
+        _, key = token_issue(actor=admin, user=agent, scopes=["agent"], name="simulate", expires_in_days=2)
+        orgs.append(org)
+        reps.append(rep)
+        tokens[org.slug] = key
+    today = date.today()
+    agreement = agreement_create(
+        actor=admin,
+        parties=orgs,
+        title=f"Simulation {prefix}",
+        purposes=["simulation"],
+        valid_from=today - timedelta(days=1),
+        valid_until=today + timedelta(days=30),
+        min_participants=2,
+        min_noise_multiplier=min(0.5, plan_kwargs["noise_multiplier"]),
+        max_clip_norm=max(10.0, plan_kwargs["clip_norm"]),
+        max_delta=max(delta, 1e-4),
+        max_epsilon_per_round=epsilon,
+        max_epsilon_budget=epsilon,
+        approval_rule=Agreement.ApprovalRule.EVERY_PARTY,
+        exit_notice_days=0,
+    )
+    agreement = agreement_submit(actor=admin, agreement=agreement)
+    for org, rep in zip(orgs, reps):
+        agreement_sign(actor=rep, agreement=agreement, organisation=org, terms_hash=agreement.terms_hash)
+    datasets = []
+    for i, (org, rep, path, n) in enumerate(zip(orgs, reps, partitions, sizes)):
+        datasets.append(
+            dataset_register(
+                actor=rep, organisation=org, agreement=agreement, slug=f"{org.slug}-data", name=f"Partition {i + 1}",
+                record_count=n, epsilon_budget=epsilon, delta=delta, **schema,
+            )
+        )
+    plan = plan_create(
+        actor=admin, agreement=agreement, name=f"Simulation plan {prefix}", purpose="simulation", datasets=datasets,
+        rounds_total=rounds, phase_timeout_seconds=phase_timeout, **plan_kwargs,
+    )
+    for org, rep in zip(orgs, reps):
+        standing_approval_give(actor=rep, plan=plan, organisation=org, max_rounds=rounds)
+    return Federation(admin=admin, plan=plan, partitions=partitions, tokens=tokens, datasets=datasets)
+
+
+def partition(table: Table, parts: int, out_dir: Path, *, seed: int = 7) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, idx in enumerate(non_iid_split(table.labels, parts, seed=seed)):
+        if len(idx) < 5:
+            from .learning import DataError
+
+            raise DataError(f"partition {i + 1} of {parts} has only {len(idx)} rows: use fewer partners or more data")
+        paths.append(table.subset(idx).write(out_dir / f"partner-{i + 1}.csv"))
+    return paths
+
+
+FINAL = {TrainingRound.Status.COMPLETED, TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED, TrainingRound.Status.FAILED, TrainingRound.Status.ABORTED}
+
+
+def wait_for_plan(plan: TrainingPlan, *, timeout: float, on_progress=None, poll: float = 0.2) -> TrainingPlan:
+    """Poll until the plan completes, is stopped, or a round fails; returns the plan."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        plan.refresh_from_db()
+        rounds = list(plan.rounds.order_by("number"))
+        if on_progress:
+            on_progress(plan, rounds)
+        if plan.status != TrainingPlan.Status.ACTIVE:
+            return plan
+        if rounds and rounds[-1].status in (TrainingRound.Status.FAILED, TrainingRound.Status.ABORTED, TrainingRound.Status.REJECTED):
+            return plan
+        time.sleep(poll)
+    raise TimeoutError(f"plan {plan.name!r} still running after {timeout:.0f}s")
+
+
+def wait_for_agents(fed: Federation, *, timeout: float) -> None:
+    """Until every partner's agent has enrolled its identity key."""
+    from .models import AgentIdentity
+
+    deadline = time.monotonic() + timeout
+    slugs = set(fed.tokens)
+    while time.monotonic() < deadline:
+        enrolled = set(AgentIdentity.objects.filter(organisation__slug__in=slugs, revoked_at__isnull=True).values_list("organisation__slug", flat=True))
+        if enrolled == slugs:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"agents of {sorted(slugs - enrolled)} did not enrol within {timeout:.0f}s")

@@ -1,0 +1,166 @@
+"""Requesting, approving and rejecting rounds through the API: the governance report in the
+answer, the stable error codes, and the Idempotency-Key."""
+
+from __future__ import annotations
+
+import pytest
+
+from federation import governance
+from federation.models import TrainingRound
+from federation.services.agreements import agreement_suspend
+from federation.services.rounds import MSG_ALREADY_DECIDED, MSG_REASON_REQUIRED, MSG_ROUND_LIVE
+from federation.services.tokens import token_issue
+from tests.api.conftest import ALL_SCOPES
+from tests.factories import build_cast
+
+
+def client_for(user, scopes=ALL_SCOPES):
+    from rest_framework.test import APIClient
+
+    _, key = token_issue(actor=user, user=user, scopes=scopes)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+def rounds_url(plan) -> str:
+    return f"/api/v1/plans/{plan.pk}/rounds/"
+
+
+def test_requesting_a_round_returns_it_with_its_governance_report(cast):
+    response = client_for(cast.admin).post(rounds_url(cast.plan))
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == TrainingRound.Status.AWAITING_APPROVAL
+    assert body["number"] == 1
+    assert body["participant_count"] == 3
+    assert response["Location"] == f"/api/v1/rounds/{body['id']}/"
+    report = body["governance_report"]
+    assert report["passed"] is True and report["stage"] == governance.STAGE_REQUEST
+    assert {c["name"] for c in report["checks"]} >= {governance.AGREEMENT_ACTIVE, governance.BUDGET, governance.DP_PARAMETERS}
+
+
+def test_a_retried_request_with_the_same_idempotency_key_returns_the_same_round(cast):
+    client = client_for(cast.rep_a)
+    first = client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="7b0c1c1e-retry")
+    again = client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="7b0c1c1e-retry")
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert TrainingRound.objects.filter(plan=cast.plan).count() == 1
+
+
+def test_a_second_request_without_a_key_is_refused_while_a_round_is_live(cast):
+    client = client_for(cast.admin)
+    assert client.post(rounds_url(cast.plan)).status_code == 201
+    response = client.post(rounds_url(cast.plan))
+    assert response.status_code == 409
+    assert response.json()["code"] == "invalid_state"
+    assert response.json()["message"] == MSG_ROUND_LIVE.format(number=1, plan=cast.plan.name, status="awaiting approval")
+    assert TrainingRound.objects.filter(plan=cast.plan).count() == 1
+
+
+def test_a_different_key_does_not_return_another_requests_round(cast):
+    client = client_for(cast.admin)
+    assert client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="one").status_code == 201
+    response = client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="two")
+    assert response.status_code == 409 and response.json()["code"] == "invalid_state"
+
+
+def test_an_idempotency_key_longer_than_128_characters_is_refused(cast):
+    response = client_for(cast.admin).post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="k" * 129)
+    assert response.status_code == 400
+    assert response.json()["code"] == "validation_failed"
+    assert "idempotency_key" in response.json()["details"]["fields"]
+    assert not TrainingRound.objects.exists()
+
+
+def test_a_blocked_round_answers_governance_check_failed_with_the_report(cast):
+    agreement_suspend(actor=cast.admin, agreement=cast.agreement, reason="audit pending")
+    client = client_for(cast.admin)
+    response = client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="blocked-1")
+    assert response.status_code == 409
+    body = response.json()
+    assert body["code"] == "governance_check_failed"
+    report = body["details"]["report"]
+    failed = [c["name"] for c in report["checks"] if not c["passed"]]
+    assert governance.AGREEMENT_ACTIVE in failed
+    assert body["details"]["round"]["status"] == TrainingRound.Status.BLOCKED
+    assert body["message"] == TrainingRound.objects.get().reason
+    # A retry answers the same: the same blocked round, no second one.
+    again = client.post(rounds_url(cast.plan), HTTP_IDEMPOTENCY_KEY="blocked-1")
+    assert again.status_code == 409
+    assert again.json()["details"]["round"]["id"] == body["details"]["round"]["id"]
+    assert TrainingRound.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_an_exhausted_budget_answers_budget_exceeded_with_requested_and_remaining():
+    cast = build_cast(budget=0.05)
+    response = client_for(cast.admin).post(rounds_url(cast.plan))
+    assert response.status_code == 409
+    body = response.json()
+    assert body["code"] == "budget_exceeded"
+    details = body["details"]
+    assert details["requested"] > details["remaining"]
+    assert details["remaining"] == pytest.approx(0.05)
+    assert details["dataset"] in {d.slug for d in cast.datasets}
+    assert set(details["datasets"]) == {d.slug for d in cast.datasets}
+    assert details["report"]["passed"] is False
+    assert details["round"]["status"] == TrainingRound.Status.BLOCKED
+
+
+def test_approvals_from_every_party_approve_the_round(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    for rep in (cast.rep_a, cast.rep_b):
+        response = client_for(rep).post(f"/api/v1/rounds/{round_id}/approve/", {}, format="json")
+        assert response.status_code == 200
+        assert response.json()["status"] == TrainingRound.Status.AWAITING_APPROVAL
+    response = client_for(cast.rep_c).post(f"/api/v1/rounds/{round_id}/approve/", {"organisation": cast.org_c.pk}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == TrainingRound.Status.APPROVED
+    assert [a["organisation_slug"] for a in response.json()["approvals"]] == ["org-a", "org-b", "org-c"]
+
+
+def test_approving_twice_is_an_invalid_state(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client = client_for(cast.rep_a)
+    client.post(f"/api/v1/rounds/{round_id}/approve/", {}, format="json")
+    response = client.post(f"/api/v1/rounds/{round_id}/approve/", {}, format="json")
+    assert response.status_code == 409
+    assert response.json() == {
+        "code": "invalid_state",
+        "message": MSG_ALREADY_DECIDED.format(organisation="Org A", decision="approve", number=1),
+        "details": {},
+    }
+
+
+def test_approving_for_an_organisation_you_do_not_represent_is_forbidden(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    response = client_for(cast.rep_a).post(f"/api/v1/rounds/{round_id}/approve/", {"organisation": cast.org_b.pk}, format="json")
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+
+
+def test_a_rejection_needs_a_reason_and_ends_the_round(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client = client_for(cast.rep_b)
+    response = client.post(f"/api/v1/rounds/{round_id}/reject/", {"reason": "  "}, format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "validation_failed"
+    assert response.json()["message"] == MSG_REASON_REQUIRED
+    response = client.post(f"/api/v1/rounds/{round_id}/reject/", {"reason": "Data refresh first."}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == TrainingRound.Status.REJECTED
+    assert "Data refresh first." in response.json()["reason"]
+
+
+def test_round_participants_and_status_are_readable_by_the_parties(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client = client_for(cast.rep_b, scopes=["read"])
+    detail = client.get(f"/api/v1/rounds/{round_id}/")
+    assert detail.status_code == 200
+    assert set(detail.json()) >= {"status", "phase", "metrics", "governance_report", "approvals"}
+    participants = client.get(f"/api/v1/rounds/{round_id}/participants/", {"organisation": cast.org_b.pk})
+    assert participants.status_code == 200
+    assert [p["dataset_slug"] for p in participants.json()["results"]] == ["org-b-records"]
