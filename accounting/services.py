@@ -93,7 +93,11 @@ def _build_event(params: dict, dataset) -> tuple[str, object]:
 def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:
     """Kinds of ledger entries each dataset already has for this round."""
     states: dict[int, set[str]] = defaultdict(set)
-    rows = LedgerEntry.objects.filter(round_id=round_id, dataset_id__in=list(dataset_ids)).order_by().values_list("dataset_id", "kind")
+    rows = (
+        LedgerEntry.objects.filter(round_id=round_id, dataset_id__in=list(dataset_ids))
+        .order_by()
+        .values_list("dataset_id", "kind")
+    )
     for dataset_id, kind in rows:
         states[dataset_id].add(kind)
     return states

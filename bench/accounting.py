@@ -21,7 +21,7 @@ transaction, as the real append path does one at a time. Then, for each size:
     process's peak RSS (the chain is streamed, so it stays flat as the ledger grows).
 
 The table goes to stdout and to bench/results/accounting.md (and .json); --quick writes
-accounting.quick.md.
+accounting.quick.md, --sizes accounting.custom.md.
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ def main() -> None:
             flush=True,
         )
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}, dp-accounting {acc.accountant_parameters()['library_version']}, SQLite"
+    load = os.getloadavg()[1]
+    machine = f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average {load:.1f} over the run's last 5 min), Python {platform.python_version()}, dp-accounting {acc.accountant_parameters()['library_version']}, SQLite"
     lines = [
         "# Privacy-budget ledger: fedgov's check vs recomposition",
         "",
@@ -311,11 +312,16 @@ def main() -> None:
     print(report)
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    stem = "accounting.quick" if args.quick else "accounting"
+    stem = "accounting.custom" if args.sizes else "accounting.quick" if args.quick else "accounting"
     (results / f"{stem}.md").write_text(report)
     (results / f"{stem}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     print(f"wrote {results / (stem + '.md')}")
 
 
 if __name__ == "__main__":
-    main()
+    import shutil
+
+    try:
+        main()
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)  # the temporary database and key

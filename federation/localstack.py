@@ -127,6 +127,7 @@ def django_env(**extra: str | None) -> dict:
 
 def start_redis(log_dir: Path, port: int | None = None) -> Proc:
     port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="fedgov-redis-", dir=log_dir))
     proc = _spawn(
         f"redis-{port}",
@@ -154,23 +155,23 @@ def start_web(env: dict, log_dir: Path, port: int | None = None, *, workers: int
     return proc
 
 
-def start_worker(env: dict, log_dir: Path, *, name: str = "worker", queues: str = ALL_QUEUES, concurrency: int = 2) -> Proc:
-    return _spawn(
-        name,
-        [sys.executable, "-m", "celery", "-A", "fedgov", "worker", "-Q", queues, "-n", f"{name}@%h", "--concurrency", str(concurrency),
-         "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"],
-        env,
-        log_dir,
-    )
+def supervised(cmd: list[str]) -> list[str]:
+    """Restart the command whenever it exits, as systemd's Restart=always does in a
+    deployment: a Celery worker exits on some broker failures and must come back."""
+    import shlex
+
+    return ["bash", "-c", f"while true; do {shlex.join(cmd)}; sleep 1; done"]
+
+
+def start_worker(env: dict, log_dir: Path, *, name: str = "worker", queues: str = ALL_QUEUES, concurrency: int = 2, supervise: bool = True) -> Proc:
+    cmd = [sys.executable, "-m", "celery", "-A", "fedgov", "worker", "-Q", queues, "-n", f"{name}@%h", "--concurrency", str(concurrency),
+           "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"]
+    return _spawn(name, supervised(cmd) if supervise else cmd, env, log_dir)
 
 
 def start_beat(env: dict, log_dir: Path) -> Proc:
-    return _spawn(
-        "beat",
-        [sys.executable, "-m", "celery", "-A", "fedgov", "beat", "--loglevel", "INFO", "--schedule", str(log_dir / "celerybeat-schedule")],
-        env,
-        log_dir,
-    )
+    cmd = [sys.executable, "-m", "celery", "-A", "fedgov", "beat", "--loglevel", "INFO", "--schedule", str(log_dir / "celerybeat-schedule")]
+    return _spawn("beat", supervised(cmd), env, log_dir)
 
 
 def start_agent(env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0, poll_wait: float = 5.0) -> Proc:

@@ -17,7 +17,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@app.task(name="fedgov.ping", bind=True, acks_late=True)
+@app.task(name="fedgov.ping", bind=True, acks_late=True, ignore_result=False)
 def ping(self, value: str) -> dict:
     """Round-trip check used by the health view and the broker integration test."""
     return {"pong": value, "worker": self.request.hostname}

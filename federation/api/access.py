@@ -22,14 +22,16 @@ from ..models import (
 from ..permissions import (
     audits,
     is_administrator,
-    is_representative_of,
     is_auditor,
+    is_representative_of,
     organisations_of,
     require_representative,
     visible_agreements,
 )
 
-MSG_LEDGER_FORBIDDEN = "Only the administrators, the representatives of {organisation} and the auditors of its agreement read this ledger."
+MSG_LEDGER_FORBIDDEN = (
+    "Only the administrators, the representatives of {organisation} and the auditors of its agreement read this ledger."
+)
 MSG_PARAMS_FORBIDDEN = "Only the parties to '{agreement}' may download its models' parameters."
 MSG_CHOOSE_ORGANISATION = "You represent several organisations here ({choices}); say which one acts."
 MSG_NOT_CANDIDATE = "{organisation} has no part in this; choose one of {choices}."
@@ -97,9 +99,7 @@ def ledger_datasets(user) -> QuerySet[Dataset]:
     if not user or not user.is_authenticated:
         return Dataset.objects.none()
     represented = organisations_of(user, Membership.Role.REPRESENTATIVE).values("id")
-    return Dataset.objects.filter(
-        Q(agreement__in=audited_agreements(user).values("id")) | Q(organisation_id__in=represented)
-    )
+    return Dataset.objects.filter(Q(agreement__in=audited_agreements(user).values("id")) | Q(organisation_id__in=represented))
 
 
 def require_ledger_reader(user, dataset: Dataset) -> None:

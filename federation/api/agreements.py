@@ -55,10 +55,30 @@ class AgreementOutput(serializers.ModelSerializer):
     class Meta:
         model = Agreement
         fields = [
-            "id", "title", "status", "version", "terms_hash", "purposes", "valid_from", "valid_until",
-            "min_participants", "min_noise_multiplier", "max_clip_norm", "max_delta", "max_epsilon_per_round",
-            "max_epsilon_budget", "approval_rule", "approval_quorum", "auditor_access", "exit_notice_days",
-            "data_retention", "parties", "signatures", "auditors", "created_at", "activated_at",
+            "id",
+            "title",
+            "status",
+            "version",
+            "terms_hash",
+            "purposes",
+            "valid_from",
+            "valid_until",
+            "min_participants",
+            "min_noise_multiplier",
+            "max_clip_norm",
+            "max_delta",
+            "max_epsilon_per_round",
+            "max_epsilon_budget",
+            "approval_rule",
+            "approval_quorum",
+            "auditor_access",
+            "exit_notice_days",
+            "data_retention",
+            "parties",
+            "signatures",
+            "auditors",
+            "created_at",
+            "activated_at",
         ]
         ref_name = "Agreement"
 
@@ -99,7 +119,10 @@ class TermsInput(Input):
     data_retention = serializers.CharField(allow_blank=True, default="", max_length=10_000)
     parties = VisibleRelatedField(visible=visible_organisations, many=True, help_text="Organisation ids; at least two.")
     auditors = serializers.SlugRelatedField(
-        slug_field="username", many=True, required=False, queryset=User.objects.filter(groups__name=AUDITORS_GROUP),
+        slug_field="username",
+        many=True,
+        required=False,
+        queryset=User.objects.filter(groups__name=AUDITORS_GROUP),
         help_text="Usernames of auditors.",
     )
 
@@ -141,7 +164,9 @@ class AgreementListView(ApiView):
         require_administrator(request.user, what="agreement", action="create")
         data = dict(self.validated_input(TermsInput))
         agreement = agreement_create(actor=request.user, parties=data.pop("parties"), auditors=data.pop("auditors", []), **data)
-        return self.output(AgreementOutput, agreements_for(request.user).get(pk=agreement.pk), status_code=status.HTTP_201_CREATED)
+        return self.output(
+            AgreementOutput, agreements_for(request.user).get(pk=agreement.pk), status_code=status.HTTP_201_CREATED
+        )
 
 
 class AgreementObjectView(ApiView):
@@ -173,7 +198,9 @@ class AgreementSubmitView(AgreementObjectView):
 
 class OrganisationChoice(Input):
     organisation = VisibleRelatedField(
-        visible=visible_organisations, required=False, allow_null=True,
+        visible=visible_organisations,
+        required=False,
+        allow_null=True,
         help_text="The organisation you act for; may be left out when you represent exactly one that is concerned.",
     )
 
@@ -196,8 +223,11 @@ class AgreementSignView(AgreementObjectView):
         agreement = self.get_object()
         data = self.validated_input(self.InputSerializer)
         organisation = acting_organisation(
-            request.user, candidates=[p.organisation for p in agreement.party_links.all()], given=data.get("organisation"),
-            agreement=agreement, action="sign this agreement",
+            request.user,
+            candidates=[p.organisation for p in agreement.party_links.all()],
+            given=data.get("organisation"),
+            agreement=agreement,
+            action="sign this agreement",
         )
         agreement_sign(actor=request.user, agreement=agreement, organisation=organisation, terms_hash=data["terms_hash"])
         return self.respond(agreement)
@@ -215,7 +245,11 @@ class AgreementAmendView(AgreementObjectView):
         require_administrator(request.user, what="agreement", action="amend")
         data = dict(self.validated_input(AmendInput))
         agreement = agreement_amend(
-            actor=request.user, agreement=agreement, parties=data.pop("parties", None), auditors=data.pop("auditors", None), **data
+            actor=request.user,
+            agreement=agreement,
+            parties=data.pop("parties", None),
+            auditors=data.pop("auditors", None),
+            **data,
         )
         return self.respond(agreement)
 
@@ -235,8 +269,11 @@ class AgreementExitNoticeView(AgreementObjectView):
         agreement = self.get_object()
         data = self.validated_input(self.InputSerializer)
         organisation = acting_organisation(
-            request.user, candidates=[p.organisation for p in agreement.party_links.all()], given=data.get("organisation"),
-            agreement=agreement, action="give exit notice",
+            request.user,
+            candidates=[p.organisation for p in agreement.party_links.all()],
+            given=data.get("organisation"),
+            agreement=agreement,
+            action="give exit notice",
         )
         party = party_give_exit_notice(actor=request.user, agreement=agreement, organisation=organisation)
         return self.output(PartyOutput, party)

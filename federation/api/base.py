@@ -12,8 +12,8 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import filters, serializers, status
-from rest_framework.generics import GenericAPIView
 from rest_framework.exceptions import ValidationError
+from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
@@ -80,8 +80,15 @@ def _json_type_error(field: serializers.Field, value) -> str | None:
 
 
 _TYPED = (
-    serializers.IntegerField, serializers.PrimaryKeyRelatedField, serializers.FloatField, serializers.CharField,
-    serializers.ChoiceField, serializers.SlugRelatedField, serializers.DateField, serializers.DictField, serializers.Serializer,
+    serializers.IntegerField,
+    serializers.PrimaryKeyRelatedField,
+    serializers.FloatField,
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.SlugRelatedField,
+    serializers.DateField,
+    serializers.DictField,
+    serializers.Serializer,
 )
 
 
@@ -109,6 +116,18 @@ class NoInput(Input):
     """The body of an action that takes none."""
 
 
+class FilterBackend(DjangoFilterBackend):
+    """django-filter, skipped when the request names none of the view's filters: building
+    and validating the filter form costs as much as a query, and an unfiltered list (the
+    common case) does not need it."""
+
+    def filter_queryset(self, request, queryset, view):
+        filterset_class = getattr(view, "filterset_class", None)
+        if filterset_class is not None and not set(request.query_params).intersection(filterset_class.base_filters):
+            return queryset
+        return super().filter_queryset(request, queryset, view)
+
+
 class ApiView(GenericAPIView):
     """Base of every fedgov API view.
 
@@ -121,7 +140,7 @@ class ApiView(GenericAPIView):
     parser_classes = [JSONParser]
     permission_classes = [IsAuthenticated, HasScope]
     pagination_class = Pagination
-    filter_backends = [DjangoFilterBackend, filters.OrderingFilter]
+    filter_backends = [FilterBackend, filters.OrderingFilter]
     required_scope: str | dict[str, str] | None = None
 
     # Objects addressed by the URL (`<int:pk>`) are loaded from `object_queryset()`, the
@@ -138,7 +157,8 @@ class ApiView(GenericAPIView):
 
     def get_object(self):
         pk = valid_pk(self.kwargs.get("pk"))
-        obj = self.object_queryset().filter(pk=pk).first() if pk is not None else None
+        # [:1], not first(): no ORDER BY to add and compile for a primary-key lookup.
+        obj = next(iter(self.object_queryset().filter(pk=pk)[:1]), None) if pk is not None else None
         if obj is None:
             raise NotFound(MSG_NOT_FOUND.format(what=self.object_name))
         return obj

@@ -20,15 +20,31 @@ class DatasetOutput(serializers.ModelSerializer):
     feature_names = serializers.ListField(child=serializers.CharField())
     label_classes = serializers.ListField(child=serializers.CharField())
     feature_bounds = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
-    epsilon_spent = serializers.SerializerMethodField(help_text="Epsilon spent at the dataset's delta: committed and open reservations.")
+    epsilon_spent = serializers.SerializerMethodField(
+        help_text="Epsilon spent at the dataset's delta: committed and open reservations."
+    )
     epsilon_remaining = serializers.SerializerMethodField(help_text="Budget minus spent.")
 
     class Meta:
         model = Dataset
         fields = [
-            "id", "slug", "name", "organisation", "organisation_slug", "agreement", "record_count", "feature_names",
-            "label_name", "label_classes", "feature_bounds", "epsilon_budget", "delta", "accountant",
-            "epsilon_spent", "epsilon_remaining", "created_at",
+            "id",
+            "slug",
+            "name",
+            "organisation",
+            "organisation_slug",
+            "agreement",
+            "record_count",
+            "feature_names",
+            "label_name",
+            "label_classes",
+            "feature_bounds",
+            "epsilon_budget",
+            "delta",
+            "accountant",
+            "epsilon_spent",
+            "epsilon_remaining",
+            "created_at",
         ]
         ref_name = "Dataset"
 
@@ -69,7 +85,9 @@ class DatasetListView(DatasetViewMixin, ApiView):
         label_classes = serializers.ListField(child=serializers.CharField(max_length=200), min_length=2, max_length=10_000)
         feature_bounds = serializers.ListField(
             child=serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2),
-            min_length=1, max_length=10_000, help_text="Public [low, high] per feature, in feature order.",
+            min_length=1,
+            max_length=10_000,
+            help_text="Public [low, high] per feature, in feature order.",
         )
         epsilon_budget = serializers.FloatField()
         delta = serializers.FloatField()

@@ -16,9 +16,12 @@ from accounting import ledger as accounting_ledger
 from accounting import selectors as accounting
 from accounting.models import LedgerEntry
 
+from ..models import Agreement, Dataset
+from ..permissions import audits, is_administrator
 from ..services.datasets import dataset_raise_budget
 from .access import require_ledger_reader
 from .base import ApiView, Input
+from .fields import valid_pk
 from .datasets import datasets_for
 from .filters import LedgerEntryFilter
 
@@ -87,11 +90,22 @@ class LedgerView(ApiView):
     object_name = "Dataset"
 
     def object_queryset(self):
-        return datasets_for(self.request.user).select_related("agreement")
+        return datasets_for(self.request.user)
 
-    def get_ledger_dataset(self):
+    def get_ledger_dataset(self) -> Dataset:
+        """The dataset, if the requester reads its ledger; else 404 or 403 (see module doc).
+
+        Administrators and the agreement's auditors always see the dataset, so for them (an
+        auditor's read API is what these endpoints are for) the visibility query is skipped;
+        everyone else goes through the visible set first."""
+        user = self.request.user
+        pk = valid_pk(self.kwargs.get("pk"))
+        dataset = next(iter(Dataset.objects.select_related("organisation").filter(pk=pk)[:1]), None) if pk else None
+        # audits() asks the agreement's auditor list; an Agreement with just its pk is enough.
+        if dataset is not None and (is_administrator(user) or audits(user, Agreement(pk=dataset.agreement_id))):
+            return dataset
         dataset = self.get_object()
-        require_ledger_reader(self.request.user, dataset)
+        require_ledger_reader(user, dataset)
         return dataset
 
 

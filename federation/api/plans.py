@@ -22,10 +22,29 @@ class PlanOutput(serializers.ModelSerializer):
     class Meta:
         model = TrainingPlan
         fields = [
-            "id", "agreement", "name", "purpose", "status", "stopped_reason", "datasets", "model_spec", "feature_names",
-            "label_name", "label_classes", "rounds_total", "noise_multiplier", "clip_norm", "batch_size", "local_steps",
-            "learning_rate", "momentum", "server_learning_rate", "eval_noise_multiplier", "secagg_threshold",
-            "phase_timeout_seconds", "created_at",
+            "id",
+            "agreement",
+            "name",
+            "purpose",
+            "status",
+            "stopped_reason",
+            "datasets",
+            "model_spec",
+            "feature_names",
+            "label_name",
+            "label_classes",
+            "rounds_total",
+            "noise_multiplier",
+            "clip_norm",
+            "batch_size",
+            "local_steps",
+            "learning_rate",
+            "momentum",
+            "server_learning_rate",
+            "eval_noise_multiplier",
+            "secagg_threshold",
+            "phase_timeout_seconds",
+            "created_at",
         ]
         ref_name = "TrainingPlan"
 

@@ -4,7 +4,7 @@ by the representatives whose data they use, read by every party and auditor."""
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models import Count, Prefetch
+from django.db.models import Count, F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -25,13 +25,15 @@ from .schema import ErrorSerializer
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-class ApprovalOutput(serializers.ModelSerializer):
+class ApprovalOutput(serializers.Serializer):
+    organisation = serializers.IntegerField(source="organisation_id")
     organisation_slug = serializers.CharField(source="organisation.slug")
+    decision = serializers.ChoiceField(choices=RoundApproval.Decision.choices)
+    reason = serializers.CharField()
+    decided_at = serializers.DateTimeField()
     standing = serializers.SerializerMethodField(help_text="Given by a standing approval.")
 
     class Meta:
-        model = RoundApproval
-        fields = ["organisation", "organisation_slug", "decision", "reason", "decided_at", "standing"]
         ref_name = "RoundApproval"
 
     def get_standing(self, approval: RoundApproval) -> bool:
@@ -58,40 +60,70 @@ class GovernanceReportOutput(serializers.Serializer):
         ref_name = "GovernanceReport"
 
 
-class RoundOutput(serializers.ModelSerializer):
+class RoundOutput(serializers.Serializer):
+    """A round. A plain Serializer (not a ModelSerializer, whose field introspection runs on
+    every request) reading the page's approvals and participant counts from the context,
+    where `RoundViewMixin.context_for` put them with one query each."""
+
+    id = serializers.IntegerField()
+    plan = serializers.IntegerField(source="plan_id")
+    number = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=TrainingRound.Status.choices)
+    phase = serializers.CharField()
+    phase_deadline = serializers.DateTimeField(allow_null=True)
+    reason = serializers.CharField()
     governance_report = serializers.SerializerMethodField(help_text="The last governance report (empty before the first check).")
     metrics = serializers.DictField()
-    approvals = ApprovalOutput(many=True)
-    participant_count = serializers.IntegerField()
-    requested_by = serializers.SerializerMethodField()
+    approvals = serializers.SerializerMethodField()
+    participant_count = serializers.SerializerMethodField()
+    requested_by = serializers.CharField(source="requested_by_username", allow_null=True, help_text="Username.")
+    requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
 
     class Meta:
-        model = TrainingRound
-        fields = [
-            "id", "plan", "number", "status", "phase", "phase_deadline", "reason", "governance_report", "metrics",
-            "approvals", "participant_count", "requested_by", "requested_at", "started_at", "finished_at",
-        ]
         ref_name = "TrainingRound"
 
     @extend_schema_field(GovernanceReportOutput(allow_null=True))
     def get_governance_report(self, round: TrainingRound) -> dict | None:
         return round.governance_report or None
 
-    def get_requested_by(self, round: TrainingRound) -> str | None:
-        return round.requested_by.username if round.requested_by_id else None
+    @extend_schema_field(ApprovalOutput(many=True))
+    def get_approvals(self, round: TrainingRound) -> list:
+        return ApprovalOutput(self.context["approvals"].get(round.pk, []), many=True).data
+
+    def get_participant_count(self, round: TrainingRound) -> int:
+        return self.context["participant_counts"].get(round.pk, 0)
 
 
 def rounds_for(user):
-    """permissions.visible_rounds(user), with what RoundOutput shows (a page costs 2 queries)."""
-    return (
-        scope_to_visible_agreements(TrainingRound.objects.all(), user, "plan__agreement_id")
-        .select_related("requested_by")
-        .prefetch_related(Prefetch("approvals", queryset=RoundApproval.objects.select_related("organisation").order_by("decided_at")))
-        .annotate(participant_count=Count("participant_links"))
+    """permissions.visible_rounds(user), with the requester's username (one joined column,
+    not the whole user row)."""
+    rounds = scope_to_visible_agreements(TrainingRound.objects.all(), user, "plan__agreement_id")
+    return rounds.annotate(requested_by_username=F("requested_by__username"))
+
+
+def round_context(rounds: list) -> dict:
+    """Approvals and participant counts of a page of rounds: two queries, whatever its size."""
+    ids = [r.pk for r in rounds]
+    approvals: dict[int, list] = {}
+    for approval in RoundApproval.objects.filter(round_id__in=ids).select_related("organisation").order_by("decided_at", "id"):
+        approvals.setdefault(approval.round_id, []).append(approval)
+    counts = dict(
+        RoundParticipant.objects.filter(round_id__in=ids).order_by().values("round_id").annotate(n=Count("id")).values_list("round_id", "n")
     )
+    return {"approvals": approvals, "participant_counts": counts}
 
 
-class RoundListView(ApiView):
+class RoundViewMixin:
+    def context_for(self, objects):
+        context = super().context_for(objects)
+        if all(isinstance(o, TrainingRound) for o in objects):
+            context.update(round_context(objects))
+        return context
+
+
+class RoundListView(RoundViewMixin, ApiView):
     """Rounds of the plans you can see; filter by plan, status and time."""
 
     filterset_class = RoundFilter
@@ -105,7 +137,7 @@ class RoundListView(ApiView):
         return self.list_response(self.get_queryset(), RoundOutput)
 
 
-class PlanRoundsView(ApiView):
+class PlanRoundsView(RoundViewMixin, ApiView):
     """GET: the plan's rounds. POST: request the plan's next round.
 
     The answer carries the round and its governance report: 201 and the round (awaiting
@@ -138,7 +170,10 @@ class PlanRoundsView(ApiView):
         request=None,
         parameters=[
             OpenApiParameter(
-                IDEMPOTENCY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                IDEMPOTENCY_HEADER,
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                required=False,
                 description="A key of your choosing (at most 128 characters); a retry with the same key returns the same round.",
             )
         ],
@@ -158,9 +193,11 @@ class PlanRoundsView(ApiView):
         round, created = request_round_once(actor=request.user, plan=plan, idempotency_key=key)
         round = rounds_for(request.user).get(pk=round.pk)
         if round.status == TrainingRound.Status.BLOCKED:
-            raise blocked_error(round, RoundOutput(round, context=self.get_serializer_context()).data)
+            raise blocked_error(round, RoundOutput(round, context=self.context_for([round])).data)
         if created:
-            return self.output(RoundOutput, round, status_code=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/rounds/{round.pk}/"})
+            return self.output(
+                RoundOutput, round, status_code=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/rounds/{round.pk}/"}
+            )
         return self.output(RoundOutput, round)
 
 
@@ -194,13 +231,19 @@ def blocked_error(round: TrainingRound, round_data: dict) -> Exception:
         if over:
             slug, figures = over[0]
             return BudgetExceeded(
-                slug, figures["requested"], figures["remaining"], budget=figures["budget"], spent=figures["spent"],
-                datasets=datasets, report=report, round=round_data,
+                slug,
+                figures["requested"],
+                figures["remaining"],
+                budget=figures["budget"],
+                spent=figures["spent"],
+                datasets=datasets,
+                report=report,
+                round=round_data,
             )
     return GovernanceCheckFailed(round.reason or "A governance check failed.", report=report, round=round_data)
 
 
-class RoundObjectView(ApiView):
+class RoundObjectView(RoundViewMixin, ApiView):
     object_name = "Round"
 
     def object_queryset(self):
@@ -218,6 +261,9 @@ class RoundObjectView(ApiView):
 
 class RoundDetailView(RoundObjectView):
     """A round: status, phase, governance report, approvals and metrics."""
+
+    def object_queryset(self):
+        return rounds_for(self.request.user)
 
     @extend_schema(operation_id="rounds_retrieve", responses=RoundOutput)
     def get(self, request, pk: int):
@@ -284,5 +330,7 @@ class RoundParticipantsView(RoundObjectView):
     @extend_schema(operation_id="rounds_participants_list", responses=ParticipantOutput(many=True))
     def get(self, request, pk: int):
         round = self.get_object()
-        participants = RoundParticipant.objects.filter(round=round).select_related("dataset__organisation").order_by("dataset__slug")
+        participants = (
+            RoundParticipant.objects.filter(round=round).select_related("dataset__organisation").order_by("dataset__slug")
+        )
         return self.list_response(participants, ParticipantOutput)

@@ -38,8 +38,14 @@ class World:
     def user(self, role: str):
         c = self.cast
         return {
-            "admin": c.admin, "rep_owner": c.rep_a, "rep_other": c.rep_b, "auditor": c.auditor,
-            "other_auditor": c.other_auditor, "agent": c.agent_a, "outsider": c.outsider, "anonymous": None,
+            "admin": c.admin,
+            "rep_owner": c.rep_a,
+            "rep_other": c.rep_b,
+            "auditor": c.auditor,
+            "other_auditor": c.other_auditor,
+            "agent": c.agent_a,
+            "outsider": c.outsider,
+            "anonymous": None,
         }[role]
 
     def client(self, role: str) -> APIClient:
@@ -57,18 +63,34 @@ def build_world() -> World:
     cast = build_cast()
     admin = cast.admin
     draft = agreement_create(actor=admin, parties=[cast.org_a, cast.org_b], auditors=[cast.auditor], **terms(title="Draft terms"))
-    pending = agreement_create(actor=admin, parties=[cast.org_a, cast.org_b], auditors=[cast.auditor], **terms(title="Pending terms"))
+    pending = agreement_create(
+        actor=admin, parties=[cast.org_a, cast.org_b], auditors=[cast.auditor], **terms(title="Pending terms")
+    )
     pending = agreement_submit(actor=admin, agreement=pending)
     round = round_request(actor=admin, plan=cast.plan)
     assert round.status == TrainingRound.Status.AWAITING_APPROVAL, round.governance_report
     idle_plan = plan_create(
-        actor=admin, agreement=cast.agreement, name="Idle plan", purpose="model evaluation", datasets=cast.datasets,
-        model_spec={"kind": "logreg"}, rounds_total=3, noise_multiplier=1.1, clip_norm=1.0, batch_size=32, local_steps=5,
+        actor=admin,
+        agreement=cast.agreement,
+        name="Idle plan",
+        purpose="model evaluation",
+        datasets=cast.datasets,
+        model_spec={"kind": "logreg"},
+        rounds_total=3,
+        noise_multiplier=1.1,
+        clip_norm=1.0,
+        batch_size=32,
+        local_steps=5,
     )
     spare, _ = token_issue(actor=cast.rep_a, user=cast.rep_a, scopes=["read"], name="spare")
     world = World(
-        cast=cast, draft_agreement=draft, pending_agreement=pending, round=round, idle_plan=idle_plan,
-        model_version=make_model_version(cast.plan), membership=Membership.objects.get(user=cast.rep_a, organisation=cast.org_a),
+        cast=cast,
+        draft_agreement=draft,
+        pending_agreement=pending,
+        round=round,
+        idle_plan=idle_plan,
+        model_version=make_model_version(cast.plan),
+        membership=Membership.objects.get(user=cast.rep_a, organisation=cast.org_a),
         spare_token=spare,
     )
     for role in ROLES:

@@ -117,7 +117,9 @@ def test_obtaining_a_token_with_a_password(cast):
 
 
 def test_a_wrong_password_is_a_401(cast):
-    response = APIClient().post("/api/v1/auth/token/", {"username": "rep-a", "password": "nope", "scopes": ["read"]}, format="json")
+    response = APIClient().post(
+        "/api/v1/auth/token/", {"username": "rep-a", "password": "nope", "scopes": ["read"]}, format="json"
+    )
     assert response.status_code == 401
     assert response.json() == {"code": "authentication_failed", "message": MSG_BAD_CREDENTIALS, "details": {}}
 
@@ -128,7 +130,9 @@ def test_a_wrong_password_is_a_401(cast):
 def test_password_guessing_is_throttled(cast):
     client = APIClient()
     statuses = [
-        client.post("/api/v1/auth/token/", {"username": "rep-a", "password": f"guess{i}", "scopes": ["read"]}, format="json").status_code
+        client.post(
+            "/api/v1/auth/token/", {"username": "rep-a", "password": f"guess{i}", "scopes": ["read"]}, format="json"
+        ).status_code
         for i in range(12)
     ]
     assert statuses[:10] == [401] * 10

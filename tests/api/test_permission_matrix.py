@@ -43,7 +43,7 @@ def discover_api_routes() -> set[tuple[str, str]]:
             assert isinstance(p, URLPattern)
             if not route.startswith(API_PREFIX):
                 continue
-            route = route[len(API_PREFIX):]
+            route = route[len(API_PREFIX) :]
             # The partner agent's routes (/api/v1/agent/, names "agent-*") have their own
             # matrix with the agent API (the lead's tests/api/test_agent*.py); skip them here.
             if route.startswith("agent/") or (p.name or "").startswith("agent-"):
@@ -74,22 +74,42 @@ def _bodies(w: World) -> dict:
         "organisation": {"slug": "org-new", "name": "Org New", "kind": "bank"},
         "membership": {"user": "outsider", "organisation": c.org_c.pk, "role": "representative"},
         "agreement": {
-            "title": "New terms", "purposes": ["diabetes risk research"], "valid_from": str(today),
-            "valid_until": str(today + timedelta(days=90)), "min_noise_multiplier": 0.8, "max_clip_norm": 2.0,
-            "max_delta": 1e-5, "max_epsilon_per_round": 2.0, "max_epsilon_budget": 10.0, "parties": [c.org_a.pk, c.org_b.pk],
+            "title": "New terms",
+            "purposes": ["diabetes risk research"],
+            "valid_from": str(today),
+            "valid_until": str(today + timedelta(days=90)),
+            "min_noise_multiplier": 0.8,
+            "max_clip_norm": 2.0,
+            "max_delta": 1e-5,
+            "max_epsilon_per_round": 2.0,
+            "max_epsilon_budget": 10.0,
+            "parties": [c.org_a.pk, c.org_b.pk],
         },
         "sign": {"terms_hash": w.pending_agreement.terms_hash},
         "amend": {"title": "Amended terms"},
         "empty": {},
         "dataset": {
-            "organisation": c.org_a.pk, "agreement": c.agreement.pk, "slug": "org-a-extra", "name": "Extra",
-            "record_count": 100, "feature_names": ["age", "bmi", "glucose"], "label_name": "outcome",
-            "label_classes": ["no", "yes"], "feature_bounds": [[0, 120], [10, 60], [40, 400]], "epsilon_budget": 5.0, "delta": 1e-5,
+            "organisation": c.org_a.pk,
+            "agreement": c.agreement.pk,
+            "slug": "org-a-extra",
+            "name": "Extra",
+            "record_count": 100,
+            "feature_names": ["age", "bmi", "glucose"],
+            "label_name": "outcome",
+            "label_classes": ["no", "yes"],
+            "feature_bounds": [[0, 120], [10, 60], [40, 400]],
+            "epsilon_budget": 5.0,
+            "delta": 1e-5,
         },
         "raise_budget": {"epsilon_budget": 9.0},
         "plan": {
-            "agreement": c.agreement.pk, "name": "Another plan", "purpose": "diabetes risk research",
-            "datasets": [d.pk for d in c.datasets], "model_spec": {"kind": "logreg"}, "noise_multiplier": 1.1, "clip_norm": 1.0,
+            "agreement": c.agreement.pk,
+            "name": "Another plan",
+            "purpose": "diabetes risk research",
+            "datasets": [d.pk for d in c.datasets],
+            "model_spec": {"kind": "logreg"},
+            "noise_multiplier": 1.1,
+            "clip_norm": 1.0,
         },
         "reject": {"reason": "Not this quarter."},
     }
@@ -97,9 +117,17 @@ def _bodies(w: World) -> dict:
 
 def _objects(w: World) -> dict:
     return {
-        "spare_token": w.spare_token, "org_a": w.cast.org_a, "membership": w.membership, "agreement": w.cast.agreement,
-        "draft_agreement": w.draft_agreement, "pending_agreement": w.pending_agreement, "dataset_a": w.cast.dataset_a,
-        "plan": w.cast.plan, "idle_plan": w.idle_plan, "round": w.round, "model_version": w.model_version,
+        "spare_token": w.spare_token,
+        "org_a": w.cast.org_a,
+        "membership": w.membership,
+        "agreement": w.cast.agreement,
+        "draft_agreement": w.draft_agreement,
+        "pending_agreement": w.pending_agreement,
+        "dataset_a": w.cast.dataset_a,
+        "plan": w.cast.plan,
+        "idle_plan": w.idle_plan,
+        "round": w.round,
+        "model_version": w.model_version,
     }
 
 
@@ -180,8 +208,11 @@ def test_role_matrix(world: World, route: str, method: str):
         # Every role meets the same state: the request's writes are rolled back.
         with transaction.atomic():
             client = world.client(role)
-            response = client.generic(method, path, data=_json(body), content_type="application/json") if body is not None \
+            response = (
+                client.generic(method, path, data=_json(body), content_type="application/json")
+                if body is not None
                 else client.generic(method, path)
+            )
             transaction.set_rollback(True)
         got[role] = response.status_code
         if response.status_code >= 400:

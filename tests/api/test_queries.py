@@ -32,8 +32,12 @@ def crowd(db):
     admin = cast.admin
     for k in range(N):
         org = organisation_create(actor=admin, slug=f"crowd-{k}", name=f"Crowd {k}")
-        membership_add(actor=admin, user=UserFactory(username=f"crowd-user-{k}"), organisation=org, role=Membership.Role.REPRESENTATIVE)
-        agreement = agreement_create(actor=admin, parties=[cast.org_a, org], auditors=[cast.auditor], **terms(title=f"Crowd terms {k}"))
+        membership_add(
+            actor=admin, user=UserFactory(username=f"crowd-user-{k}"), organisation=org, role=Membership.Role.REPRESENTATIVE
+        )
+        agreement = agreement_create(
+            actor=admin, parties=[cast.org_a, org], auditors=[cast.auditor], **terms(title=f"Crowd terms {k}")
+        )
         agreement = agreement_submit(actor=admin, agreement=agreement)
         agreement_sign(actor=cast.rep_a, agreement=agreement, organisation=cast.org_a, terms_hash=agreement.terms_hash)
     datasets = list(cast.datasets)
@@ -41,17 +45,33 @@ def crowd(db):
         org, rep = [(cast.org_a, cast.rep_a), (cast.org_b, cast.rep_b), (cast.org_c, cast.rep_c)][k % 3]
         datasets.append(
             dataset_register(
-                actor=rep, organisation=org, agreement=cast.agreement, slug=f"crowd-data-{k}", name=f"Crowd data {k}",
-                record_count=1000 + k, feature_names=list(FEATURES), label_name="outcome", label_classes=["no", "yes"],
-                feature_bounds=[list(b) for b in BOUNDS], epsilon_budget=9.0, delta=1e-5,
+                actor=rep,
+                organisation=org,
+                agreement=cast.agreement,
+                slug=f"crowd-data-{k}",
+                name=f"Crowd data {k}",
+                record_count=1000 + k,
+                feature_names=list(FEATURES),
+                label_name="outcome",
+                label_classes=["no", "yes"],
+                feature_bounds=[list(b) for b in BOUNDS],
+                epsilon_budget=9.0,
+                delta=1e-5,
             )
         )
     big_plan = None
     for k in range(N):
         plan = plan_create(
-            actor=admin, agreement=cast.agreement, name=f"Crowd plan {k}", purpose="diabetes risk research",
-            datasets=datasets if k == 0 else datasets[:3], model_spec={"kind": "logreg"}, noise_multiplier=1.1, clip_norm=1.0,
-            batch_size=32, local_steps=5,
+            actor=admin,
+            agreement=cast.agreement,
+            name=f"Crowd plan {k}",
+            purpose="diabetes risk research",
+            datasets=datasets if k == 0 else datasets[:3],
+            model_spec={"kind": "logreg"},
+            noise_multiplier=1.1,
+            clip_norm=1.0,
+            batch_size=32,
+            local_steps=5,
         )
         round = round_request(actor=admin, plan=plan)
         round_approve(actor=cast.rep_a, round=round, organisation=cast.org_a)
@@ -70,7 +90,9 @@ def crowd(db):
         past = TrainingRound.objects.create(plan=big_plan, number=number, status=TrainingRound.Status.COMPLETED)
         for dataset in cast.datasets:
             RoundParticipant.objects.create(round=past, dataset=dataset, status=RoundParticipant.Status.FINISHED)
-        RoundApproval.objects.create(round=past, organisation=cast.org_b, decision=RoundApproval.Decision.APPROVE, decided_by=cast.rep_b)
+        RoundApproval.objects.create(
+            round=past, organisation=cast.org_b, decision=RoundApproval.Decision.APPROVE, decided_by=cast.rep_b
+        )
     return cast, client, big_plan, big_round
 
 

@@ -30,11 +30,15 @@ def as_(user, scopes=ALL_SCOPES) -> APIClient:
 
 def test_the_last_signature_activates_the_agreement(world: World):
     pending = world.pending_agreement
-    first = as_(world.cast.rep_a).post(f"/api/v1/agreements/{pending.pk}/sign/", {"terms_hash": pending.terms_hash}, format="json")
+    first = as_(world.cast.rep_a).post(
+        f"/api/v1/agreements/{pending.pk}/sign/", {"terms_hash": pending.terms_hash}, format="json"
+    )
     assert first.status_code == 200
     assert first.json()["status"] == Agreement.Status.AWAITING_SIGNATURES
     assert [s["organisation_slug"] for s in first.json()["signatures"]] == ["org-a"]
-    second = as_(world.cast.rep_b).post(f"/api/v1/agreements/{pending.pk}/sign/", {"terms_hash": pending.terms_hash}, format="json")
+    second = as_(world.cast.rep_b).post(
+        f"/api/v1/agreements/{pending.pk}/sign/", {"terms_hash": pending.terms_hash}, format="json"
+    )
     assert second.json()["status"] == Agreement.Status.ACTIVE
 
 
@@ -48,7 +52,9 @@ def test_signing_terms_that_changed_is_refused_with_both_hashes(world: World):
 
 def test_an_amendment_needs_every_signature_again(world: World):
     agreement = world.cast.agreement
-    response = as_(world.cast.admin).post(f"/api/v1/agreements/{agreement.pk}/amend/", {"max_epsilon_per_round": 1.5}, format="json")
+    response = as_(world.cast.admin).post(
+        f"/api/v1/agreements/{agreement.pk}/amend/", {"max_epsilon_per_round": 1.5}, format="json"
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["version"] == 2 and body["status"] == Agreement.Status.AWAITING_SIGNATURES

@@ -98,7 +98,7 @@ class Command(BaseCommand):
                 min_noise_multiplier=0.8,
                 max_clip_norm=5.0,
                 max_delta=1e-5,
-                max_epsilon_per_round=1.5,
+                max_epsilon_per_round=3.0,
                 max_epsilon_budget=10.0,
                 approval_rule=Agreement.ApprovalRule.EVERY_PARTY,
                 exit_notice_days=30,
@@ -129,20 +129,24 @@ class Command(BaseCommand):
             )
             datasets.append(dataset)
         if not TrainingPlan.objects.filter(name=PLAN_NAME, agreement=agreement).exists():
+            from federation.simulation import DEFAULT_PLAN, SAMPLING_RATE, calibrate_noise
+
+            batch = max(1, round(SAMPLING_RATE * min(sizes)))
+            # Ten rounds, evaluation releases included, must fit every hospital's budget of 8.
+            z = calibrate_noise(
+                q=batch / min(sizes), K=DEFAULT_PLAN["local_steps"], rounds=10, epsilon=8.0, delta=1e-5,
+                eval_sigma=DEFAULT_PLAN["eval_noise_multiplier"],
+            )
             plan_create(
                 actor=admin,
                 agreement=agreement,
                 name=PLAN_NAME,
                 purpose=demo.PURPOSE,
                 datasets=datasets,
-                model_spec={"kind": "logreg"},
                 rounds_total=10,
-                noise_multiplier=1.0,
-                clip_norm=1.0,
-                batch_size=32,
-                local_steps=10,
-                learning_rate=0.5,
-                eval_noise_multiplier=5.0,
+                noise_multiplier=round(z, 3) + 0.001,
+                batch_size=batch,
                 phase_timeout_seconds=60,
+                **DEFAULT_PLAN,
             )
         return logins
