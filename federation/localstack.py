@@ -221,7 +221,12 @@ def use_broker(redis_url: str) -> None:
     from fedgov.celery import app
 
     app.conf.broker_url = redis_url
-    app.conf.result_backend = redis_url
+    # This process only enqueues (results go to the database), so no result backend: a
+    # backend bound to an earlier stack's Redis would keep trying to reconnect to it.
+    app.conf.result_backend = "disabled://"
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+    app.set_current()  # shared tasks resolve through the current app
     # Drop connections made to the old broker; the next publish opens new ones.
     if app._pool is not None:
         app._pool.force_close_all()

@@ -654,4 +654,5 @@ class RoundProtocol(models.Model):
     state = models.JSONField(default=dict)
     running_sum = models.BinaryField(null=True, blank=True)
     relays = models.JSONField(default=dict, blank=True)
+    pending = models.JSONField(default=list, blank=True, help_text="Who the current phase still waits for.")
     updated_at = models.DateTimeField(auto_now=True)

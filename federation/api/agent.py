@@ -22,7 +22,7 @@ from ..models import ApiToken, RoundProtocol
 from ..services import orchestration
 
 MAX_WAIT_SECONDS = 25
-POLL_INTERVAL = 0.05
+POLL_INTERVAL = 0.02
 EVALUATION_MAX_BYTES = 4096
 
 

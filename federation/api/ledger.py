@@ -21,8 +21,8 @@ from ..permissions import audits, is_administrator
 from ..services.datasets import dataset_raise_budget
 from .access import require_ledger_reader
 from .base import ApiView, Input
-from .fields import valid_pk
 from .datasets import datasets_for
+from .fields import valid_pk
 from .filters import LedgerEntryFilter
 
 

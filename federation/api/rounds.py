@@ -110,7 +110,11 @@ def round_context(rounds: list) -> dict:
     for approval in RoundApproval.objects.filter(round_id__in=ids).select_related("organisation").order_by("decided_at", "id"):
         approvals.setdefault(approval.round_id, []).append(approval)
     counts = dict(
-        RoundParticipant.objects.filter(round_id__in=ids).order_by().values("round_id").annotate(n=Count("id")).values_list("round_id", "n")
+        RoundParticipant.objects.filter(round_id__in=ids)
+        .order_by()
+        .values("round_id")
+        .annotate(n=Count("id"))
+        .values_list("round_id", "n")
     )
     return {"approvals": approvals, "participant_counts": counts}
 

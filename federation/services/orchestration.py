@@ -181,6 +181,7 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
             "state": server.to_dict(),
             "running_sum": None,
             "relays": {},
+            "pending": server.pending(),
         },
     )
     RoundParticipant.objects.filter(round=round, dataset__in=datasets.values()).update(status=RoundParticipant.Status.ACTIVE)
@@ -300,7 +301,8 @@ def _pending(round: TrainingRound, protocol: RoundProtocol, server=None) -> list
             if link.status == RoundParticipant.Status.ACTIVE and "evaluation" not in link.metrics
         )
     if round.phase in (ADVERTISE, SHARE, MASKED, UNMASK):
-        return (server or _server(protocol)).pending()
+        # Stored at every change, so polling agents never deserialise the protocol state.
+        return server.pending() if server is not None else list(protocol.pending)
     return []
 
 
@@ -317,6 +319,7 @@ def agent_tasks(*, user) -> list[dict]:
             phase__in=AGENT_PHASES,
         )
         .select_related("plan", "protocol")
+        .defer("protocol__state", "protocol__running_sum")
         .distinct()
     )
     for round in rounds:
@@ -372,9 +375,10 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
             except secagg.SecAggError as exc:
                 raise ProtocolRejected(f"{phase} from {organisation.slug} refused: {exc}", secagg_code=getattr(exc, "code", "protocol_error")) from exc
             protocol.state = server.to_dict()
+            protocol.pending = server.pending()
             if phase == MASKED:
                 protocol.running_sum = server.running_sum_bytes()
-            protocol.save(update_fields=["state", "running_sum", "updated_at"])
+            protocol.save(update_fields=["state", "running_sum", "pending", "updated_at"])
             result = {"accepted": True}
         link.last_phase = phase
         link.save(update_fields=["last_phase", "metrics"])
@@ -442,6 +446,7 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
             return "aborted"
         protocol.state = server.to_dict()
         protocol.running_sum = server.running_sum_bytes()
+        protocol.pending = server.pending()
         protocol.save()
         if phase == UNMASK:
             round.phase = AGGREGATE

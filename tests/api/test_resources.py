@@ -233,16 +233,19 @@ def test_a_huge_id_is_simply_not_found(world: World):
 
 
 def test_the_apis_scoped_querysets_select_what_the_permissions_module_does(world: World):
-    from federation.api.access import ledger_datasets, require_ledger_reader
+    from federation.api.access import ledger_datasets, require_ledger_reader, visible_agreement_ids
     from federation.api.datasets import datasets_for
     from federation.api.rounds import rounds_for
     from federation.models import Dataset
-    from federation.permissions import visible_datasets, visible_rounds
+    from federation.permissions import visible_agreements, visible_datasets, visible_rounds
     from fedgov.errors import PermissionDenied
 
     round_request(actor=world.cast.admin, plan=world.idle_plan)
     for role in ("admin", "rep_owner", "rep_other", "auditor", "other_auditor", "agent", "outsider"):
         user = world.user(role)
+        ids = visible_agreement_ids(user)
+        expected = set(visible_agreements(user).values_list("id", flat=True))
+        assert (ids is None and role == "admin") or set(ids) == expected, role
         assert set(rounds_for(user)) == set(visible_rounds(user)), role
         assert set(datasets_for(user)) == set(visible_datasets(user)), role
         readable = set(ledger_datasets(user))

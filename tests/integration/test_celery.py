@@ -15,7 +15,7 @@ def test_a_task_round_trips_through_redis_and_a_worker_process(tmp_path):
         try:
             from celery import Celery
 
-            app = Celery("probe", broker=url, backend=url)
+            app = Celery("probe", broker=url, backend=url, set_as_current=False)
             result = app.send_task("fedgov.ping", args=["hello"], queue="fedgov.default")
             answer = result.get(timeout=60)
             assert answer["pong"] == "hello"
