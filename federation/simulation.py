@@ -207,7 +207,7 @@ def setup_federation(
     for org, rep in zip(orgs, reps):
         agreement_sign(actor=rep, agreement=agreement, organisation=org, terms_hash=agreement.terms_hash)
     datasets = []
-    for i, (org, rep, path, n) in enumerate(zip(orgs, reps, partitions, sizes)):
+    for i, (org, rep, n) in enumerate(zip(orgs, reps, sizes)):
         datasets.append(
             dataset_register(
                 actor=rep, organisation=org, agreement=agreement, slug=f"{org.slug}-data", name=f"Partition {i + 1}",

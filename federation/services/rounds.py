@@ -317,6 +317,11 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
             round=round,
             details={"failed": [c.name for c in report.failures]},
         )
+        # The plan goes on without what blocked this round if it can (e.g. a party that gave
+        # notice is left out of the next request); otherwise it stops, saying why.
+        from .orchestration import plan_continue
+
+        plan_continue(plan=round.plan)
         return round
     try:
         # The check above and this reservation share one transaction; budget_reserve locks
@@ -325,6 +330,9 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
     except BudgetExceeded as exc:
         _set_status(round, Status.BLOCKED, reason=str(exc))
         event_record(kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round)
+        from .orchestration import plan_continue
+
+        plan_continue(plan=round.plan)
         return round
     _set_status(round, Status.RUNNING, started_at=timezone.now())
     from .orchestration import round_open_protocol

@@ -20,12 +20,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from fedgov.errors import ApplicationError
 from federation import simulation
 from federation.localstack import local_stack
 from federation.models import ModelVersion, TrainingRound
 from federation.services.orchestration import model_params
 from federation.services.rounds import round_request
+from fedgov.errors import ApplicationError
 
 
 class Command(BaseCommand):
@@ -138,7 +138,6 @@ class Command(BaseCommand):
 
     def report(self, plan, test_table, schema, o, elapsed) -> dict:
         from accounting.selectors import dataset_epsilon_spent
-
         from federation.learning import Schema, evaluate, load_csv
 
         X_test = y_test = None
