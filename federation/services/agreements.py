@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from fedgov.errors import InvalidState, ValidationFailed
 
-from ..models import AUDITORS_GROUP, Agreement, AgreementParty, AgreementSignature, GovernanceEvent, Organisation
+from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature, GovernanceEvent, Organisation
 from ..permissions import require_administrator, require_representative
 from .common import event_record, field_error, validated
 
@@ -29,23 +29,7 @@ MSG_NOT_SIGNABLE = "'{title}' is {status}; only an agreement awaiting signatures
 MSG_NO_PARTIES = "An agreement needs at least two parties."
 MSG_EXIT_TWICE = "{organisation} already gave exit notice from '{title}' (effective {effective:%Y-%m-%d})."
 
-TERM_INPUTS = (
-    "title",
-    "purposes",
-    "valid_from",
-    "valid_until",
-    "min_participants",
-    "min_noise_multiplier",
-    "max_clip_norm",
-    "max_delta",
-    "max_epsilon_per_round",
-    "max_epsilon_budget",
-    "approval_rule",
-    "approval_quorum",
-    "auditor_access",
-    "exit_notice_days",
-    "data_retention",
-)
+TERM_INPUTS = TERM_FIELDS  # every term the model serialises for signing, and nothing else
 
 
 def _clean_purposes(purposes) -> list[str]:
