@@ -51,6 +51,8 @@ bench: system-packages $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/quality.py
 	$(BENCH_VENV)/bin/python bench/dpsgd.py
 	$(BENCH_VENV)/bin/python bench/secagg.py
+	$(BENCH_VENV)/bin/python bench/rounds.py
+	$(BENCH_VENV)/bin/python bench/api_load.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) staticfiles

@@ -3,8 +3,10 @@ by the representatives whose data they use, read by every party and auditor."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from django.db import transaction
-from django.db.models import Count, F
+from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -109,13 +111,9 @@ def round_context(rounds: list) -> dict:
     approvals: dict[int, list] = {}
     for approval in RoundApproval.objects.filter(round_id__in=ids).select_related("organisation").order_by("decided_at", "id"):
         approvals.setdefault(approval.round_id, []).append(approval)
-    counts = dict(
-        RoundParticipant.objects.filter(round_id__in=ids)
-        .order_by()
-        .values("round_id")
-        .annotate(n=Count("id"))
-        .values_list("round_id", "n")
-    )
+    # Counted here rather than with GROUP BY: a round has a handful of participants, and the
+    # plain lookup costs Django far less to build than an aggregate.
+    counts = Counter(RoundParticipant.objects.filter(round_id__in=ids).values_list("round_id", flat=True))
     return {"approvals": approvals, "participant_counts": counts}
 
 
