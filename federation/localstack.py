@@ -174,12 +174,16 @@ def start_beat(env: dict, log_dir: Path) -> Proc:
     return _spawn("beat", supervised(cmd), env, log_dir)
 
 
-def start_agent(env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0, poll_wait: float = 5.0) -> Proc:
+def start_agent(
+    env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0,
+    poll_wait: float = 5.0, send_retry: float | None = None,
+) -> Proc:
     agent_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}  # the agent has no Django
+    extra = ["--send-retry", str(send_retry)] if send_retry is not None else []
     return _spawn(
         name,
         [sys.executable, "-m", "federation.agent", "--server", server, "--token", token, "--data", str(data), "--state", str(state_dir),
-         "--dropout", str(dropout), "--poll-wait", str(poll_wait)],
+         "--dropout", str(dropout), "--poll-wait", str(poll_wait), *extra],
         agent_env,
         log_dir,
     )
@@ -202,7 +206,9 @@ class Stack:
         return proc
 
     def agent(self, **kwargs) -> Proc:
-        return self.add(start_agent(self.env, self.log_dir, server=self.server, **kwargs))
+        """A partner agent talking to this stack's web server (or to `server=`, e.g. a proxy)."""
+        kwargs.setdefault("server", self.server)
+        return self.add(start_agent(self.env, self.log_dir, **kwargs))
 
     def logs(self) -> str:
         return "\n".join(f"--- {name} ---\n{proc.tail()}" for name, proc in self.procs.items())

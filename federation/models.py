@@ -495,6 +495,13 @@ class StandingApproval(models.Model):
             ),
         ]
 
+    def rounds_used(self) -> int:
+        """Rounds this approval let run. A round that never ran (blocked by a governance
+        check, or rejected by another party) trained nothing and spent no budget, so it does
+        not use up an approval given for "up to N rounds"."""
+        never_ran = (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)
+        return self.uses.exclude(round__status__in=never_ran).count()
+
 
 class GovernanceEvent(models.Model):
     """Every change of governance state, with actor and time. Append-only, read by auditors."""

@@ -815,6 +815,22 @@ def _round_orgs_for(user, round) -> list[Organisation]:
     return [o for o in organisations_of(user, Membership.Role.REPRESENTATIVE) if o.pk in involved]
 
 
+def _round_live_context(user, round) -> dict:
+    """Everything on the round page that changes while the round runs: progress, the
+    decisions, the budget on the ledger, whether the user still has to decide."""
+    return {
+        "round": round,
+        "plan": round.plan,
+        "decisions": selectors.round_decisions(round),
+        "needed": selectors.approvals_needed(round),
+        "undecided_orgs": [
+            o for o in _round_orgs_for(user, round) if not RoundApproval.objects.filter(round=round, organisation=o).exists()
+        ],
+        "reservations": selectors.round_reservations(round),
+        **selectors.round_progress(round),
+    }
+
+
 @web_view
 @require_GET
 def round_detail(request, pk):
@@ -825,17 +841,9 @@ def round_detail(request, pk):
         "federation/round_detail.html",
         {
             **_role_context(user),
-            "round": round,
-            "plan": round.plan,
             "checks": selectors.report_checks(round),
             "report": round.governance_report or {},
-            "decisions": selectors.round_decisions(round),
-            "needed": selectors.approvals_needed(round),
-            "undecided_orgs": [
-                o for o in _round_orgs_for(user, round) if not RoundApproval.objects.filter(round=round, organisation=o).exists()
-            ],
-            "reservations": selectors.round_reservations(round),
-            **selectors.round_progress(round),
+            **_round_live_context(user, round),
         },
     )
 
@@ -844,9 +852,11 @@ def round_detail(request, pk):
 @require_GET
 def round_progress(request, pk):
     """The live part of the round page; htmx polls it every 2 s until the round is final
-    (the final fragment carries no hx-trigger, so polling stops by itself)."""
+    (the final fragment carries no hx-trigger, so polling stops by itself). The decisions,
+    the budget and the "your decision is needed" callout come along as out-of-band swaps,
+    so no part of the page is left showing a round that has moved on."""
     round = selectors.round_for(request.user, pk)
-    return render(request, "federation/_round_progress.html", selectors.round_progress(round))
+    return render(request, "federation/_round_live.html", {**_round_live_context(request.user, round), "oob": True})
 
 
 def _approval_context(user, round, org, *, approve_form=None, reject_form=None, standing_form=None) -> dict:

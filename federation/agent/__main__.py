@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=Path.home() / ".fedgov-agent", help="where the identity key is kept")
     parser.add_argument("--dropout", type=float, default=0.0, help="simulations: probability of skipping a round's masked input")
     parser.add_argument("--poll-wait", type=float, default=10.0, help="seconds a poll may wait for work")
+    parser.add_argument(
+        "--send-retry", type=float, default=60.0,
+        help="seconds to keep retrying a message the coordinator does not answer; after that it is sent again when asked",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s agent: %(message)s")
@@ -28,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data {args.data} is not a readable file")
     if not 0.0 <= args.dropout <= 1.0:
         parser.error("--dropout must be between 0 and 1")
-    agent = Agent(AgentConfig(server=args.server, token=args.token, data=args.data, state_dir=args.state, dropout=args.dropout, poll_wait=args.poll_wait))
+    if args.poll_wait <= 0 or args.send_retry <= 0:
+        parser.error("--poll-wait and --send-retry must be positive numbers of seconds")
+    agent = Agent(
+        AgentConfig(
+            server=args.server, token=args.token, data=args.data, state_dir=args.state, dropout=args.dropout,
+            poll_wait=args.poll_wait, send_retry=args.send_retry,
+        )
+    )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     try:
         agent.run()

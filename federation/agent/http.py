@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -23,6 +23,13 @@ class ApiError(Exception):
     status: int
     code: str
     message: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def is_replay(self) -> bool:
+        """The coordinator already holds this very message (our earlier POST arrived but
+        its answer was lost): for the sender, a success."""
+        return self.code == "protocol_rejected" and self.details.get("secagg_code") == "replay"
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
@@ -53,7 +60,8 @@ class CoordinatorClient:
                         body = response.json()
                     except ValueError:
                         body = {"code": "http_error", "message": response.text[:200]}
-                    raise ApiError(response.status_code, body.get("code", "error"), body.get("message", ""))
+                    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+                    raise ApiError(response.status_code, body.get("code", "error"), body.get("message", ""), details)
                 if time.monotonic() >= deadline:
                     raise ApiError(response.status_code, "server_error", response.text[:200])
                 logger.warning("coordinator answered %s; retrying in %.1fs", response.status_code, delay)
@@ -66,10 +74,10 @@ class CoordinatorClient:
     def tasks(self, wait: float = 10.0) -> list[dict]:
         return self._request("GET", "tasks/", params={"wait": wait})["tasks"]
 
-    def submit(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False) -> dict:
+    def submit(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False, retry_for: float = 60.0) -> dict:
         content_type = "application/octet-stream" if binary else "application/json"
         return self._request(
-            "POST", f"rounds/{round_pk}/{phase}/", data=body, headers={"Content-Type": content_type}, retry_for=60.0
+            "POST", f"rounds/{round_pk}/{phase}/", data=body, headers={"Content-Type": content_type}, retry_for=retry_for
         )
 
     def submit_json(self, round_pk: int, phase: str, payload: dict) -> dict:

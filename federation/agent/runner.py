@@ -1,14 +1,22 @@
 """The agent's loop: enrol, poll for work, train, take part in every secure-aggregation phase.
 
 One `RoundWork` per live round keeps what the agent needs between phases (its secure
-aggregation client, its quantised update, the model). Everything that leaves the agent is
-logged with its size, so a partner's IT staff can see exactly what was sent.
+aggregation client, its quantised update, the model) and the exact bytes it sent in each
+phase. Everything that leaves the agent is logged with its size, so a partner's IT staff can
+see exactly what was sent.
+
+A message whose POST was lost (the coordinator restarting, a dropped connection) is asked
+for again by the next poll; the agent then sends the same bytes again rather than computing
+a new message: a second training run would be a second noisy release of the same records,
+and a second set of masks would not match the first. The coordinator answers a copy it
+already holds with `replay`, which the agent counts as delivered.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import random
@@ -17,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -39,6 +48,7 @@ class AgentConfig:
     dropout: float = 0.0  # probability of skipping a round's masked input (simulations)
     eval_fraction: float = 0.2
     poll_wait: float = 10.0
+    send_retry: float = 60.0  # seconds a message is retried before waiting to be asked again
     seed: int | None = None  # tests only: the coordinator never chooses a partner's noise
 
 
@@ -50,7 +60,11 @@ class RoundWork:
     update: np.ndarray | None = None
     spec: dict = field(default_factory=dict)
     skip_masked_input: bool = False
+    sent: dict[str, tuple[bytes, bool]] = field(default_factory=dict)  # phase -> (body, binary)
+    started: float = field(default_factory=time.monotonic)
 
+
+WORK_TTL = 24 * 3600.0  # a round's keys and update are forgotten a day after it began
 
 def load_identity(state_dir: Path) -> Ed25519PrivateKey:
     """The long-term Ed25519 identity key, created on first run and kept (0600) in state_dir."""
@@ -145,6 +159,13 @@ class Agent:
                 continue
             for task in tasks:
                 self.handle(task)
+            self._forget_stale_work()
+
+    def _forget_stale_work(self) -> None:
+        now = time.monotonic()
+        for round_pk in [pk for pk, work in self.work.items() if now - work.started > WORK_TTL]:
+            logger.info("round %s: forgetting its keys and update (older than %.0f h)", round_pk, WORK_TTL / 3600)
+            del self.work[round_pk]
 
     def handle(self, task: dict) -> None:
         round_pk, phase, payload = task["round"], task["phase"], task["payload"]
@@ -159,8 +180,14 @@ class Agent:
         except KeyError:
             logger.error("round %s: unknown phase %r; ignored", round_pk, phase)
             return
+        work = self.work.get(round_pk)
         try:
-            handler(round_pk, payload)
+            if work is not None and phase in work.sent:
+                body, binary = work.sent[phase]
+                logger.info("round %s: the coordinator asks for %s again; sending the same %d bytes", round_pk, phase, len(body))
+                self._deliver(round_pk, phase, body, binary=binary)
+            else:
+                handler(round_pk, payload)
         except PlanRefused as exc:
             logger.error("round %s: plan refused, not taking part: %s", round_pk, exc)
             self.work.pop(round_pk, None)
@@ -169,14 +196,34 @@ class Agent:
             logger.error("round %s: %s; nothing sent", round_pk, exc)
             self.work.pop(round_pk, None)
         except ApiError as exc:
-            logger.error("round %s: coordinator refused our %s message: %s", round_pk, phase, exc)
+            if exc.code == "phase_closed":
+                logger.info("round %s: %s is closed (%s)", round_pk, phase, exc.message)
+            else:
+                logger.error("round %s: coordinator refused our %s message: %s", round_pk, phase, exc)
+        except requests.RequestException as exc:
+            # Kept: the next poll asks for this phase again if the message never arrived.
+            logger.warning("round %s: could not deliver %s (%s); will send it again when asked", round_pk, phase, exc)
         except secagg.SecAggError as exc:
             logger.error("round %s: protocol error in %s: %s; leaving the round", round_pk, phase, exc)
             self.work.pop(round_pk, None)
 
     def _send(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False) -> None:
+        """Keep the message with the round's work (see the module doc), then deliver it."""
+        work = self.work.get(round_pk)
+        if work is not None:
+            work.sent[phase] = (body, binary)
+        self._deliver(round_pk, phase, body, binary=binary)
+
+    def _deliver(self, round_pk: int, phase: str, body: bytes, *, binary: bool) -> None:
         logger.info("round %s: sending %s (%d bytes)", round_pk, phase, len(body))
-        self.http.submit(round_pk, phase, body, binary=binary)
+        try:
+            self.http.submit(round_pk, phase, body, binary=binary, retry_for=self.config.send_retry)
+        except ApiError as exc:
+            if not exc.is_replay:
+                raise
+            logger.info("round %s: the coordinator already had our %s message", round_pk, phase)
+        if phase == "evaluate":
+            self.work.pop(round_pk, None)  # the round's last message: nothing more to keep
 
     # -- phases ------------------------------------------------------------------------------
 
@@ -241,7 +288,7 @@ class Agent:
         self._send(round_pk, secagg.UNMASK_RESPONSE, work.client.unmask(self._relay(payload)))
 
     def _evaluate(self, round_pk: int, payload: dict) -> None:
-        work = self.work.pop(round_pk, None)
+        work = self.work.get(round_pk)
         if work is None:
             return
         model = payload["model"]
@@ -252,7 +299,7 @@ class Agent:
         schema_key = next(iter(self._data_cache))
         _, _, X_eval, y_eval = self._data_cache[schema_key]
         release, _ = learning.release_evaluation(params, work.spec, X_eval, y_eval, sigma=payload["eval_noise_multiplier"])
-        if release is not None:
-            import json
-
-            self._send(round_pk, "evaluate", json.dumps(release.to_dict()).encode())
+        if release is None:
+            self.work.pop(round_pk, None)
+            return
+        self._send(round_pk, "evaluate", json.dumps(release.to_dict()).encode())

@@ -5,12 +5,13 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
+from accounting.selectors import datasets_budget_figures
+
 from ..models import Dataset
 from ..permissions import visible_agreements
 from ..services.datasets import dataset_register
 from .access import scope_to_visible_agreements, visible_organisations
 from .base import ApiView, Input
-from .budgets import budget_figures
 from .fields import VisibleRelatedField
 from .filters import DatasetFilter
 
@@ -59,7 +60,7 @@ class DatasetOutput(serializers.ModelSerializer):
 
 class DatasetViewMixin:
     def context_for(self, objects):
-        return {**super().context_for(objects), "budgets": budget_figures(objects)}
+        return {**super().context_for(objects), "budgets": datasets_budget_figures(datasets=objects)}
 
 
 def datasets_for(user):

@@ -71,6 +71,17 @@ def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", syste
     """Ask for the plan's next round. Returns the round, BLOCKED with its report when a
     governance check fails, otherwise AWAITING_APPROVAL (or APPROVED when standing approvals
     cover it). A repeated request with the same idempotency key returns the first round."""
+    return round_request_once(actor=actor, plan=plan, idempotency_key=idempotency_key, system=system)[0]
+
+
+@transaction.atomic
+def round_request_once(
+    *, actor, plan: TrainingPlan, idempotency_key: str = "", system: bool = False
+) -> tuple[TrainingRound, bool]:
+    """round_request, and whether this call created the round (True) or found the one an
+    earlier request with the same idempotency key created (False): the API answers 201 or
+    200. The plan's row lock is taken before the key is looked up, so two copies of one
+    request arriving together see one create and the other find its round."""
     if not system:
         if not visible_plans(actor).filter(pk=plan.pk).exists():
             raise NotFound("Training plan not found.")
@@ -79,7 +90,9 @@ def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", syste
         if not (is_administrator(actor) or any(is_representative_of(actor, d.organisation) for d in plan.datasets.all())):
             from fedgov.errors import PermissionDenied
 
-            raise PermissionDenied("Only an administrator or a representative of a participating organisation can request rounds.")
+            raise PermissionDenied(
+                "Only an administrator or a representative of a participating organisation can request rounds."
+            )
     # The plan row serialises requests: two clients asking at once get round n and a refusal,
     # never two rounds numbered n.
     plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
@@ -88,9 +101,13 @@ def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", syste
             raise field_error("idempotency_key", "An Idempotency-Key has at most 128 characters.")
         existing = TrainingRound.objects.filter(plan=plan, idempotency_key=idempotency_key).first()
         if existing:
-            return existing
+            return existing, False
     if plan.status != TrainingPlan.Status.ACTIVE:
-        raise InvalidState(MSG_PLAN_NOT_ACTIVE.format(plan=plan.name, status=plan.get_status_display().lower(), reason=plan.stopped_reason or "no reason recorded"))
+        raise InvalidState(
+            MSG_PLAN_NOT_ACTIVE.format(
+                plan=plan.name, status=plan.get_status_display().lower(), reason=plan.stopped_reason or "no reason recorded"
+            )
+        )
     live = plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).first()
     if live:
         raise InvalidState(MSG_ROUND_LIVE.format(number=live.number, plan=plan.name, status=live.get_status_display().lower()))
@@ -101,7 +118,10 @@ def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", syste
     try:
         with transaction.atomic():
             round = TrainingRound.objects.create(
-                plan=plan, number=number, requested_by=actor if getattr(actor, "pk", None) else None, idempotency_key=idempotency_key
+                plan=plan,
+                number=number,
+                requested_by=actor if getattr(actor, "pk", None) else None,
+                idempotency_key=idempotency_key,
             )
     except IntegrityError:
         raise InvalidState(f"Round {number} of '{plan.name}' was requested concurrently; retry.") from None
@@ -126,19 +146,18 @@ def round_request(*, actor, plan: TrainingPlan, idempotency_key: str = "", syste
             round=round,
             details={"failed": [c.name for c in report.failures]},
         )
-        return round
+        return round, True
     _set_status(round, Status.AWAITING_APPROVAL)
     _apply_standing_approvals(round)
     _maybe_approved(round, actor=actor)
-    return round
+    return round, True
 
 
 def _apply_standing_approvals(round: TrainingRound) -> None:
     orgs, _ = governance.required_approvers(round)
     eps = governance_eps(round)
     for standing in StandingApproval.objects.filter(plan=round.plan, organisation_id__in=orgs, revoked_at__isnull=True):
-        used = standing.uses.count()
-        if standing.max_rounds is not None and used >= standing.max_rounds:
+        if standing.max_rounds is not None and standing.rounds_used() >= standing.max_rounds:
             continue
         if standing.max_epsilon is not None:
             from accounting.selectors import dataset_epsilon_spent
@@ -195,14 +214,18 @@ def _check_decider(actor, round: TrainingRound, organisation: Organisation) -> N
         raise ValidationFailed(MSG_NOT_INVOLVED.format(organisation=organisation.name, number=round.number))
     existing = RoundApproval.objects.filter(round=round, organisation=organisation).first()
     if existing:
-        raise InvalidState(MSG_ALREADY_DECIDED.format(organisation=organisation.name, decision=existing.decision, number=round.number))
+        raise InvalidState(
+            MSG_ALREADY_DECIDED.format(organisation=organisation.name, decision=existing.decision, number=round.number)
+        )
 
 
 @transaction.atomic
 def round_approve(*, actor, round: TrainingRound, organisation: Organisation) -> RoundApproval:
     round = _lock_awaiting(round)
     _check_decider(actor, round, organisation)
-    approval = RoundApproval.objects.create(round=round, organisation=organisation, decision=RoundApproval.Decision.APPROVE, decided_by=actor)
+    approval = RoundApproval.objects.create(
+        round=round, organisation=organisation, decision=RoundApproval.Decision.APPROVE, decided_by=actor
+    )
     event_record(
         kind=GovernanceEvent.Kind.ROUND_APPROVED,
         message=f"{organisation.name} approved round {round.number} of '{round.plan.name}'.",
@@ -254,7 +277,11 @@ def standing_approval_give(
     standing = StandingApproval.objects.create(
         plan=plan, organisation=organisation, max_rounds=max_rounds, max_epsilon=max_epsilon, given_by=actor
     )
-    bound = " and ".join(b for b in (f"{max_rounds} rounds" if max_rounds else "", f"epsilon {max_epsilon} per dataset" if max_epsilon else "") if b)
+    bound = " and ".join(
+        b
+        for b in (f"{max_rounds} rounds" if max_rounds else "", f"epsilon {max_epsilon} per dataset" if max_epsilon else "")
+        if b
+    )
     event_record(
         kind=GovernanceEvent.Kind.STANDING_APPROVAL,
         message=f"{organisation.name} gave a standing approval for '{plan.name}' up to {bound}.",
@@ -291,7 +318,13 @@ def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Statu
         else:
             budget_commit(round=round, actor=actor)
     kind = GovernanceEvent.Kind.ROUND_FAILED if status == Status.FAILED else GovernanceEvent.Kind.ROUND_ABORTED
-    event_record(kind=kind, message=f"Round {round.number} of '{round.plan.name}' {status}: {reason}", actor=actor, agreement=round.plan.agreement, round=round)
+    event_record(
+        kind=kind,
+        message=f"Round {round.number} of '{round.plan.name}' {status}: {reason}",
+        actor=actor,
+        agreement=round.plan.agreement,
+        round=round,
+    )
     return round
 
 
@@ -329,7 +362,9 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
         budget_reserve(round=round, actor=actor)
     except BudgetExceeded as exc:
         _set_status(round, Status.BLOCKED, reason=str(exc))
-        event_record(kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round)
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round
+        )
         from .orchestration import plan_continue
 
         plan_continue(plan=round.plan)

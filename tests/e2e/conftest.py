@@ -41,19 +41,25 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, live_server, transactional_db):
-    """A fresh browser context (no cookies) on the live server; console errors, CSP
-    violations among them, are collected in `page.console_errors`."""
+def new_page(browser, base_url: str):
+    """A page in a fresh browser context (no cookies) on `base_url`; console errors, CSP
+    violations among them, are collected in `page.console_errors`. Close `page.context`."""
     ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900}, accept_downloads=True)
     context.set_default_timeout(10_000)
     page = context.new_page()
     page.console_errors = []
     page.on("console", lambda msg: page.console_errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
+    return page
+
+
+@pytest.fixture
+def page(browser, live_server, transactional_db):
+    """A fresh browser context on the live server (see new_page)."""
+    page = new_page(browser, live_server.url)
     yield page
-    context.close()
+    page.context.close()
 
 
 @pytest.fixture
@@ -74,6 +80,10 @@ def login(page, username: str, password: str = "pw") -> None:
 def logout(page) -> None:
     page.locator('form[data-role="logout"] button').click()
     page.wait_for_url("**/accounts/login/")
+
+
+def no_csp_violations(page) -> None:
+    assert not [e for e in page.console_errors if "Content Security Policy" in e or "Refused" in e], page.console_errors
 
 
 def screenshot(page, name: str) -> Path:

@@ -1,5 +1,6 @@
 """The four browser journeys of the web UI (issue 8), each leaving a screenshot in
-test-artifacts/."""
+test-artifacts/. The round followed live to completion through the real stack, agents and
+all, is in test_round_journey.py."""
 
 from __future__ import annotations
 
@@ -13,16 +14,12 @@ from playwright.sync_api import expect
 from accounting import bundle
 from federation.models import Agreement, RoundApproval
 from federation.services.rounds import round_request
-from tests.e2e.conftest import ARTIFACTS, login, logout, screenshot
+from tests.e2e.conftest import ARTIFACTS, login, logout, no_csp_violations, screenshot
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.web.helpers import complete_a_round
 
 # One xdist worker runs every browser test (make test uses --dist loadgroup): one Chromium.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
-
-
-def no_csp_violations(page) -> None:
-    assert not [e for e in page.console_errors if "Content Security Policy" in e or "Refused" in e], page.console_errors
 
 
 def test_administrator_registers_an_agreement_and_two_representatives_sign_it(page, cast):

@@ -247,14 +247,26 @@ def test_deciding_twice_is_refused(cast):
         round_approve(actor=cast.rep_a, round=rnd, organisation=cast.org_a)
 
 
-def test_standing_approval_approves_future_rounds_up_to_its_count(cast):
+@pytest.mark.parametrize(
+    "first_ends, next_status",
+    [
+        (TrainingRound.Status.COMPLETED, TrainingRound.Status.AWAITING_APPROVAL),
+        # Blocked when it came to start (a party exited in between, say): it trained
+        # nothing and spent no budget, so the approval for one round is still unused.
+        (TrainingRound.Status.BLOCKED, TrainingRound.Status.APPROVED),
+        (TrainingRound.Status.REJECTED, TrainingRound.Status.APPROVED),
+    ],
+)
+def test_standing_approval_approves_rounds_up_to_its_count_of_rounds_that_ran(cast, first_ends, next_status):
     for org, rep in ((cast.org_a, cast.rep_a), (cast.org_b, cast.rep_b), (cast.org_c, cast.rep_c)):
         standing_approval_give(actor=rep, plan=cast.plan, organisation=org, max_rounds=1)
     rnd = round_request(actor=cast.admin, plan=cast.plan)
     assert rnd.status == TrainingRound.Status.APPROVED
-    TrainingRound.objects.filter(pk=rnd.pk).update(status=TrainingRound.Status.COMPLETED)
+    TrainingRound.objects.filter(pk=rnd.pk).update(status=first_ends)
     second = round_request(actor=cast.admin, plan=cast.plan)
-    assert second.status == TrainingRound.Status.AWAITING_APPROVAL
+    assert second.status == next_status
+    # One use each, whichever way: the completed first round, or the approved second one.
+    assert [s.rounds_used() for s in cast.plan.standing_approvals.all()] == [1, 1, 1]
 
 
 def test_standing_approval_must_be_bounded(cast):

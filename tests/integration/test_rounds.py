@@ -13,6 +13,8 @@ from federation import simulation
 from federation.localstack import kill_hard, local_stack, start_redis, start_worker, stop, wait_for_port
 from federation.models import RoundParticipant, TrainingPlan, TrainingRound
 
+from .lossy_proxy import LossyProxy
+
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("stack")]
 
 
@@ -46,10 +48,17 @@ def run(fed, stack, timeout=180):
     from federation.services.rounds import round_request
 
     round_request(actor=fed.admin, plan=fed.plan)
+    return wait(fed, stack, timeout)
+
+
+def wait(fed, stack, timeout):
+    """wait_for_plan; on a timeout, print the rounds and what the processes logged."""
     try:
         return simulation.wait_for_plan(fed.plan, timeout=timeout)
     except TimeoutError:
-        print(stack.logs()[-8000:])
+        for r in fed.plan.rounds.order_by("number"):
+            print(f"round {r.number}: {r.status} phase={r.phase} reason={r.reason!r}")
+        print(stack.logs()[-12000:])
         raise
 
 
@@ -75,6 +84,47 @@ def test_a_dropout_during_masked_input_leaves_the_survivors_sum(tmp_path):
     assert rnd.status == TrainingRound.Status.COMPLETED, rnd.reason
     assert len(rnd.metrics["contributors"]) == 3 and len(rnd.metrics["dropouts"]) == 1
     assert rnd.participant_links.filter(status=RoundParticipant.Status.DROPPED).count() == 1
+    assert_ledger_sound(fed)
+
+
+def test_an_agent_whose_messages_are_lost_sends_the_same_bytes_again_and_the_round_completes(tmp_path):
+    """Partner 1 talks through a lossy proxy: the answer to its masked input is lost (the
+    coordinator got it; the retry is a replay), and its share_keys POSTs vanish for 3 s, so
+    it gives up (--send-retry 1) and waits to be asked again. Nobody drops out."""
+    fed = make_federation(tmp_path, rounds=1)
+    with local_stack(log_dir=tmp_path / "logs") as stack, LossyProxy(
+        stack.server, answer_lost={"masked_input", "evaluate"}, request_lost={"share_keys"}, request_lost_for=3.0
+    ) as proxy:
+        for i, (slug, token) in enumerate(fed.tokens.items()):
+            stack.agent(
+                name=f"agent-{i + 1}", token=token, data=fed.partitions[i], state_dir=tmp_path / "agents" / slug, poll_wait=2,
+                **({"server": proxy.url, "send_retry": 1.0} if i == 0 else {}),
+            )
+        simulation.wait_for_agents(fed, timeout=60)
+        plan = run(fed, stack)
+        rnd = plan.rounds.get()
+        # The retry of a message whose answer was lost meets the copy the coordinator holds
+        # (`replay`), or, when that copy was the last one the phase waited for, a closed phase.
+        # The agent names rounds by their id, which is not the round's number.
+        delivered = {
+            phase: (f"the coordinator already had our {phase} message", f"round {rnd.pk}: {phase} is closed")
+            for phase in ("masked_input", "evaluate")
+        }
+        deadline = time.monotonic() + 30
+        while True:
+            log = stack.procs["agent-1"].log.read_text()
+            if all(any(line in log for line in lines) for lines in delivered.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert proxy.count("answer_lost") == 2 and proxy.count("request_lost") >= 1, proxy.events
+    rnd.refresh_from_db()
+    assert rnd.status == TrainingRound.Status.COMPLETED, rnd.reason
+    # Partner 1's lost messages still counted: nobody dropped out, nobody was counted twice.
+    assert len(rnd.metrics["contributors"]) == 3 and not rnd.metrics["dropouts"]
+    for phase, lines in delivered.items():
+        assert any(line in log for line in lines), (phase, log[-3000:])
+    assert "the coordinator asks for share_keys again; sending the same" in log
+    assert log.count("sending advertise_keys") == 1  # trained once: one noisy release
     assert_ledger_sound(fed)
 
 
@@ -177,7 +227,7 @@ def test_an_exit_notice_mid_plan_leaves_the_party_out_of_later_rounds(tmp_path):
         while time.monotonic() < deadline and not fed.plan.rounds.filter(status="completed").exists():
             time.sleep(0.1)
         party_give_exit_notice(actor=rep, agreement=fed.plan.agreement, organisation=leaving)
-        plan = simulation.wait_for_plan(fed.plan, timeout=150)
+        plan = wait(fed, stack, timeout=150)
     later = plan.rounds.filter(number__gt=2)
     assert later.exists()
     for r in later:

@@ -1,5 +1,6 @@
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -152,3 +153,117 @@ def test_split_is_seeded_disjoint_and_complete():
     assert len(y_ev) == 10 and len(y_tr) == 40
     assert sorted(np.concatenate([y_tr, y_ev]).tolist()) == list(range(50))
     np.testing.assert_array_equal(X_tr[:, 0], 2 * y_tr)  # rows stay with their labels
+
+
+# --- declared per-feature transforms ------------------------------------------------------
+LOG_SCHEMA = Schema(
+    features=("age", "area"),
+    label="outcome",
+    classes=("no", "yes"),
+    bounds=((0.0, 100.0), (0.0, math.e**2 - 1)),
+    transforms={"area": "log1p"},
+)
+
+
+def test_log1p_transforms_the_value_and_its_bounds_before_scaling():
+    X, _ = load_csv(csv_text("age,area,outcome", f"50,{math.e - 1},yes", f"0,{math.e**2 - 1},no", "100,0,no"), LOG_SCHEMA)
+    # area: log1p maps [0, e^2 - 1] onto [0, 2], so e - 1 lands in the middle.
+    np.testing.assert_allclose(X, [[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]], atol=1e-6)
+
+
+def test_values_are_clipped_into_the_raw_bounds_before_the_transform():
+    X, _ = load_csv(csv_text("age,area,outcome", "50,-5,yes", "50,1e9,no"), LOG_SCHEMA)
+    np.testing.assert_allclose(X[:, 1], [0.0, 1.0])
+
+
+def test_a_schema_without_transforms_scales_and_serialises_as_before():
+    raw = np.array([[50.0, 15.0], [120.0, 5.0], [-3.0, 12.5]])
+    expected = (np.clip(raw, [0.0, 10.0], [100.0, 20.0]) - [0.0, 10.0]) / [100.0, 10.0]
+    np.testing.assert_array_equal(SCHEMA.scale(raw), expected.astype(np.float32))
+    assert "transforms" not in SCHEMA.to_dict()
+    assert SCHEMA.transforms == () and SCHEMA.transform_of("age") == "none"
+
+
+def test_transforms_round_trip_through_json():
+    data = json.loads(json.dumps(LOG_SCHEMA.to_dict()))
+    assert data["transforms"] == {"area": "log1p"}
+    again = Schema.from_dict(data)
+    assert again == LOG_SCHEMA and hash(again) == hash(LOG_SCHEMA)
+    assert again.transform_of("area") == "log1p" and again.transform_of("age") == "none"
+
+
+def test_an_explicit_none_transform_is_the_same_as_none_declared():
+    explicit = Schema.from_dict({**SCHEMA.to_dict(), "transforms": {"age": "none", "dose": "none"}})
+    assert explicit == SCHEMA
+    assert Schema.from_dict({**SCHEMA.to_dict(), "transforms": None}) == SCHEMA
+
+
+def test_unknown_transform_name_is_refused_naming_the_column():
+    with pytest.raises(DataError) as info:
+        Schema.from_dict({**SCHEMA.to_dict(), "transforms": {"dose": "log"}})
+    assert info.value.column == "dose"
+    assert str(info.value) == "column 'dose': unknown transform 'log'; known: ['log1p', 'none', 'sqrt']"
+
+
+def test_log_of_a_negative_lower_bound_is_refused():
+    with pytest.raises(DataError) as info:
+        Schema(features=("x",), label="y", classes=("0", "1"), bounds=((-1.0, 5.0),), transforms={"x": "log1p"})
+    assert info.value.column == "x"
+    assert "needs a lower bound >= 0" in str(info.value) and "-1.0" in str(info.value)
+
+
+def test_a_transform_of_a_column_that_is_not_a_feature_is_refused():
+    with pytest.raises(DataError) as info:
+        Schema.from_dict({**SCHEMA.to_dict(), "transforms": {"outcome": "log1p"}})
+    assert info.value.column == "outcome"
+
+
+@pytest.mark.parametrize("transforms", ["log1p", 3, [["age"]]])
+def test_transforms_that_are_not_a_mapping_are_refused(transforms):
+    with pytest.raises(DataError, match="transforms must map feature names to transform names"):
+        Schema.from_dict({**SCHEMA.to_dict(), "transforms": transforms})
+
+
+def test_sqrt_transform_is_scale_free_after_min_max():
+    small = Schema(features=("x",), label="y", classes=("0", "1"), bounds=((0.0, 0.04),), transforms={"x": "sqrt"})
+    large = Schema(features=("x",), label="y", classes=("0", "1"), bounds=((0.0, 400.0),), transforms={"x": "sqrt"})
+    np.testing.assert_allclose(small.scale(np.array([[0.01]])), [[0.5]])
+    np.testing.assert_allclose(large.scale(np.array([[100.0]])), [[0.5]])
+
+
+# --- centring ------------------------------------------------------------------------------
+def test_a_centred_schema_scales_into_minus_one_one():
+    centred = Schema.from_dict({**SCHEMA.to_dict(), "centred": True})
+    X, _ = load_csv(csv_text("age,dose,outcome", "50,15,yes", "120,5,no", "25,20,no"), centred)
+    np.testing.assert_allclose(X, [[0.0, 0.0], [1.0, -1.0], [-0.5, 1.0]])
+
+
+def test_centring_composes_with_transforms():
+    centred = Schema.from_dict({**LOG_SCHEMA.to_dict(), "centred": True})
+    np.testing.assert_allclose(centred.scale(np.array([[0.0, math.e - 1]])), [[-1.0, 0.0]], atol=1e-6)
+
+
+def test_a_constant_feature_maps_to_zero_centred_or_not():
+    for centred in (False, True):
+        schema = Schema(features=("x",), label="y", classes=("0", "1"), bounds=((3.0, 3.0),), centred=centred)
+        np.testing.assert_array_equal(schema.scale(np.array([[3.0], [7.0]])), [[0.0], [0.0]])
+
+
+def test_centred_round_trips_through_json_and_is_absent_when_false():
+    centred = Schema.from_dict({**SCHEMA.to_dict(), "centred": True})
+    assert centred.to_dict()["centred"] is True
+    assert Schema.from_dict(json.loads(json.dumps(centred.to_dict()))) == centred
+    assert "centred" not in SCHEMA.to_dict() and not SCHEMA.centred
+    assert Schema.from_dict({**SCHEMA.to_dict(), "centred": False}) == SCHEMA
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_centred_must_be_a_boolean(value):
+    with pytest.raises(DataError, match="centred must be true or false"):
+        Schema.from_dict({**SCHEMA.to_dict(), "centred": value})
+    with pytest.raises(DataError, match="centred must be true or false"):
+        Schema(features=("x",), label="y", classes=("0", "1"), bounds=((0, 1),), centred=value)
+
+
+def test_a_null_centred_in_json_means_not_centred():
+    assert Schema.from_dict({**SCHEMA.to_dict(), "centred": None}) == SCHEMA
