@@ -9,7 +9,7 @@ from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
-from ..models import AUDITORS_GROUP, Agreement, AgreementParty, AgreementSignature
+from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature
 from ..permissions import require_administrator, visible_agreements
 from ..services.agreements import (
     agreement_amend,
@@ -56,24 +56,10 @@ class AgreementOutput(serializers.ModelSerializer):
         model = Agreement
         fields = [
             "id",
-            "title",
             "status",
             "version",
             "terms_hash",
-            "purposes",
-            "valid_from",
-            "valid_until",
-            "min_participants",
-            "min_noise_multiplier",
-            "max_clip_norm",
-            "max_delta",
-            "max_epsilon_per_round",
-            "max_epsilon_budget",
-            "approval_rule",
-            "approval_quorum",
-            "auditor_access",
-            "exit_notice_days",
-            "data_retention",
+            *TERM_FIELDS,
             "parties",
             "signatures",
             "auditors",
@@ -178,6 +164,16 @@ class AgreementObjectView(ApiView):
     def respond(self, agreement: Agreement):
         return self.output(AgreementOutput, self.object_queryset().get(pk=agreement.pk))
 
+    def acting_party(self, agreement: Agreement, data: dict, *, action: str):
+        """The party organisation the request acts for (see access.acting_organisation)."""
+        return acting_organisation(
+            self.request.user,
+            candidates=[p.organisation for p in agreement.party_links.all()],
+            given=data.get("organisation"),
+            agreement=agreement,
+            action=action,
+        )
+
 
 class AgreementDetailView(AgreementObjectView):
     @extend_schema(operation_id="agreements_retrieve", responses=AgreementOutput)
@@ -222,13 +218,7 @@ class AgreementSignView(AgreementObjectView):
     def post(self, request, pk: int):
         agreement = self.get_object()
         data = self.validated_input(self.InputSerializer)
-        organisation = acting_organisation(
-            request.user,
-            candidates=[p.organisation for p in agreement.party_links.all()],
-            given=data.get("organisation"),
-            agreement=agreement,
-            action="sign this agreement",
-        )
+        organisation = self.acting_party(agreement, data, action="sign this agreement")
         agreement_sign(actor=request.user, agreement=agreement, organisation=organisation, terms_hash=data["terms_hash"])
         return self.respond(agreement)
 
@@ -268,12 +258,6 @@ class AgreementExitNoticeView(AgreementObjectView):
     def post(self, request, pk: int):
         agreement = self.get_object()
         data = self.validated_input(self.InputSerializer)
-        organisation = acting_organisation(
-            request.user,
-            candidates=[p.organisation for p in agreement.party_links.all()],
-            given=data.get("organisation"),
-            agreement=agreement,
-            action="give exit notice",
-        )
+        organisation = self.acting_party(agreement, data, action="give exit notice")
         party = party_give_exit_notice(actor=request.user, agreement=agreement, organisation=organisation)
         return self.output(PartyOutput, party)
