@@ -26,9 +26,11 @@ import functools
 import hashlib
 import json
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +63,7 @@ __all__ = [
     "compose_epsilon",
     "pld_epsilon",
     "accountant_parameters",
+    "use_curve_store",
 ]
 
 # The fixed RDP orders: dp-accounting's defaults for RdpAccountant (1.1 ... 10.9, 11 ... 63,
@@ -312,16 +315,85 @@ def _orders_tuple(orders: Sequence[float] | None) -> tuple[float, ...]:
     return t
 
 
+# --- a curve store shared by processes ------------------------------------------------------
+#
+# An RDP curve is a pure function of (event, orders, dp-accounting version), and computing
+# one costs 30-150 ms of pure Python (a Poisson-subsampled Gaussian at fractional orders).
+# The in-process memo below is lost with every process: each web worker, each Celery pool
+# child and each management command would pay it again for every dataset of a plan (50
+# datasets: several seconds on the first governance check each of them runs). With a store
+# directory set (`use_curve_store`, done by the accounting app from settings), a curve is
+# computed once per machine and read back (~0.1 ms) by every other process. A stored file
+# names its key, orders and library version and is checked on reading; anything that does
+# not match or parse is recomputed, never trusted.
+_curve_store: Path | None = None
+
+
+def use_curve_store(directory: str | os.PathLike | None) -> None:
+    """Keep computed RDP curves in `directory` (None: in-process memo only)."""
+    global _curve_store
+    _curve_store = Path(directory) if directory else None
+    if _curve_store is not None:
+        _curve_store.mkdir(parents=True, exist_ok=True)
+
+
+def _library_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("dp-accounting")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def _stored_curve_path(key: str, orders: tuple[float, ...]) -> tuple[Path, dict] | None:
+    if _curve_store is None:
+        return None
+    ident = {"key": key, "orders": list(orders), "library_version": _library_version()}
+    digest = hashlib.sha256(canonical_json(ident).encode()).hexdigest()
+    return _curve_store / f"{digest}.json", ident
+
+
+def _load_curve(key: str, orders: tuple[float, ...]) -> np.ndarray | None:
+    where = _stored_curve_path(key, orders)
+    if where is None:
+        return None
+    path, ident = where
+    try:
+        data = json.loads(path.read_text())
+        if {k: data.get(k) for k in ident} != ident:
+            return None
+        return rdp_from_json(data["rdp"], orders)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, partly written by a crashed process, or not ours: recompute
+
+
+def _store_curve(key: str, orders: tuple[float, ...], vector: np.ndarray) -> None:
+    where = _stored_curve_path(key, orders)
+    if where is None:
+        return
+    path, ident = where
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps({**ident, "rdp": rdp_to_json(vector)}))
+        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only or full disk costs speed, not correctness
+
+
 @functools.lru_cache(maxsize=4096)
 def _rdp_vector_cached(key: str, orders: tuple[float, ...]) -> np.ndarray:
-    event = event_from_json(key)
-    accountant = rdp_privacy_accountant.RdpAccountant(orders=list(orders))
-    accountant.compose(event)
-    vector = accountant.rdp  # a copy of the accountant's _rdp array
-    # dp-accounting sets an order to +inf when its series fails to converge ("excluding this
-    # order from the epsilon computation"): +inf is legitimate, NaN or negative is not.
-    if np.any(np.isnan(vector)) or np.any(vector < 0):
-        raise InvalidDpEvent(f"event has a NaN or negative RDP curve: {key}")
+    vector = _load_curve(key, orders)
+    if vector is None:
+        event = event_from_json(key)
+        accountant = rdp_privacy_accountant.RdpAccountant(orders=list(orders))
+        accountant.compose(event)
+        vector = accountant.rdp  # a copy of the accountant's _rdp array
+        # dp-accounting sets an order to +inf when its series fails to converge ("excluding
+        # this order from the epsilon computation"): +inf is legitimate, NaN or negative is not.
+        if np.any(np.isnan(vector)) or np.any(vector < 0):
+            raise InvalidDpEvent(f"event has a NaN or negative RDP curve: {key}")
+        _store_curve(key, orders, vector)
     vector.setflags(write=False)  # shared by the cache: nobody may modify it in place
     return vector
 

@@ -145,8 +145,10 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Writers wait for each other instead of failing at once; the ledger serialises
     # reservations with its own row locks on PostgreSQL, and SQLite's database lock here.
+    # WAL: readers (agents' polls, pages) neither block nor wait for the one writer, and a
+    # commit is one fsync of the log (synchronous stays FULL: a commit survives power loss).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL"}
     )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -17,12 +17,11 @@ from rest_framework.views import APIView
 
 from fedgov.errors import ValidationFailed
 
-from .. import secagg
+from .. import secagg, wakeup
 from ..models import ApiToken, RoundProtocol
 from ..services import orchestration
 
 MAX_WAIT_SECONDS = 25
-POLL_INTERVAL = 0.02
 EVALUATION_MAX_BYTES = 4096
 
 
@@ -71,7 +70,8 @@ class EnrolView(AgentView):
 
 
 class TasksView(AgentView):
-    """Long poll: answers at once when there is work, otherwise waits up to `wait` seconds."""
+    """Long poll: answers at once when there is work, otherwise waits up to `wait` seconds,
+    woken as soon as a round opens a phase (federation/wakeup.py)."""
 
     @extend_schema(
         parameters=[OpenApiParameter("wait", int, description=f"seconds to wait for work (0-{MAX_WAIT_SECONDS})")],
@@ -84,11 +84,15 @@ class TasksView(AgentView):
             raise ValidationFailed("wait must be a number of seconds.", fields={"wait": ["Enter a number."]}) from None
         deadline = time.monotonic() + wait
         while True:
+            # The generation is read before the tasks: work announced in between wakes the
+            # wait below at once instead of being missed (federation/wakeup.py).
+            seen = wakeup.waiters.generation() if wait else 0
             tasks = orchestration.agent_tasks(user=request.user)
-            if tasks or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if tasks or remaining <= 0:
                 return Response({"tasks": tasks})
             close_old_connections()
-            time.sleep(POLL_INTERVAL)
+            wakeup.waiters.wait(seen, timeout=min(remaining, wakeup.FALLBACK_SECONDS))
 
 
 def _body_limit(round_id: int, phase: str) -> int:

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from fedgov.errors import ApplicationError, NotFound, PermissionDenied
 
-from .. import secagg
+from .. import secagg, wakeup
 from ..learning import (
     QuantSpec,
     apply_update,
@@ -114,9 +114,12 @@ def _deadline(plan: TrainingPlan):
 
 
 def _schedule_close(round: TrainingRound, phase: str) -> None:
+    """`phase` just opened (under the round lock): after the commit, schedule its deadline
+    and wake the agents waiting for work (their long polls re-read their tasks at once)."""
     from .. import tasks
 
     round_id, countdown = round.pk, round.plan.phase_timeout_seconds
+    wakeup.announce_agent_work(round_id)
     transaction.on_commit(lambda: tasks.phase_close_task.apply_async((round_id, phase), countdown=countdown))
 
 

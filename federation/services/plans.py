@@ -96,6 +96,11 @@ def plan_create(
     validated(plan)
     plan.save()
     plan.datasets.set(datasets)
+    # The per-round privacy cost of every dataset is a pure function of the plan: compute it
+    # now, after the commit (slow CPU work holds no lock), so that the curve store has it and
+    # no process pays for it during a round's governance checks (accountant.use_curve_store).
+    plan_id = plan.pk
+    transaction.on_commit(lambda: plan_costs_precompute(plan_id=plan_id), robust=True)
     event_record(
         kind=GovernanceEvent.Kind.PLAN_CREATED,
         message=f"Plan '{name}' for '{purpose}' on {', '.join(d.slug for d in datasets)}: {rounds_total} rounds, z={noise_multiplier}, C={clip_norm}.",
@@ -103,6 +108,17 @@ def plan_create(
         agreement=agreement,
     )
     return plan
+
+
+def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
+    """Each dataset's epsilon for one round of the plan, computed (and so stored for every
+    process) ahead of the rounds; the governance checks recompute the same figure."""
+    from .. import governance
+
+    plan = TrainingPlan.objects.filter(pk=plan_id).first()
+    if plan is None:
+        return {}
+    return {dataset.slug: governance.round_epsilon(plan, dataset) for dataset in plan.datasets.all()}
 
 
 @transaction.atomic
