@@ -1,12 +1,17 @@
 """Load benchmark of the REST API: the ledger list and the round status under gunicorn.
 
-    python bench/api_load.py [--rate 400] [--users 40] [--duration 20] [--workers 2] [--threads 4] [--worker-class gthread]
+    python bench/api_load.py [--rate 400] [--users 40] [--duration 20] [--workers 4] [--threads 1] [--worker-class sync]
 
 What it does, all on loopback and in a throw-away directory (FEDGOV_VAR_DIR):
 1. migrate a fresh SQLite database, `seed_demo`, then through the services: a few hundred
    ledger entries on one dataset (budget grants) and a round awaiting approval; an auditor's
    read-only token;
-2. start gunicorn (gthread workers) on 127.0.0.1;
+2. start gunicorn on 127.0.0.1 as the README's deployment section recommends for the pool
+   that serves the governance API and the web UI: sync workers, two per core. The API is
+   CPU-bound; threads in one process only queue for the GIL (gthread 2x4 spent about 1 ms
+   more CPU per request here, and a keep-alive connection pinned to a busy worker stretched
+   the p99). The agents' long polls hold a request open for up to 25 s and belong to a
+   separate gthread pool with many threads, which this benchmark does not load;
 3. run locust headless (from .venv-bench, see requirements-bench.txt) for `--duration`
    seconds: `--users` auditors, each at a constant rate so that together they offer `--rate`
    requests per second, half `GET /api/v1/datasets/{id}/ledger/?page_size=20` and half
@@ -174,9 +179,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400.0, help="offered load, requests per second in total")
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--duration", type=int, default=20, help="seconds of load")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="gthread only (gunicorn runs gthread when threads > 1)")
+    parser.add_argument("--worker-class", default="sync", choices=["gthread", "sync"])
     parser.add_argument("--no-write", action="store_true", help="print only, do not write bench/results/")
     args = parser.parse_args()
     if not LOCUST.exists():
@@ -329,7 +334,7 @@ def main() -> int:
         (RESULTS / "api_load.md").write_text(
             "# API load: ledger list and round status\n\n"
             f"`python bench/api_load.py --rate {args.rate:.0f} --users {args.users} --duration {args.duration} "
-            f"--workers {args.workers} --threads {args.threads}`\n\n"
+            f"--workers {args.workers} --threads {args.threads} --worker-class {args.worker_class}`\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in meta.items())
             + "\n"
             + table(rows)

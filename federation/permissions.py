@@ -29,13 +29,22 @@ MSG_READ_ONLY = "Your role lets you see this {what} but not {action} it."
 MSG_NOT_REPRESENTATIVE = "You are not a representative of {organisation}; only its representatives can {action}."
 
 
+ROLE_GROUPS = (ADMINISTRATORS_GROUP, AUDITORS_GROUP)
+
+
+def remember_role_groups(user, names) -> None:
+    """Keep on `user` which of ROLE_GROUPS it belongs to, when the caller already read them
+    (the API's token authentication reads them in the query that finds the token)."""
+    user._fedgov_groups = {name for name in names if name in ROLE_GROUPS}
+
+
 def _in_group(user, name: str) -> bool:
     if not user or not user.is_authenticated:
         return False
     cache = getattr(user, "_fedgov_groups", None)
     if cache is None:
-        cache = set(user.groups.values_list("name", flat=True))
-        user._fedgov_groups = cache
+        remember_role_groups(user, user.groups.filter(name__in=ROLE_GROUPS).values_list("name", flat=True))
+        cache = user._fedgov_groups
     return name in cache
 
 
@@ -59,9 +68,7 @@ def organisations_of(user, role: str | None = None) -> QuerySet[Organisation]:
 def is_representative_of(user, organisation: Organisation) -> bool:
     if not user or not user.is_authenticated:
         return False
-    return Membership.objects.filter(
-        user=user, organisation=organisation, role=Membership.Role.REPRESENTATIVE
-    ).exists()
+    return Membership.objects.filter(user=user, organisation=organisation, role=Membership.Role.REPRESENTATIVE).exists()
 
 
 # --- Visibility (selectors use these to scope querysets) -------------------------------------
@@ -72,9 +79,7 @@ def visible_agreements(user) -> QuerySet[Agreement]:
         return Agreement.objects.all()
     if not user or not user.is_authenticated:
         return Agreement.objects.none()
-    return Agreement.objects.filter(
-        Q(parties__in=organisations_of(user)) | Q(auditors=user)
-    ).distinct()
+    return Agreement.objects.filter(Q(parties__in=organisations_of(user)) | Q(auditors=user)).distinct()
 
 
 def visible_datasets(user) -> QuerySet[Dataset]:
@@ -100,7 +105,9 @@ def can_see_agreement(user, agreement: Agreement) -> bool:
 
 
 def audits(user, agreement: Agreement) -> bool:
-    return is_auditor(user) and agreement.auditors.filter(pk=user.pk).exists()
+    # The through table alone (no join to the user table, no related manager to build):
+    # the API's ledger reads ask this on every request.
+    return is_auditor(user) and Agreement.auditors.through.objects.filter(agreement_id=agreement.pk, user_id=user.pk).exists()
 
 
 # --- Guards used by services ----------------------------------------------------------------

@@ -6,6 +6,9 @@ through a service, which checks again.
 
 from __future__ import annotations
 
+import functools
+
+from django.db import connections, router
 from django.db.models import Q, QuerySet
 
 from fedgov.errors import PermissionDenied, ValidationFailed
@@ -60,10 +63,31 @@ def visible_agreement_ids(user) -> list[int] | None:
 def _visible_agreement_ids(user) -> list[int]:
     """`visible_agreements(user)` (the agreements a party of which the user is a member of,
     and those the user audits) as one UNION of two index lookups: the same rows without
-    visible_agreements' DISTINCT over joins, at half the cost on every request."""
-    as_member = AgreementParty.objects.filter(organisation__memberships__user=user).values_list("agreement_id", flat=True)
-    as_auditor = Agreement.auditors.through.objects.filter(user_id=user.pk).values_list("agreement_id", flat=True)
-    return sorted(set(as_member.union(as_auditor)))
+    visible_agreements' DISTINCT over joins.
+
+    Hand-written SQL (from the models' own table and column names): the ORM's compiler took
+    most of a millisecond to build this UNION on every request of every non-administrator."""
+    connection = connections[router.db_for_read(AgreementParty)]
+    with connection.cursor() as cursor:
+        cursor.execute(_visible_agreements_sql(connection.alias), [user.pk, user.pk])
+        return sorted({row[0] for row in cursor.fetchall()})
+
+
+@functools.cache
+def _visible_agreements_sql(alias: str) -> str:
+    qn = connections[alias].ops.quote_name
+    party, membership = AgreementParty._meta, Membership._meta
+    auditors = Agreement.auditors.through._meta
+
+    def col(meta, name: str) -> str:
+        return qn(meta.get_field(name).column)
+
+    return (
+        f"SELECT p.{col(party, 'agreement')} FROM {qn(party.db_table)} p"
+        f" INNER JOIN {qn(membership.db_table)} m ON m.{col(membership, 'organisation')} = p.{col(party, 'organisation')}"
+        f" WHERE m.{col(membership, 'user')} = %s"
+        f" UNION SELECT a.{col(auditors, 'agreement')} FROM {qn(auditors.db_table)} a WHERE a.{col(auditors, 'user')} = %s"
+    )
 
 
 def scope_to_visible_agreements(queryset: QuerySet, user, agreement_field: str) -> QuerySet:

@@ -157,8 +157,9 @@ class ApiView(GenericAPIView):
 
     def get_object(self):
         pk = valid_pk(self.kwargs.get("pk"))
-        # [:1], not first(): no ORDER BY to add and compile for a primary-key lookup.
-        obj = next(iter(self.object_queryset().filter(pk=pk)[:1]), None) if pk is not None else None
+        # [:1] and order_by(), not first(): no ORDER BY (the model's default ordering) to
+        # add and compile for a primary-key lookup.
+        obj = next(iter(self.object_queryset().filter(pk=pk).order_by()[:1]), None) if pk is not None else None
         if obj is None:
             raise NotFound(MSG_NOT_FOUND.format(what=self.object_name))
         return obj

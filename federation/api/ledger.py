@@ -16,8 +16,8 @@ from accounting import ledger as accounting_ledger
 from accounting import selectors as accounting
 from accounting.models import LedgerEntry
 
-from ..models import Agreement, Dataset
-from ..permissions import audits, is_administrator
+from ..models import Dataset
+from ..permissions import is_administrator, is_auditor
 from ..services.datasets import dataset_raise_budget
 from .access import require_ledger_reader
 from .base import ApiView, Input
@@ -96,14 +96,21 @@ class LedgerView(ApiView):
         """The dataset, if the requester reads its ledger; else 404 or 403 (see module doc).
 
         Administrators and the agreement's auditors always see the dataset, so for them (an
-        auditor's read API is what these endpoints are for) the visibility query is skipped;
-        everyone else goes through the visible set first."""
+        auditor's read API is what these endpoints are for) one query answers: the dataset,
+        if it exists and (for an auditor) its agreement lists them among its auditors; that
+        is `audits()`, joined into the lookup. Everyone else, and an auditor of another
+        agreement, goes through the visible set and `require_ledger_reader` instead."""
         user = self.request.user
         pk = valid_pk(self.kwargs.get("pk"))
-        dataset = next(iter(Dataset.objects.select_related("organisation").filter(pk=pk)[:1]), None) if pk else None
-        # audits() asks the agreement's auditor list; an Agreement with just its pk is enough.
-        if dataset is not None and (is_administrator(user) or audits(user, Agreement(pk=dataset.agreement_id))):
-            return dataset
+        if pk is not None and (is_administrator(user) or is_auditor(user)):
+            # The row alone: no join for the organisation (only the 403 message names it, and
+            # that path loads it), no ORDER BY to compile for a primary-key lookup.
+            datasets = Dataset.objects.filter(pk=pk).order_by()
+            if not is_administrator(user):
+                datasets = datasets.filter(agreement__auditors=user.pk)
+            dataset = next(iter(datasets[:1]), None)
+            if dataset is not None:
+                return dataset
         dataset = self.get_object()
         require_ledger_reader(user, dataset)
         return dataset

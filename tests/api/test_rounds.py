@@ -164,3 +164,31 @@ def test_round_participants_and_status_are_readable_by_the_parties(cast):
     participants = client.get(f"/api/v1/rounds/{round_id}/participants/", {"organisation": cast.org_b.pk})
     assert participants.status_code == 200
     assert [p["dataset_slug"] for p in participants.json()["results"]] == ["org-b-records"]
+
+
+def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast):
+    """RoundOutput and ApprovalOutput write their dicts by hand (the round status is the most
+    polled read); the declared fields document the shape, so both must agree, key for key."""
+    from django.utils import timezone
+    from rest_framework import serializers
+
+    from federation.api.rounds import ApprovalOutput, RoundOutput, round_context, rounds_for
+
+    waiting = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client_for(cast.rep_a).post(f"/api/v1/rounds/{waiting}/approve/", {}, format="json")
+    client_for(cast.rep_b).post(f"/api/v1/rounds/{waiting}/reject/", {"reason": "Not yet."}, format="json")
+    now = timezone.now()
+    TrainingRound.objects.filter(pk=waiting).update(
+        phase="training", phase_deadline=now, started_at=now, finished_at=now, metrics={"loss": 0.5, "per_party": {"a": 1}}
+    )
+    bare = TrainingRound.objects.create(plan=cast.plan, number=99, governance_report={}, metrics={})
+    rounds = list(rounds_for(cast.admin).filter(pk__in=[waiting, bare.pk]).order_by("pk"))
+    context = round_context(rounds)
+    approvals = [a for page in context["approvals"].values() for a in page]
+    assert len(approvals) == 2 and rounds[1].requested_by_username is None
+    for round in rounds:
+        output = RoundOutput(round, context=context)
+        assert list(output.data.items()) == list(serializers.Serializer.to_representation(output, round).items())
+    for approval in approvals:
+        output = ApprovalOutput(approval)
+        assert list(output.data.items()) == list(serializers.Serializer.to_representation(output, approval).items())
