@@ -77,6 +77,24 @@ class BoundsField(forms.CharField):
         return pairs
 
 
+class TransformsField(forms.CharField):
+    """Optional per-feature transforms, one "feature: transform" line each (e.g. "area: log1p")."""
+
+    widget = forms.Textarea(attrs={"rows": 2})
+
+    def to_python(self, value):
+        text = super().to_python(value) or ""
+        out = {}
+        for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
+            feature, sep, transform = line.partition(":")
+            if not sep or not feature.strip() or not transform.strip():
+                raise forms.ValidationError(f'Line {n}: write "feature: transform", e.g. "area: log1p".')
+            if feature.strip() in out:
+                raise forms.ValidationError(f"Line {n}: {feature.strip()!r} is given a transform twice.")
+            out[feature.strip()] = transform.strip()
+        return out
+
+
 # --- Organisations ----------------------------------------------------------------------------
 
 
@@ -216,6 +234,11 @@ class DatasetForm(forms.Form):
         required=False,
         help_text='Public bounds of each feature, one "low, high" pair per line in feature order; partners scale with them.',
     )
+    feature_transforms = TransformsField(
+        required=False,
+        help_text='Public transforms applied before scaling, one "feature: log1p" (or sqrt) per line; features need a lower bound >= 0.',
+    )
+    centred = forms.BooleanField(required=False, label="Scale features to [-1, 1] (centred) instead of [0, 1]")
     epsilon_budget = forms.FloatField(help_text="Total epsilon this dataset may spend, within the agreement's maximum.")
     delta = forms.FloatField(help_text="Delta at which spent epsilon is measured, e.g. 1e-5.")
     accountant = forms.ChoiceField(choices=Dataset.Accountant.choices, initial=Dataset.Accountant.RDP)

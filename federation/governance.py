@@ -191,7 +191,8 @@ def check_feature_schema(round: TrainingRound) -> Check:
     plan = round.plan
     want = plan.schema()
     bad = []
-    for dataset in round.participating_datasets():
+    datasets = list(round.participating_datasets())
+    for dataset in datasets:
         have = dataset.schema()
         if have["feature_names"] != want["feature_names"]:
             missing = [f for f in want["feature_names"] if f not in have["feature_names"]]
@@ -200,6 +201,10 @@ def check_feature_schema(round: TrainingRound) -> Check:
             bad.append(f"{dataset.slug} labels {have['label_name']!r}, the plan needs {want['label_name']!r}")
         if set(have["label_classes"]) != set(want["label_classes"]):
             bad.append(f"{dataset.slug} declares classes {have['label_classes']}, the plan needs {want['label_classes']}")
+    # Updates are averaged: every partner must turn records into model input the same way.
+    if datasets and any(d.scaling() != datasets[0].scaling() for d in datasets[1:]):
+        differ = [d.slug for d in datasets[1:] if d.scaling() != datasets[0].scaling()]
+        bad.append(f"{', '.join(differ)} declare other feature transforms or centring than {datasets[0].slug}")
     if bad:
         return _fail(FEATURE_SCHEMA, "; ".join(bad) + ".")
     return _ok(FEATURE_SCHEMA, f"Every dataset declares the plan's {len(want['feature_names'])} features and label {want['label_name']!r}.")

@@ -267,6 +267,12 @@ class Dataset(models.Model):
     feature_bounds = models.JSONField(
         default=list, blank=True, help_text="Public [low, high] per feature, used for scaling at the partner."
     )
+    # Public scaling declarations (federation/learning/data.py): a transform per feature
+    # applied before scaling, and whether features are scaled to [-1, 1] instead of [0, 1].
+    feature_transforms = models.JSONField(
+        default=dict, blank=True, help_text="Public transform per feature before scaling: {feature: log1p | sqrt}."
+    )
+    centred = models.BooleanField(default=False, help_text="Scale every feature to [-1, 1] instead of [0, 1].")
     epsilon_budget = models.FloatField()
     delta = models.FloatField()
     accountant = models.CharField(max_length=3, choices=Accountant.choices, default=Accountant.RDP)
@@ -289,7 +295,14 @@ class Dataset(models.Model):
             "label_name": self.label_name,
             "label_classes": [str(c) for c in self.label_classes],
             "feature_bounds": [list(b) for b in self.feature_bounds] if self.feature_bounds else None,
+            "feature_transforms": dict(self.feature_transforms or {}),
+            "centred": bool(self.centred),
         }
+
+    def scaling(self) -> tuple:
+        """What decides how a record becomes model input besides the bounds: the declared
+        transforms and centring. Partners whose updates are averaged must agree on it."""
+        return (tuple(sorted((self.feature_transforms or {}).items())), bool(self.centred))
 
 
 class TrainingPlan(models.Model):
@@ -650,9 +663,11 @@ class AgentIdentity(models.Model):
 class RoundProtocol(models.Model):
     """The coordinator's secure-aggregation state for one round, beside the round row.
 
-    `state` is the SecAggServer's serialised state (keys, shares, who answered), `running_sum`
-    the masked inputs summed so far (d uint32 words, never an individual input) and `relays`
-    what the coordinator forwards to each partner in the current phase (opaque to it).
+    `state` is the SecAggServer's serialised state without the partners' contributions (keys,
+    who answered: O(n)), `running_sum` the masked inputs summed so far (d uint32 words, never
+    an individual input). The O(n^2) parts live one row per party: each accepted ShareKeys or
+    unmask response in `ProtocolMessage`, each recipient's relay in `ProtocolRelay`, so that
+    taking one message or answering one poll handles O(n) data.
     Writes happen under the round's row lock.
     """
 
@@ -660,6 +675,44 @@ class RoundProtocol(models.Model):
     config = models.JSONField(default=dict)
     state = models.JSONField(default=dict)
     running_sum = models.BinaryField(null=True, blank=True)
-    relays = models.JSONField(default=dict, blank=True)
     pending = models.JSONField(default=list, blank=True, help_text="Who the current phase still waits for.")
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class ProtocolMessage(models.Model):
+    """One partner's accepted contribution to a secure-aggregation phase (its sealed shares
+    for every other member, or its unmasking shares): `secagg.Contribution.data`.
+
+    Written under the round's row lock when the message is accepted; read back all at once,
+    only by the phase's close (ShareKeys) or the aggregation (unmask responses), and deleted
+    once they are consumed.
+    """
+
+    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="protocol_messages")
+    phase = models.CharField(max_length=32)
+    party = models.CharField(max_length=64, help_text="The sender's organisation slug.")
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # The protocol refuses a second message from a sender in a phase; so does the database.
+            models.UniqueConstraint(fields=["round", "phase", "party"], name="protocol_message_once_per_party_and_phase"),
+        ]
+
+
+class ProtocolRelay(models.Model):
+    """What the coordinator forwards in a phase, opaque to it (base64): to one recipient
+    (`party` = its slug) or to everyone (`party` = "*"). Replaced at every phase close."""
+
+    EVERYONE = "*"
+
+    round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="protocol_relays")
+    phase = models.CharField(max_length=32, help_text="The phase during which it is handed out.")
+    party = models.CharField(max_length=64)
+    body = models.TextField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["round", "phase", "party"], name="protocol_relay_once_per_party_and_phase"),
+        ]

@@ -94,19 +94,25 @@ class _Waiters:
             self._listener.start()
 
     def _listen(self) -> None:
-        delay = 0.1
+        delay, warned = 0.1, False
         while True:
             try:
                 client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CHANNEL)
-                delay = 0.1
+                if warned:
+                    logger.info("agent wake-up channel back")
+                delay, warned = 0.1, False
                 self.bump()  # announcements made while unsubscribed were missed: everyone looks again
                 while True:
                     if pubsub.get_message(timeout=30) is not None:
                         self.bump()
             except (redis.RedisError, OSError) as exc:
-                logger.warning("agent wake-up channel unavailable (%s); long polls fall back to reading every %.1fs", exc, FALLBACK_SECONDS)
+                # Once per outage: the listener retries every few seconds for as long as it lasts.
+                (logger.debug if warned else logger.warning)(
+                    "agent wake-up channel unavailable (%s); long polls fall back to reading every %.1fs", exc, FALLBACK_SECONDS
+                )
+                warned = True
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
 

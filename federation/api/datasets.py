@@ -7,6 +7,7 @@ from rest_framework import serializers, status
 
 from accounting.selectors import datasets_budget_figures
 
+from ..learning import TRANSFORMS
 from ..models import Dataset
 from ..permissions import visible_agreements
 from ..services.datasets import dataset_register
@@ -15,12 +16,15 @@ from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import DatasetFilter
 
+TRANSFORM_CHOICES = sorted(name for name in TRANSFORMS if name != "none")
+
 
 class DatasetOutput(serializers.ModelSerializer):
     organisation_slug = serializers.CharField(source="organisation.slug")
     feature_names = serializers.ListField(child=serializers.CharField())
     label_classes = serializers.ListField(child=serializers.CharField())
     feature_bounds = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+    feature_transforms = serializers.DictField(child=serializers.CharField())
     epsilon_spent = serializers.SerializerMethodField(
         help_text="Epsilon spent at the dataset's delta: committed and open reservations."
     )
@@ -40,6 +44,8 @@ class DatasetOutput(serializers.ModelSerializer):
             "label_name",
             "label_classes",
             "feature_bounds",
+            "feature_transforms",
+            "centred",
             "epsilon_budget",
             "delta",
             "accountant",
@@ -90,6 +96,13 @@ class DatasetListView(DatasetViewMixin, ApiView):
             max_length=10_000,
             help_text="Public [low, high] per feature, in feature order.",
         )
+        feature_transforms = serializers.DictField(
+            child=serializers.ChoiceField(choices=TRANSFORM_CHOICES),
+            required=False,
+            default=dict,
+            help_text="Public transform applied to a feature before scaling, by feature name (features need a lower bound >= 0).",
+        )
+        centred = serializers.BooleanField(required=False, default=False, help_text="Scale features to [-1, 1] instead of [0, 1].")
         epsilon_budget = serializers.FloatField()
         delta = serializers.FloatField()
         accountant = serializers.ChoiceField(choices=Dataset.Accountant.choices, default=Dataset.Accountant.RDP)

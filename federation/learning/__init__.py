@@ -13,7 +13,7 @@ multiplier sigma, see ``evaluation_event_params``).
 """
 
 from .aggregate import apply_update, fedavg_weights, secagg_input, secure_average, weighted_average
-from .data import Schema, load_csv, schema_from_csv, train_eval_split, write_csv
+from .data import TRANSFORMS, Schema, load_csv, schema_from_csv, train_eval_split, write_csv
 from .dpsgd import (
     clipped_gradient_sum,
     dp_sgd,
@@ -38,6 +38,7 @@ __all__ = [
     "QuantSpec",
     "QuantisationError",
     "Schema",
+    "TRANSFORMS",
     "apply_update",
     "clipped_gradient_sum",
     "combine_accuracy",

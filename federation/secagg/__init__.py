@@ -7,6 +7,7 @@ Public API:
     RoundConfig, default_threshold, max_body_bytes   -- what both sides agree on; size caps
     SecAggClient                                     -- partner state machine
     SecAggServer, AggregateResult                    -- coordinator state machine
+    Contribution                                     -- a message's share of the state, storable apart
     SecAggError and subclasses (stable ``code``)     -- every refusal
     simulation.run_round, simulation.make_identities -- a whole round in one process
 """
@@ -30,6 +31,7 @@ from .errors import (
     WrongPhase,
     WrongRecipient,
     WrongRound,
+    WrongSender,
 )
 from .messages import (
     ADVERTISE_KEYS,
@@ -43,7 +45,7 @@ from .messages import (
     default_threshold,
     max_body_bytes,
 )
-from .server import AggregateResult, SecAggServer
+from .server import AggregateResult, Contribution, SecAggServer
 
 __all__ = [
     "ADVERTISE_KEYS",
@@ -57,11 +59,13 @@ __all__ = [
     "BadCiphertext",
     "BadLength",
     "BadSignature",
+    "Contribution",
     "DuplicateSender",
     "InconsistentView",
     "MalformedMessage",
     "MessageTooLarge",
     "NotAMember",
+    "WrongSender",
     "ReconstructionFailed",
     "ReplayedMessage",
     "RoundAborted",

@@ -87,6 +87,13 @@ class NotAMember(SecAggError):
     message = MSG_NOT_A_MEMBER
 
 
+class WrongSender(SecAggError):
+    """The message names a sender other than the party that delivered it."""
+
+    code = "wrong_sender"
+    message = "the message's sender is not the party that sent it"
+
+
 class WrongRecipient(SecAggError):
     code = "wrong_recipient"
     message = MSG_WRONG_RECIPIENT

@@ -14,6 +14,21 @@ and the running sum -- the only O(d) part -- travels separately as raw bytes
     state, acc = srv.to_dict(), srv.running_sum_bytes()   # persist
     srv = SecAggServer.from_dict(state, running_sum=acc)   # next task
 
+The state above holds every accepted ShareKeys message (n*(n-1) sealed shares) and every
+unmask response (n^2 field elements). A caller that persists after every message can keep
+those apart, one record per sender, so that taking one message costs O(n), not O(n^2):
+
+    c = srv.receive_share_keys(body)        # a Contribution: (phase, sender, JSON-able data)
+    store(c.phase, c.sender, c.data); state = srv.to_dict(contributions=False)   # O(n)
+    ...
+    srv = SecAggServer.from_dict(state)     # "detached": holds no contribution
+    srv.restore_contributions(load(srv.phase))   # {sender: data}, once, before closing
+    relays = srv.close_share_keys()
+
+A detached server validates a message exactly as an attached one (no check compares one
+sender's contribution with another's), so refusals and their codes do not change; it only
+refuses to close a phase, or to finalize, before its contributions are restored.
+
 Masked inputs are added into one running uint32 sum on arrival and then dropped, so
 memory grows with d, not n*d. The server never holds an unmasked individual input: it
 accepts a masked input only during MaskedInput, and it learns b_u only for parties whose
@@ -50,6 +65,7 @@ from .errors import (
     TooFewSurvivors,
     UnmaskConflict,
     WrongPhase,
+    WrongSender,
 )
 from .messages import (
     ADVERTISE_KEYS,
@@ -82,6 +98,21 @@ _CLIENT_TYPES = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK_RESPONSE)
 
 
 @dataclass(frozen=True)
+class Contribution:
+    """What one accepted ShareKeys or UnmaskResponse message adds to the state, as JSON-able
+    ``data`` (``{recipient: sealed shares b64}``, or ``{"b"|"s": {party: y hex}}``), for a
+    caller that stores contributions apart from the state (see ``to_dict(contributions=False)``)."""
+
+    phase: str
+    sender: str
+    data: dict
+
+
+# The phases whose messages leave an O(n) contribution per sender (O(n^2) in all).
+CONTRIBUTION_PHASES = (SHARE_KEYS, UNMASK_RESPONSE)
+
+
+@dataclass(frozen=True)
 class AggregateResult:
     """The output of a round: sum mod 2^32 of the quantised inputs of ``contributors``."""
 
@@ -108,13 +139,20 @@ class SecAggServer:
         self._survivors: list[str] = []
         self._dropouts: list[str] = []
         self._responses: dict[str, dict[str, dict[str, int]]] = {}  # responder -> {"b"|"s": {party: y}}
+        # True when restored from a state saved without contributions: _cts / _responses
+        # are then kept by the caller, and empty here until restore_contributions().
+        self._detached = False
 
     # ------------------------------------------------------------------ helpers
 
-    def _check_turn(self, msg: Mapping[str, Any]) -> tuple[str, str]:
-        """(sender, nonce) of a client message, after replay / phase / duplicate checks."""
+    def _check_turn(self, msg: Mapping[str, Any], authenticated: str | None = None) -> tuple[str, str]:
+        """(sender, nonce) of a client message, after sender / replay / phase / duplicate
+        checks. ``authenticated``: the party the transport authenticated (the coordinator
+        knows which agent posted); a message naming anyone else is refused first."""
         kind = msg.get("type")
         sender = get_str(msg, "sender")
+        if authenticated is not None and sender != authenticated:
+            raise WrongSender(f"{sender!r} in a message delivered by {authenticated!r}", sender=sender)
         nonce = get_str(msg, "nonce")
         b64d(nonce, length=NONCE_BYTES, what="nonce")
         if kind not in self._nonces:
@@ -153,15 +191,18 @@ class SecAggServer:
         received = self._nonces.get(self.phase, {})
         return sorted(p for p in expected if p not in received)
 
-    def receive(self, body: bytes) -> str:
+    def receive(self, body: bytes, *, sender: str | None = None) -> str:
         """Route any client message to its ``receive_*`` by its type; returns that type.
 
         For a single POST endpoint: a binary body is a masked input, a JSON body names its
         ``type``. Refusals are those of the ``receive_*`` method (``wrong_phase`` if the type
-        does not belong to the current phase).
+        does not belong to the current phase). It drops the ``Contribution`` those return: a
+        caller that keeps contributions apart calls ``receive_*`` itself. ``sender``: the
+        party the transport authenticated; a message naming another sender is refused
+        (``wrong_sender``).
         """
         if bytes(body[: len(MAGIC)]) == MAGIC:
-            self.receive_masked_input(body)
+            self.receive_masked_input(body, sender=sender)
             return MASKED_INPUT
         kind = peek_type(body, config=self.config)
         handler = {
@@ -171,7 +212,7 @@ class SecAggServer:
         }.get(kind)
         if handler is None:
             raise MalformedMessage(f"not a client message type: {kind!r}")
-        handler(body)
+        handler(body, sender=sender)
         return kind
 
     @property
@@ -180,10 +221,10 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ phase 0
 
-    def receive_advertise_keys(self, body: bytes) -> None:
+    def receive_advertise_keys(self, body: bytes, *, sender: str | None = None) -> None:
         cfg = self.config
         msg = decode_json(body, config=cfg, msg_type=ADVERTISE_KEYS)
-        sender, nonce = self._check_turn(msg)
+        sender, nonce = self._check_turn(msg, sender)
         if sender not in self._identity_keys:
             raise NotAMember(f"{sender!r} is not in the roster", party=sender)
         c_pk = b64d(msg.get("c_pk"), length=32, what="c_pk")
@@ -210,10 +251,10 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ phase 1
 
-    def receive_share_keys(self, body: bytes) -> None:
+    def receive_share_keys(self, body: bytes, *, sender: str | None = None) -> Contribution:
         cfg = self.config
         msg = decode_json(body, config=cfg, msg_type=SHARE_KEYS)
-        sender, nonce = self._check_turn(msg)
+        sender, nonce = self._check_turn(msg, sender)
         if sender not in self._s_pk:
             raise NotAMember(f"{sender!r} did not advertise keys", party=sender)
         entries = get_objects(msg, "shares", fields=("to", "ct"), max_len=cfg.n)
@@ -229,12 +270,15 @@ class SecAggServer:
         missing = set(self._s_pk) - set(cts) - {sender}
         if missing:
             raise InconsistentView(f"no share for {sorted(missing)}", parties=sorted(missing))
-        self._cts[sender] = cts
+        if not self._detached:
+            self._cts[sender] = cts
         self._nonces[SHARE_KEYS][sender] = nonce
+        return Contribution(SHARE_KEYS, sender, dict(cts))
 
     def close_share_keys(self) -> dict[str, bytes]:
         """{recipient: body}: each ShareKeys sender gets the shares addressed to it by the others."""
         self._require_phase(SHARE_KEYS)
+        self._require_contributions()
         cfg = self.config
         u2 = sorted(self._cts)
         if len(u2) < cfg.threshold:
@@ -250,10 +294,10 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ phase 2
 
-    def receive_masked_input(self, body: bytes) -> None:
+    def receive_masked_input(self, body: bytes, *, sender: str | None = None) -> None:
         """Add one masked input into the running sum (binary body from ``SecAggClient.masked_input``)."""
         header, payload = parse_masked_input(body, config=self.config)
-        sender, nonce = self._check_turn(header)
+        sender, nonce = self._check_turn(header, sender)
         if sender not in self._u2:
             raise NotAMember(f"{sender!r} did not share keys", party=sender)
         y = np.frombuffer(payload, dtype=WORD)
@@ -288,10 +332,10 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ phase 3
 
-    def receive_unmask_response(self, body: bytes) -> None:
+    def receive_unmask_response(self, body: bytes, *, sender: str | None = None) -> Contribution:
         cfg = self.config
         msg = decode_json(body, config=cfg, msg_type=UNMASK_RESPONSE)
-        sender, nonce = self._check_turn(msg)
+        sender, nonce = self._check_turn(msg, sender)
         if sender not in self._survivors:
             raise NotAMember(f"{sender!r} is not a survivor", party=sender)
         parsed = {}
@@ -304,8 +348,10 @@ class SecAggServer:
             if ys and max(ys) >= shamir.PRIME:
                 raise MalformedMessage("a share is not a field element")
             parsed[key[0]] = dict(zip(parties, ys))
-        self._responses[sender] = parsed
+        if not self._detached:
+            self._responses[sender] = parsed
         self._nonces[UNMASK_RESPONSE][sender] = nonce
+        return Contribution(UNMASK_RESPONSE, sender, _responses_out(parsed))
 
     def _explain_bad_share_list(self, key: str, parties: list[str], wanted: list[str]) -> None:
         seen: set[str] = set()
@@ -326,16 +372,17 @@ class SecAggServer:
 
     @property
     def responders(self) -> list[str]:
-        """Survivors whose unmask response was accepted."""
-        return sorted(self._responses)
+        """Survivors whose unmask response was accepted (known from the O(n) state alone)."""
+        return sorted(self._nonces[UNMASK_RESPONSE]) if self.phase == UNMASK_RESPONSE else []
 
     @property
     def can_finalize(self) -> bool:
-        return self.phase == UNMASK_RESPONSE and len(self._responses) >= self.config.threshold
+        return self.phase == UNMASK_RESPONSE and len(self.responders) >= self.config.threshold
 
     def finalize(self) -> AggregateResult:
         """Reconstruct with exactly t shares, remove every mask, return the sum of the survivors."""
         self._require_phase(UNMASK_RESPONSE)
+        self._require_contributions()
         cfg = self.config
         if len(self._responses) < cfg.threshold:
             raise self._abort(len(self._responses), "Unmasking")
@@ -363,9 +410,15 @@ class SecAggServer:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_dict(self) -> dict:
-        """JSON-able state without the running sum (see ``running_sum_bytes``)."""
-        return {
+    def to_dict(self, *, contributions: bool = True) -> dict:
+        """JSON-able state without the running sum (see ``running_sum_bytes``).
+
+        With ``contributions=False`` the accepted ShareKeys and UnmaskResponse contributions
+        are left out (the caller stored each ``Contribution`` that ``receive_*`` returned):
+        the state is then O(n) and ``from_dict`` gives a detached server."""
+        if contributions and self._detached:
+            raise ValueError("a detached server does not hold the contributions: restore them first")
+        state = {
             "v": VERSION,
             "config": self.config.to_dict(),
             "identity_keys": {p: k.hex() for p, k in self._identity_keys.items()},
@@ -378,12 +431,13 @@ class SecAggServer:
             "u3": self._u3,
             "survivors": self._survivors,
             "dropouts": self._dropouts,
-            "responses": {
-                r: {k: {p: format(y, "x") for p, y in shares.items()} for k, shares in parsed.items()}
-                for r, parsed in self._responses.items()
-            },
+            "responses": {r: _responses_out(parsed) for r, parsed in self._responses.items()},
             "has_running_sum": self._running_sum is not None,
         }
+        if not contributions:
+            del state["cts"], state["responses"]
+            state["detached"] = True
+        return state
 
     def running_sum_bytes(self) -> bytes | None:
         """The running sum as d little-endian uint32 words, or None before MaskedInput."""
@@ -399,13 +453,12 @@ class SecAggServer:
         obj._nonces = {t: dict(data["nonces"].get(t, {})) for t in _CLIENT_TYPES}
         obj._advertised = {p: dict(e) for p, e in data["advertised"].items()}
         obj._s_pk = {p: bytes.fromhex(k) for p, k in data["s_pk"].items()}
-        obj._cts = {u: dict(c) for u, c in data["cts"].items()}
         obj._u2, obj._u3 = list(data["u2"]), list(data["u3"])
         obj._survivors, obj._dropouts = list(data["survivors"]), list(data["dropouts"])
-        obj._responses = {
-            r: {k: {p: int(y, 16) for p, y in shares.items()} for k, shares in parsed.items()}
-            for r, parsed in data["responses"].items()
-        }
+        obj._detached = bool(data.get("detached", False))
+        if not obj._detached:
+            obj._cts = {u: dict(c) for u, c in data["cts"].items()}
+            obj._responses = {r: _responses_in(parsed) for r, parsed in data["responses"].items()}
         if data["has_running_sum"]:
             if running_sum is None:
                 raise ValueError("this state has a running sum: pass running_sum=")
@@ -420,6 +473,51 @@ class SecAggServer:
             raise MalformedMessage("bad party id in state")
         return obj
 
+    @property
+    def detached(self) -> bool:
+        """Restored from a state saved without contributions, and not restored since."""
+        return self._detached
+
+    def restore_contributions(self, contributions: Mapping[str, Mapping[str, Any]]) -> None:
+        """Give a detached server back the current phase's contributions, ``{sender: data}``
+        as returned in ``Contribution.data``, before ``close_share_keys`` or ``finalize``.
+
+        They must come from exactly the senders whose message this state accepted: anything
+        else means the store and the state disagree, and closing on it would relay or
+        reconstruct from the wrong shares (``ValueError``). Each is checked again against
+        the state (recipients, sizes, field elements), since it comes back from storage.
+        """
+        if not self._detached:
+            raise ValueError("this server already holds its contributions")
+        accepted = set(self._nonces[self.phase]) if self.phase in CONTRIBUTION_PHASES else set()
+        if set(contributions) != accepted:
+            raise ValueError(
+                f"stored contributions {sorted(contributions)} do not match the senders accepted in {self.phase!r}: {sorted(accepted)}"
+            )
+        cts: dict[str, dict[str, str]] = {}
+        responses: dict[str, dict[str, dict[str, int]]] = {}
+        for sender in sorted(contributions):
+            data = contributions[sender]
+            if self.phase == SHARE_KEYS:
+                if set(data) != set(self._s_pk) - {sender}:
+                    raise ValueError(f"the stored shares of {sender!r} are not addressed to the other members of U1")
+                for ct in data.values():
+                    b64d(ct, length=SEALED_SHARES_BYTES, what="ct")
+                cts[sender] = {v: str(ct) for v, ct in data.items()}
+            else:
+                parsed = _responses_in(data)  # key order is not kept by every JSON store (jsonb): compare sets
+                if set(parsed) != {"b", "s"} or set(parsed["b"]) != set(self._survivors) or set(parsed["s"]) != set(self._dropouts):
+                    raise ValueError(f"the stored unmask response of {sender!r} does not list the survivors and dropouts")
+                if any(y >= shamir.PRIME for shares in parsed.values() for y in shares.values()):
+                    raise ValueError(f"the stored unmask response of {sender!r} holds a value that is not a field element")
+                responses[sender] = parsed
+        self._cts, self._responses = cts, responses
+        self._detached = False
+
+    def _require_contributions(self) -> None:
+        if self._detached:
+            raise ValueError("this server was restored without its contributions: call restore_contributions() first")
+
     def to_bytes(self) -> bytes:
         """``to_dict`` as canonical JSON bytes (the running sum is not included)."""
         return encode_json(self.to_dict())
@@ -427,3 +525,11 @@ class SecAggServer:
     @classmethod
     def from_bytes(cls, state: bytes, *, running_sum: bytes | np.ndarray | None = None) -> SecAggServer:
         return cls.from_dict(json.loads(state), running_sum=running_sum)
+
+
+def _responses_out(parsed: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, str]]:
+    return {k: {p: format(y, "x") for p, y in shares.items()} for k, shares in parsed.items()}
+
+
+def _responses_in(data: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, int]]:
+    return {k: {p: int(y, 16) for p, y in shares.items()} for k, shares in data.items()}

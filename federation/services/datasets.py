@@ -43,6 +43,27 @@ def _check_schema(feature_names, label_name, label_classes, feature_bounds) -> N
                 raise field_error("feature_bounds", f"Bounds of {feature_names[i]!r} must be [low, high] numbers with low < high.")
 
 
+def _check_scaling(feature_names, feature_bounds, feature_transforms, centred) -> dict:
+    """The declared transforms and centring, checked by the partners' own loader
+    (learning.Schema), so the coordinator accepts exactly what an agent can load."""
+    from ..learning import DataError, Schema
+
+    if feature_transforms is None:
+        feature_transforms = {}
+    if not isinstance(feature_transforms, dict):
+        raise field_error("feature_transforms", "Map feature names to transforms, e.g. {\"area\": \"log1p\"}.")
+    if not isinstance(centred, bool):
+        raise field_error("centred", "Centred is true or false.")
+    try:
+        schema = Schema(
+            features=tuple(feature_names), label="", classes=("0", "1"), bounds=tuple(tuple(b) for b in feature_bounds),
+            transforms=feature_transforms, centred=centred,
+        )
+    except DataError as exc:
+        raise field_error("feature_transforms", str(exc)) from None
+    return dict(schema.transforms)
+
+
 def _check_terms(agreement: Agreement, *, epsilon_budget: float, delta: float) -> None:
     if epsilon_budget is None or epsilon_budget <= 0:
         raise field_error("epsilon_budget", "The epsilon budget must be greater than 0.")
@@ -69,6 +90,8 @@ def dataset_register(
     epsilon_budget: float,
     delta: float,
     feature_bounds: list | None = None,
+    feature_transforms: dict | None = None,
+    centred: bool = False,
     accountant: str = Dataset.Accountant.RDP,
 ) -> Dataset:
     """Register a dataset's metadata and open its budget ledger with a GRANT."""
@@ -85,6 +108,7 @@ def dataset_register(
     if not isinstance(record_count, int) or isinstance(record_count, bool) or record_count < 1:
         raise field_error("record_count", "The record count must be a positive whole number.")
     _check_schema(feature_names, label_name, label_classes, feature_bounds)
+    feature_transforms = _check_scaling(feature_names, feature_bounds, feature_transforms, centred)
     _check_terms(agreement, epsilon_budget=epsilon_budget, delta=delta)
     if accountant not in Dataset.Accountant.values:
         raise field_error("accountant", f"Unknown accountant {accountant!r}; expected rdp or pld.")
@@ -98,6 +122,8 @@ def dataset_register(
         label_name=label_name,
         label_classes=[str(c) for c in label_classes],
         feature_bounds=feature_bounds or [],
+        feature_transforms=feature_transforms,
+        centred=centred,
         epsilon_budget=float(epsilon_budget),
         delta=float(delta),
         accountant=accountant,

@@ -10,6 +10,11 @@ partner that misses a deadline is a dropout. Every transition is a compare-and-s
 (round.status, round.phase) under the round's row lock, so a close task delivered twice,
 or racing the deadline sweep, moves the round once. The slow work (unmasking, FedAvg) runs
 outside the lock and is redone from the stored state if its worker dies.
+
+Storage keeps the work per partner message and per poll O(n): `RoundProtocol.state` is the
+server's O(n) state (keys, who answered), each accepted ShareKeys / unmask response is one
+`ProtocolMessage` row (read back only by the close that needs them all, once) and each
+recipient's relay one `ProtocolRelay` row (a poll reads its own).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from ..models import (
     Membership,
     ModelVersion,
     Organisation,
+    ProtocolMessage,
+    ProtocolRelay,
     RoundParticipant,
     RoundProtocol,
     TrainingPlan,
@@ -181,12 +188,13 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
                 "datasets": {slug: d.slug for slug, d in datasets.items()},
                 "identity_keys": {slug: key.hex() for slug, key in keys.items()},
             },
-            "state": server.to_dict(),
+            "state": server.to_dict(contributions=False),
             "running_sum": None,
-            "relays": {},
             "pending": server.pending(),
         },
     )
+    ProtocolMessage.objects.filter(round=round).delete()
+    ProtocolRelay.objects.filter(round=round).delete()
     RoundParticipant.objects.filter(round=round, dataset__in=datasets.values()).update(status=RoundParticipant.Status.ACTIVE)
     round.phase = ADVERTISE
     round.phase_deadline = _deadline(plan)
@@ -288,12 +296,27 @@ def _task_payload(round: TrainingRound, protocol: RoundProtocol, slug: str) -> d
             "eval_noise_multiplier": plan.eval_noise_multiplier,
             "model": {"version": model.version, "sha256": model.sha256, "params": _b64(bytes(model.params))},
         }
-    relay = protocol.relays.get(slug) or protocol.relays.get("*")
-    return {"relay": relay}
+    # This recipient's relay, or the one for everyone: O(n) bytes, never the other recipients'.
+    relays = dict(ProtocolRelay.objects.filter(round=round, phase=phase, party__in=(slug, ProtocolRelay.EVERYONE)).values_list("party", "body"))
+    return {"relay": relays.get(slug) or relays.get(ProtocolRelay.EVERYONE)}
 
 
 def _server(protocol: RoundProtocol) -> secagg.SecAggServer:
+    """The server from its O(n) state: it validates messages but holds no contribution."""
     return secagg.SecAggServer.from_dict(protocol.state, running_sum=bytes(protocol.running_sum) if protocol.running_sum is not None else None)
+
+
+def _restore_contributions(round: TrainingRound, server: secagg.SecAggServer) -> None:
+    """Hand the server its current phase's contributions (all of them, once) before it
+    closes ShareKeys or finalizes."""
+    rows = ProtocolMessage.objects.filter(round=round, phase=server.phase).values_list("party", "data")
+    server.restore_contributions(dict(rows))
+
+
+def _relays_replace(round: TrainingRound, phase: str, relays: dict[str, bytes]) -> None:
+    """The relays handed out during `phase` (the one opening) replace the previous phase's."""
+    ProtocolRelay.objects.filter(round=round).delete()
+    ProtocolRelay.objects.bulk_create(ProtocolRelay(round=round, phase=phase, party=party, body=_b64(body)) for party, body in relays.items())
 
 
 def _pending(round: TrainingRound, protocol: RoundProtocol, server=None) -> list[str]:
@@ -367,21 +390,27 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
         if phase == EVALUATE:
             result = _receive_evaluation(round, link, body)
         else:
+            # The server is restored without the other senders' contributions (O(n) state):
+            # every check on a message needs only that state, so refusals are unchanged.
             server = _server(protocol)
             try:
-                {
+                contribution = {
                     ADVERTISE: server.receive_advertise_keys,
                     SHARE: server.receive_share_keys,
                     MASKED: server.receive_masked_input,
                     UNMASK: server.receive_unmask_response,
-                }[phase](body)
+                }[phase](body, sender=organisation.slug)  # the token says who posted: no speaking for another
             except secagg.SecAggError as exc:
                 raise ProtocolRejected(f"{phase} from {organisation.slug} refused: {exc}", secagg_code=getattr(exc, "code", "protocol_error")) from exc
-            protocol.state = server.to_dict()
+            if contribution is not None:  # ShareKeys, unmask response: one row, O(n)
+                ProtocolMessage.objects.create(round=round, phase=phase, party=contribution.sender, data=contribution.data)
+            protocol.state = server.to_dict(contributions=False)
             protocol.pending = server.pending()
+            fields = ["state", "pending", "updated_at"]
             if phase == MASKED:
                 protocol.running_sum = server.running_sum_bytes()
-            protocol.save(update_fields=["state", "running_sum", "pending", "updated_at"])
+                fields.append("running_sum")
+            protocol.save(update_fields=fields)
             result = {"accepted": True}
         link.last_phase = phase
         link.save(update_fields=["last_phase", "metrics"])
@@ -435,23 +464,27 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
             RoundParticipant.objects.filter(round=round, dataset__organisation__slug=slug).update(status=RoundParticipant.Status.DROPPED)
         try:
             if phase == ADVERTISE:
-                key_list = server.close_advertise_keys()
-                protocol.relays = {"*": _b64(key_list)}
+                _relays_replace(round, SHARE, {ProtocolRelay.EVERYONE: server.close_advertise_keys()})
             elif phase == SHARE:
-                protocol.relays = {slug: _b64(body) for slug, body in server.close_share_keys().items()}
+                _restore_contributions(round, server)  # the only read of every sender's shares
+                _relays_replace(round, MASKED, server.close_share_keys())
+                ProtocolMessage.objects.filter(round=round, phase=SHARE).delete()  # now in the relays
             elif phase == MASKED:
-                protocol.relays = {"*": _b64(server.close_masked_input())}
+                _relays_replace(round, UNMASK, {ProtocolRelay.EVERYONE: server.close_masked_input()})
             elif phase == UNMASK:
+                # Who answered is in the O(n) state; the responses stay in their rows until
+                # the aggregation, which reads them outside the lock.
                 if not server.can_finalize:
                     raise secagg.TooFewSurvivors(f"{len(server.responders)} unmasking answers, threshold is {server.config.threshold}")
         except secagg.SecAggError as exc:
             round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}")
             return "aborted"
-        protocol.state = server.to_dict()
+        protocol.state = server.to_dict(contributions=False)
         protocol.running_sum = server.running_sum_bytes()
         protocol.pending = server.pending()
         protocol.save()
         if phase == UNMASK:
+            ProtocolRelay.objects.filter(round=round).delete()  # nothing is handed out any more
             round.phase = AGGREGATE
             round.phase_deadline = None
             round.save(update_fields=["phase", "phase_deadline"])
@@ -480,8 +513,17 @@ def round_aggregate(*, round_id: int) -> str:
         return "not aggregating"
     protocol = RoundProtocol.objects.get(round=round)
     cfg = protocol.config
+    server = _server(protocol)
     try:
-        result = _server(protocol).finalize()
+        _restore_contributions(round, server)  # the unmask responses, read once
+    except ValueError:
+        # A redelivered task racing the one that just aggregated: that one deleted the
+        # responses after the state was read here. Anything else is a real inconsistency.
+        if TrainingRound.objects.filter(pk=round_id, phase=AGGREGATE).exists():
+            raise
+        return "already aggregated"
+    try:
+        result = server.finalize()
     except secagg.SecAggError as exc:
         with transaction.atomic():
             locked = TrainingRound.objects.select_for_update().get(pk=round_id)
@@ -508,6 +550,7 @@ def round_aggregate(*, round_id: int) -> str:
             metrics={"contributors": list(result.contributors), "dropouts": list(result.dropouts)},
         )
         RoundParticipant.objects.filter(round=round, dataset__organisation__slug__in=result.dropouts).update(status=RoundParticipant.Status.DROPPED)
+        ProtocolMessage.objects.filter(round=round).delete()  # the unmask responses are used up
         round.metrics = {
             **round.metrics,
             "contributors": list(result.contributors),

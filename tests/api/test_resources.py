@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounting import chain
 from accounting.services import budget_grant
 from federation.api.access import MSG_LEDGER_FORBIDDEN, MSG_PARAMS_FORBIDDEN
-from federation.models import Agreement, AgreementParty, GovernanceEvent
+from federation.models import Agreement, AgreementParty, Dataset, GovernanceEvent
 from federation.services.agreements import MSG_HASH_MISMATCH
 from federation.services.rounds import round_request
 from federation.services.tokens import token_issue
 from tests.api.conftest import ALL_SCOPES, World, make_model_version
+from tests.factories import BOUNDS, FEATURES
 
 
 def as_(user, scopes=ALL_SCOPES) -> APIClient:
@@ -97,6 +99,34 @@ def test_datasets_show_their_remaining_budget(world: World):
     assert body["epsilon_budget"] == 8.0
     assert body["epsilon_spent"] == 0.0
     assert body["epsilon_remaining"] == 8.0
+
+
+def _dataset_body(world: World, **overrides) -> dict:
+    body = {
+        "organisation": world.cast.org_a.pk, "agreement": world.cast.agreement.pk, "slug": "org-a-scaled", "name": "Scaled",
+        "record_count": 100, "feature_names": list(FEATURES), "label_name": "outcome", "label_classes": ["no", "yes"],
+        "feature_bounds": [list(b) for b in BOUNDS], "epsilon_budget": 5.0, "delta": 1e-6,
+    }
+    return {**body, **overrides}
+
+
+def test_a_dataset_is_registered_with_its_declared_transforms_and_centring(world: World):
+    client = as_(world.cast.rep_a, ["read", "approve"])
+    response = client.post("/api/v1/datasets/", _dataset_body(world, feature_transforms={"glucose": "log1p"}, centred=True), format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["feature_transforms"] == {"glucose": "log1p"} and response.json()["centred"] is True
+
+
+@pytest.mark.parametrize(
+    "transforms, message",
+    [({"glucose": "cube"}, '"cube" is not a valid choice'), ({"height": "log1p"}, "not a feature"), (["glucose"], "Expected an object")],
+)
+def test_a_bad_transform_declaration_is_refused_and_registers_nothing(world: World, transforms, message):
+    client = as_(world.cast.rep_a, ["read", "approve"])
+    response = client.post("/api/v1/datasets/", _dataset_body(world, feature_transforms=transforms), format="json")
+    assert response.status_code == 400 and response.json()["code"] == "validation_failed"
+    assert message in str(response.json()["details"]["fields"]["feature_transforms"]), response.json()
+    assert not Dataset.objects.filter(slug="org-a-scaled").exists()
 
 
 def test_raising_a_budget_appends_a_grant_to_the_ledger(world: World):

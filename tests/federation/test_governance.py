@@ -164,6 +164,16 @@ def test_schema_check_fails_on_different_label_classes(cast):
     assert not report.check(governance.FEATURE_SCHEMA).passed
 
 
+def test_schema_check_fails_when_partners_scale_their_features_differently(cast):
+    type(cast.dataset_a).objects.filter(pk=cast.dataset_a.pk).update(centred=True)
+    _, report = report_for(cast)
+    check = report.check(governance.FEATURE_SCHEMA)
+    assert not check.passed and "other feature transforms or centring" in check.reason
+    type(cast.dataset_a).objects.update(centred=True)  # every party alike: fine again
+    _, report = report_for(cast)
+    assert report.check(governance.FEATURE_SCHEMA).passed
+
+
 def test_budget_check_fails_when_a_dataset_cannot_afford_the_round(cast):
     type(cast.dataset_a).objects.filter(pk=cast.dataset_a.pk).update(epsilon_budget=0.01)
     rnd, report = report_for(cast)

@@ -180,6 +180,11 @@ def test_dataset_budget_above_the_terms_is_refused(cast):
         ({"feature_bounds": [[0, 1]]}, "feature_bounds"),
         ({"feature_bounds": None}, "feature_bounds"),
         ({"feature_bounds": [[1, 0], [0, 1], [0, 1]]}, "feature_bounds"),
+        ({"feature_transforms": {FEATURES[0]: "cube"}}, "feature_transforms"),
+        ({"feature_transforms": {"not-a-feature": "log1p"}}, "feature_transforms"),
+        ({"feature_transforms": [FEATURES[0], "log1p"]}, "feature_transforms"),
+        ({"feature_transforms": {FEATURES[0]: "log1p"}, "feature_bounds": [[-1, 1], [0, 1], [0, 1]]}, "feature_transforms"),
+        ({"centred": "yes"}, "centred"),
     ],
 )
 def test_dataset_bad_metadata_is_refused(cast, overrides, field):
@@ -194,6 +199,19 @@ def test_dataset_bad_metadata_is_refused(cast, overrides, field):
         dataset_register(**kwargs)
     assert field in err.value.details["fields"]
     assert counts() == before
+
+
+def test_a_dataset_declares_public_transforms_and_centring_that_partners_load_with(cast):
+    dataset = dataset_register(
+        actor=cast.rep_a, organisation=cast.org_a, agreement=cast.agreement, slug="scaled", name="Scaled", record_count=10,
+        feature_names=list(FEATURES), label_name="outcome", label_classes=["no", "yes"], epsilon_budget=1.0, delta=1e-6,
+        feature_bounds=[list(b) for b in BOUNDS], feature_transforms={FEATURES[1]: "log1p", FEATURES[0]: "none"}, centred=True,
+    )
+    dataset.refresh_from_db()
+    # "none" is not stored; what is stored is what the partner's loader is given.
+    assert dataset.feature_transforms == {FEATURES[1]: "log1p"} and dataset.centred
+    schema = dataset.schema()
+    assert schema["feature_transforms"] == {FEATURES[1]: "log1p"} and schema["centred"] is True
 
 
 def test_budget_can_only_be_raised(cast):

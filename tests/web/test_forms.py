@@ -325,6 +325,9 @@ def dataset_post(cast, **overrides) -> dict:
         ({"feature_bounds": "0 120"}, "feature_bounds", "one [low, high] pair per feature"),
         ({"slug": "org-a-records"}, "slug", "already exists"),
         ({"epsilon_budget": ""}, "epsilon_budget", "This field is required"),
+        ({"feature_transforms": "age log1p"}, "feature_transforms", 'Line 1: write "feature: transform"'),
+        ({"feature_transforms": "age: cube"}, "feature_transforms", "unknown transform 'cube'"),
+        ({"feature_transforms": "height: sqrt"}, "feature_transforms", "not a feature"),
     ],
 )
 def test_dataset_form_refuses_bad_input_next_to_the_field_and_opens_no_ledger(cast, as_user, overrides, field, message):
@@ -334,6 +337,15 @@ def test_dataset_form_refuses_bad_input_next_to_the_field_and_opens_no_ledger(ca
     errors = field_errors(response, field)
     assert any(message in m for m in errors), errors
     assert snapshot() == before
+
+
+def test_the_dataset_form_records_declared_transforms_and_centring(cast, as_user):
+    response = as_user(cast.admin).post(
+        reverse("web:dataset_create"), dataset_post(cast, feature_transforms="glucose: log1p\nbmi: sqrt", centred="on")
+    )
+    assert response.status_code == 302
+    dataset = Dataset.objects.get(slug="org-a-second")
+    assert dataset.feature_transforms == {"bmi": "sqrt", "glucose": "log1p"} and dataset.centred
 
 
 def test_a_representative_registers_a_dataset_of_its_own_organisation_only(cast, as_user):
