@@ -131,13 +131,7 @@ class Agent:
         """The local data, loaded and checked against the dataset's declared schema."""
         key = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
         if key not in self._data_cache:
-            s = learning.Schema.from_dict(
-                {
-                    "features": schema["feature_names"], "label": schema["label_name"], "classes": schema["label_classes"],
-                    "bounds": schema["feature_bounds"], "transforms": schema.get("feature_transforms") or {},
-                    "centred": bool(schema.get("centred", False)),
-                }
-            )
+            s = learning.Schema.from_declaration(schema)
             X, y = learning.load_csv(self.config.data, s)
             self._data_cache[key] = learning.train_eval_split(X, y, eval_fraction=self.config.eval_fraction, seed=self.config.seed)
             logger.info("loaded %d records from %s (%d for training)", len(X), self.config.data, len(self._data_cache[key][0]))

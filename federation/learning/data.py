@@ -172,6 +172,23 @@ class Schema:
             centred=False if data.get("centred") is None else data["centred"],
         )
 
+    @classmethod
+    def from_declaration(cls, declared: Mapping[str, Any]) -> Schema:
+        """A dataset's declared schema as the coordinator hands it out (``feature_names``,
+        ``label_name``, ``label_classes``, ``feature_bounds``, and optionally
+        ``feature_transforms`` and ``centred``): what the partner loads its CSV with, and
+        what anyone scoring the global model must scale held-out records with."""
+        return cls.from_dict(
+            {
+                "features": declared["feature_names"],
+                "label": declared["label_name"],
+                "classes": declared["label_classes"],
+                "bounds": declared["feature_bounds"],
+                "transforms": declared.get("feature_transforms") or {},
+                "centred": bool(declared.get("centred", False)),
+            }
+        )
+
     def model_spec(self, kind: str = "logreg", hidden: Sequence[int] = ()) -> dict[str, Any]:
         """The JSON model spec that fits this schema."""
         return {"kind": kind, "n_features": self.n_features, "n_classes": self.n_classes, "hidden": list(hidden)}

@@ -267,3 +267,16 @@ def test_centred_must_be_a_boolean(value):
 
 def test_a_null_centred_in_json_means_not_centred():
     assert Schema.from_dict({**SCHEMA.to_dict(), "centred": None}) == SCHEMA
+
+
+def test_a_dataset_declaration_from_the_coordinator_loads_with_its_transforms_and_centring():
+    declared = {
+        "feature_names": ["a", "b"], "label_name": "y", "label_classes": ["0", "1"], "feature_bounds": [[0, 99], [-1, 1]],
+        "feature_transforms": {"a": "log1p"}, "centred": True,
+    }
+    schema = Schema.from_declaration(declared)
+    assert schema.transform_of("a") == "log1p" and schema.transform_of("b") == "none" and schema.centred
+    # The top of a's log1p range maps to +1, the middle of b's range to 0.
+    np.testing.assert_allclose(schema.scale(np.array([[99.0, 0.0]])), [[1.0, 0.0]], atol=1e-6)
+    plain = Schema.from_declaration({k: v for k, v in declared.items() if k not in ("feature_transforms", "centred")})
+    assert plain.transforms == () and not plain.centred

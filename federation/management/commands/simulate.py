@@ -144,7 +144,7 @@ class Command(BaseCommand):
         if test_table is not None:
             path = Path(tempfile.mkstemp(suffix=".csv", dir=settings.VAR_DIR)[1])
             test_table.write(path)
-            s = Schema.from_dict({"features": schema["feature_names"], "label": schema["label_name"], "classes": schema["label_classes"], "bounds": schema["feature_bounds"]})
+            s = Schema.from_declaration(schema)
             X_test, y_test = load_csv(path, s)
             path.unlink()
         rounds = []
