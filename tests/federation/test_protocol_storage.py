@@ -58,6 +58,16 @@ def _refused_code(user, round, phase, body) -> str:
     return info.value.details["secagg_code"]
 
 
+def _clients(agents, keys) -> dict:
+    """An in-process SecAggClient per partner, configured from the round's first task."""
+    slugs = sorted(agents)
+    payload = _task(agents[slugs[0]], orch.ADVERTISE)["payload"]
+    cfg = payload["config"]
+    config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
+    identity = {p: bytes.fromhex(k) for p, k in payload["identity_keys"].items()}
+    return {s: secagg.SecAggClient(config, party=s, signing_key=keys[s], identity_keys=identity) for s in slugs}
+
+
 def _close(round, phase):
     with transaction.atomic():
         return orch.round_close_phase(round_id=round.pk, phase=phase)
@@ -66,11 +76,7 @@ def _close(round, phase):
 def test_contributions_and_relays_live_one_row_per_party_and_the_state_stays_linear(running_round):
     round, agents, keys = running_round
     slugs = sorted(agents)
-    payload = _task(agents[slugs[0]], orch.ADVERTISE)["payload"]
-    cfg = payload["config"]
-    config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
-    identity = {p: bytes.fromhex(k) for p, k in payload["identity_keys"].items()}
-    clients = {s: secagg.SecAggClient(config, party=s, signing_key=keys[s], identity_keys=identity) for s in slugs}
+    clients = _clients(agents, keys)
 
     for s in slugs:
         _submit(agents[s], round, orch.ADVERTISE, clients[s].advertise_keys())
@@ -95,7 +101,7 @@ def test_contributions_and_relays_live_one_row_per_party_and_the_state_stays_lin
     relays = dict(ProtocolRelay.objects.filter(round=round, phase=orch.MASKED).values_list("party", "body"))
     assert sorted(relays) == slugs
 
-    d = config.vector_length
+    d = clients[slugs[0]].config.vector_length
     rng = np.random.default_rng(3)
     inputs = {s: rng.integers(0, 2**32, d, dtype=np.uint32) for s in slugs}
     for s in slugs:
@@ -144,11 +150,7 @@ def test_an_agent_cannot_speak_for_another_partner(running_round):
     that names another partner as sender is refused, and nothing is stored for either."""
     round, agents, keys = running_round
     slugs = sorted(agents)
-    payload = _task(agents[slugs[0]], orch.ADVERTISE)["payload"]
-    cfg = payload["config"]
-    config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
-    identity = {p: bytes.fromhex(k) for p, k in payload["identity_keys"].items()}
-    clients = {s: secagg.SecAggClient(config, party=s, signing_key=keys[s], identity_keys=identity) for s in slugs}
+    clients = _clients(agents, keys)
     victim, thief = slugs[0], slugs[1]
     before = RoundProtocol.objects.get(round=round).state
     advertised = {s: clients[s].advertise_keys() for s in slugs}
