@@ -280,6 +280,9 @@ class PlanForm(forms.Form):
     noise_multiplier = forms.FloatField(help_text="z: Gaussian noise std as a multiple of the clip norm.")
     clip_norm = forms.FloatField(help_text="C: per-example gradient clipping norm.")
     batch_size = forms.IntegerField(initial=64, min_value=1, help_text="Expected batch; sampling rate q = batch / records.")
+    sampling_rate = forms.FloatField(
+        required=False, help_text="Or one sampling rate q in (0, 1] for every dataset (then the batch size is not used)."
+    )
     local_steps = forms.IntegerField(initial=10, min_value=1, help_text="K: DP-SGD steps per round at each partner.")
     learning_rate = forms.FloatField(initial=0.5)
     momentum = forms.FloatField(initial=0.0)

@@ -323,6 +323,11 @@ class TrainingPlan(models.Model):
     noise_multiplier = models.FloatField()
     clip_norm = models.FloatField()
     batch_size = models.PositiveIntegerField(default=64)
+    sampling_rate = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Poisson sampling rate q used on every dataset; empty: q = batch size / records of each dataset.",
+    )
     local_steps = models.PositiveIntegerField(default=10)
     learning_rate = models.FloatField(default=0.5)
     momentum = models.FloatField(default=0.0)
@@ -347,6 +352,9 @@ class TrainingPlan(models.Model):
             models.CheckConstraint(condition=Q(noise_multiplier__gt=0), name="plan_noise_positive"),
             models.CheckConstraint(condition=Q(clip_norm__gt=0), name="plan_clip_positive"),
             models.CheckConstraint(condition=Q(batch_size__gte=1), name="plan_batch_positive"),
+            models.CheckConstraint(
+                condition=Q(sampling_rate__isnull=True) | Q(sampling_rate__gt=0, sampling_rate__lte=1), name="plan_sampling_rate_in_unit"
+            ),
             models.CheckConstraint(condition=Q(local_steps__gte=1), name="plan_steps_positive"),
             models.CheckConstraint(condition=Q(rounds_total__gte=1), name="plan_rounds_positive"),
             models.CheckConstraint(condition=Q(learning_rate__gt=0), name="plan_lr_positive"),
@@ -362,7 +370,9 @@ class TrainingPlan(models.Model):
     def dp_params_for(self, dataset: Dataset) -> dict:
         """The exact DP parameters a round of this plan uses on `dataset`: what is charged."""
         return {
-            "q": min(1.0, self.batch_size / dataset.record_count),
+            # One rate for every dataset, or one expected batch (so a smaller dataset samples
+            # a larger share of its records and pays more epsilon per round).
+            "q": self.sampling_rate if self.sampling_rate is not None else min(1.0, self.batch_size / dataset.record_count),
             "z": self.noise_multiplier,
             "K": self.local_steps,
             "C": self.clip_norm,

@@ -37,6 +37,7 @@ class PlanOutput(serializers.ModelSerializer):
             "noise_multiplier",
             "clip_norm",
             "batch_size",
+            "sampling_rate",
             "local_steps",
             "learning_rate",
             "momentum",
@@ -70,6 +71,10 @@ class PlanListView(ApiView):
         clip_norm = serializers.FloatField()
         rounds_total = serializers.IntegerField(min_value=1, max_value=100_000, default=10)
         batch_size = serializers.IntegerField(min_value=1, max_value=1_000_000, default=64)
+        sampling_rate = serializers.FloatField(
+            required=False, allow_null=True, default=None,
+            help_text="q on every dataset, in (0, 1]; null: q = batch_size / records of each dataset.",
+        )
         local_steps = serializers.IntegerField(min_value=1, max_value=1_000_000, default=10)
         learning_rate = serializers.FloatField(default=0.5)
         momentum = serializers.FloatField(min_value=0, max_value=1, default=0.0)

@@ -37,6 +37,7 @@ def plan_create(
     clip_norm: float,
     rounds_total: int = 10,
     batch_size: int = 64,
+    sampling_rate: float | None = None,
     local_steps: int = 10,
     learning_rate: float = 0.5,
     momentum: float = 0.0,
@@ -67,6 +68,8 @@ def plan_create(
         raise field_error("noise_multiplier", "The noise multiplier must be greater than 0.")
     if clip_norm is None or clip_norm <= 0:
         raise field_error("clip_norm", "The clip norm must be greater than 0.")
+    if sampling_rate is not None and not (0 < sampling_rate <= 1):
+        raise field_error("sampling_rate", "The sampling rate must be in (0, 1], or empty to use the batch size.")
     if eval_noise_multiplier is not None and eval_noise_multiplier <= 0:
         raise field_error("eval_noise_multiplier", "The evaluation noise multiplier must be greater than 0, or empty to disable.")
     if secagg_threshold is not None and not (2 <= secagg_threshold <= len(datasets)):
@@ -84,6 +87,7 @@ def plan_create(
         noise_multiplier=noise_multiplier,
         clip_norm=clip_norm,
         batch_size=batch_size,
+        sampling_rate=sampling_rate,
         local_steps=local_steps,
         learning_rate=learning_rate,
         momentum=momentum,

@@ -420,6 +420,8 @@ def plan_post(cast, **overrides) -> dict:
         ({"model_kind": "mlp", "hidden": "64, x"}, "hidden", "whole numbers"),
         ({"model_kind": "mlp", "hidden": "0"}, "hidden", "layer widths between 1 and 4096"),
         ({"datasets": []}, "datasets", "This field is required"),
+        ({"sampling_rate": "1.5"}, "sampling_rate", "must be in (0, 1]"),
+        ({"sampling_rate": "a quarter"}, "sampling_rate", "Enter a number"),
     ],
 )
 def test_plan_form_refuses_bad_input_next_to_the_field(cast, as_user, overrides, field, message):
