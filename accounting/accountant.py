@@ -337,6 +337,7 @@ def use_curve_store(directory: str | os.PathLike | None) -> None:
         _curve_store.mkdir(parents=True, exist_ok=True)
 
 
+@functools.cache
 def _library_version() -> str:
     import importlib.metadata
 

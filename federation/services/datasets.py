@@ -43,7 +43,7 @@ def _check_schema(feature_names, label_name, label_classes, feature_bounds) -> N
                 raise field_error("feature_bounds", f"Bounds of {feature_names[i]!r} must be [low, high] numbers with low < high.")
 
 
-def _check_scaling(feature_names, feature_bounds, feature_transforms, centred) -> dict:
+def _check_scaling(feature_names, label_name, label_classes, feature_bounds, feature_transforms, centred) -> dict:
     """The declared transforms and centring, checked by the partners' own loader
     (learning.Schema), so the coordinator accepts exactly what an agent can load."""
     from ..learning import DataError, Schema
@@ -56,7 +56,8 @@ def _check_scaling(feature_names, feature_bounds, feature_transforms, centred) -
         raise field_error("centred", "Centred is true or false.")
     try:
         schema = Schema(
-            features=tuple(feature_names), label="", classes=("0", "1"), bounds=tuple(tuple(b) for b in feature_bounds),
+            features=tuple(feature_names), label=label_name, classes=tuple(str(c) for c in label_classes),
+            bounds=tuple(tuple(b) for b in feature_bounds),
             transforms=feature_transforms, centred=centred,
         )
     except DataError as exc:
@@ -108,7 +109,7 @@ def dataset_register(
     if not isinstance(record_count, int) or isinstance(record_count, bool) or record_count < 1:
         raise field_error("record_count", "The record count must be a positive whole number.")
     _check_schema(feature_names, label_name, label_classes, feature_bounds)
-    feature_transforms = _check_scaling(feature_names, feature_bounds, feature_transforms, centred)
+    feature_transforms = _check_scaling(feature_names, label_name, label_classes, feature_bounds, feature_transforms, centred)
     _check_terms(agreement, epsilon_budget=epsilon_budget, delta=delta)
     if accountant not in Dataset.Accountant.values:
         raise field_error("accountant", f"Unknown accountant {accountant!r}; expected rdp or pld.")

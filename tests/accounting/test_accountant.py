@@ -314,48 +314,49 @@ def test_no_events_spend_nothing():
     assert math.isfinite(acc.epsilon_from_rdp(acc.zero_rdp(), DELTA))
 
 
-def test_a_curve_computed_by_one_process_is_read_back_from_the_store_by_another(tmp_path, monkeypatch):
-    event = acc.dataset_round_event({"q": 0.037, "z": 1.7, "K": 9, "eval_noise_multiplier": 8.0, "eval_count": 2})
+@pytest.fixture
+def curve_store(tmp_path):
+    """A curve store in tmp_path and an empty in-process memo; both put back afterwards."""
+    previous = acc._curve_store
+    acc.use_curve_store(tmp_path)
+    acc._rdp_vector_cached.cache_clear()
+    yield tmp_path
+    acc.use_curve_store(previous)
+    acc._rdp_vector_cached.cache_clear()
+
+
+def direct_rdp(event):
     direct = RdpAccountant(orders=list(acc.ORDERS))
     direct.compose(event)
-    previous = acc._curve_store
-    try:
-        acc.use_curve_store(tmp_path)
-        acc._rdp_vector_cached.cache_clear()
-        first = acc.rdp_vector(event)
-        assert len(list(tmp_path.glob("*.json"))) == 1
-        np.testing.assert_array_equal(first, direct.rdp)
-        # Another process: an empty in-process memo, and dp-accounting must not be asked again.
-        acc._rdp_vector_cached.cache_clear()
-        monkeypatch.setattr(acc.rdp_privacy_accountant, "RdpAccountant", None)
-        np.testing.assert_array_equal(acc.rdp_vector(event), direct.rdp)
-    finally:
-        acc.use_curve_store(previous)
-        acc._rdp_vector_cached.cache_clear()
+    return direct.rdp
+
+
+def test_a_curve_computed_by_one_process_is_read_back_from_the_store_by_another(curve_store, monkeypatch):
+    event = acc.dataset_round_event({"q": 0.037, "z": 1.7, "K": 9, "eval_noise_multiplier": 8.0, "eval_count": 2})
+    expected = direct_rdp(event)
+    first = acc.rdp_vector(event)
+    assert len(list(curve_store.glob("*.json"))) == 1
+    np.testing.assert_array_equal(first, expected)
+    # Another process: an empty in-process memo, and dp-accounting must not be asked again.
+    acc._rdp_vector_cached.cache_clear()
+    monkeypatch.setattr(acc.rdp_privacy_accountant, "RdpAccountant", None)
+    np.testing.assert_array_equal(acc.rdp_vector(event), expected)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "other_key", "negative"])
-def test_a_damaged_or_foreign_stored_curve_is_recomputed_not_trusted(tmp_path, damage):
+def test_a_damaged_or_foreign_stored_curve_is_recomputed_not_trusted(curve_store, damage):
     event = acc.dataset_round_event({"q": 0.041, "z": 1.3, "K": 5})
-    direct = RdpAccountant(orders=list(acc.ORDERS))
-    direct.compose(event)
-    previous = acc._curve_store
-    try:
-        acc.use_curve_store(tmp_path)
-        acc._rdp_vector_cached.cache_clear()
-        acc.rdp_vector(event)
-        (path,) = tmp_path.glob("*.json")
-        data = json.loads(path.read_text())
-        if damage == "truncated":
-            path.write_text(path.read_text()[:50])
-        elif damage == "other_key":
-            data["key"] = acc.event_key(acc.dataset_round_event({"q": 0.5, "z": 1.3, "K": 5}))
-            path.write_text(json.dumps(data))
-        else:
-            data["rdp"] = [0.0] + [-1.0] * (len(data["rdp"]) - 1)  # would understate epsilon
-            path.write_text(json.dumps(data))
-        acc._rdp_vector_cached.cache_clear()
-        np.testing.assert_array_equal(acc.rdp_vector(event), direct.rdp)
-    finally:
-        acc.use_curve_store(previous)
-        acc._rdp_vector_cached.cache_clear()
+    expected = direct_rdp(event)
+    acc.rdp_vector(event)
+    (path,) = curve_store.glob("*.json")
+    data = json.loads(path.read_text())
+    if damage == "truncated":
+        path.write_text(path.read_text()[:50])
+    elif damage == "other_key":
+        data["key"] = acc.event_key(acc.dataset_round_event({"q": 0.5, "z": 1.3, "K": 5}))
+        path.write_text(json.dumps(data))
+    else:
+        data["rdp"] = [0.0] + [-1.0] * (len(data["rdp"]) - 1)  # would understate epsilon
+        path.write_text(json.dumps(data))
+    acc._rdp_vector_cached.cache_clear()
+    np.testing.assert_array_equal(acc.rdp_vector(event), expected)
