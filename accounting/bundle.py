@@ -1,4 +1,4 @@
-"""Audit bundles: verify offline, without the database (DESIGN.md invariants 4 and 5).
+"""Audit bundles: verify offline, without the database (ARCHITECTURE.md, Ledger 4 and 5).
 
 Pure Python + numpy + dp-accounting + cryptography; no Django. An auditor can run it with
 `python manage.py verify_ledger --bundle FILE [--since OLD]` or import it directly.

@@ -266,7 +266,7 @@ class ChainVerifier:
         if seq == 1 and kind != GRANT:
             raise self._fail(seq, "a chain opens with a GRANT")
 
-        # Semantics (DESIGN.md invariant 2) and the recomputed epsilon.
+        # Semantics (ARCHITECTURE.md, Ledger 2) and the recomputed epsilon.
         cum, live, key = st.cum, st.live_events, None
         if kind == GRANT:
             granted = _number(payload.get("epsilon_budget"))

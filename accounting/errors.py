@@ -1,4 +1,4 @@
-"""Domain errors of the accounting app (STYLE.md 4): each carries its facts, messages are
+"""Domain errors of the accounting app (ARCHITECTURE.md, Conventions 4): each carries its facts, messages are
 constants that tests assert on, and `code` is what the API returns."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BudgetExceeded(ApplicationError):
 
 
 class ReleaseRefused(InvalidState):
-    """RELEASE without proof: when in doubt the budget stays spent (DESIGN.md invariant 2)."""
+    """RELEASE without proof: when in doubt the budget stays spent (ARCHITECTURE.md, Ledger 2)."""
 
     code = "release_refused"
 

@@ -140,7 +140,7 @@ def lock_budget(dataset) -> DatasetBudget:
 
     This row serialises every append to the dataset's chain: two rounds checking and
     reserving at once queue here, and the second sees the first's reservation (the race
-    DESIGN.md invariant 1 forbids). Lock several datasets in increasing id order only.
+    ARCHITECTURE.md, Ledger 1 forbids). Lock several datasets in increasing id order only.
     """
     _require_transaction()
     budget = DatasetBudget.objects.select_for_update().filter(dataset_id=dataset.pk).first()
@@ -354,7 +354,7 @@ def sign_head(dataset) -> SignedHead | None:
 
 def sign_heads_after_commit(dataset_ids: Iterable[int]) -> None:
     """Schedule head signatures once the caller's transaction commits (crypto stays outside
-    the locked section, STYLE.md 7). A failure is logged: the next export signs anyway."""
+    the locked section, ARCHITECTURE.md, Conventions 7). A failure is logged: the next export signs anyway."""
     if not getattr(settings, "FEDGOV_LEDGER_SIGN_ON_COMMIT", True):
         return  # heads are then signed by export_ledger (and whoever calls sign_head)
     ids = sorted(set(dataset_ids))

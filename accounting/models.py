@@ -4,7 +4,7 @@
   append locks it with SELECT ... FOR UPDATE). It caches the chain's head and the running
   composition (cumulative RDP vector, spent epsilon) so that a budget check is O(number of
   RDP orders). It is derived state: `verify_ledger` recomputes it from the entries.
-* `LedgerEntry`: append-only, one hash chain per dataset (DESIGN.md invariant 3).
+* `LedgerEntry`: append-only, one hash chain per dataset (ARCHITECTURE.md, Ledger 3).
 * `SignedHead`: the coordinator's Ed25519 signature over a chain head (invariant 4).
 
 Entries and signed heads refuse update and delete in the model, in the queryset, and in the

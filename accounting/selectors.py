@@ -1,4 +1,4 @@
-"""Reads of the privacy-budget ledger (STYLE.md 1)."""
+"""Reads of the privacy-budget ledger (ARCHITECTURE.md, Conventions 1)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Writes to the privacy-budget ledger (STYLE.md 1): grant, reserve, commit, release.
+"""Writes to the privacy-budget ledger (ARCHITECTURE.md, Conventions 1): grant, reserve, commit, release.
 
-DESIGN.md invariants 1 and 2, in code:
+ARCHITECTURE.md, Ledger 1 and 2, in code:
 
 * `budget_reserve` checks and reserves a round on every participating dataset in one
   transaction, locking each dataset's budget row in increasing dataset id order (so two
@@ -245,7 +245,7 @@ def budget_reserve(*, round, actor) -> list[LedgerEntry]:
     datasets = sorted(round.participating_datasets(), key=lambda d: d.pk)
     if not datasets:
         raise LedgerStateError(MSG_NO_PARTICIPANTS.format(round=round.pk))
-    # Slow work before taking any lock (STYLE.md 7): the events' RDP curves (~20 ms each the
+    # Slow work before taking any lock (ARCHITECTURE.md, Conventions 7): the events' RDP curves (~20 ms each the
     # first time, then memoised).
     events = {}
     for dataset in datasets:
@@ -358,7 +358,7 @@ def budget_commit(*, round, actor) -> list[LedgerEntry]:
 def budget_release(*, round, actor, reason: str, no_update_released: bool) -> list[LedgerEntry]:
     """RELEASE the round's open reservations, giving the budget back.
 
-    Only with proof (DESIGN.md invariant 2): the caller states `no_update_released=True`
+    Only with proof (ARCHITECTURE.md, Ledger 2): the caller states `no_update_released=True`
     and the round is failed, aborted, blocked or rejected. Otherwise ReleaseRefused and the
     budget stays spent. Idempotent for already released reservations; a committed one
     cannot be released (LedgerStateError)."""

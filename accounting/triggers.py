@@ -1,6 +1,6 @@
 """Database triggers that refuse UPDATE and DELETE on the append-only ledger tables.
 
-DESIGN.md invariant 3: the models refuse update and delete, and so does the database, for
+ARCHITECTURE.md, Ledger 3: the models refuse update and delete, and so does the database, for
 anyone who goes around the models (raw SQL, a database console, another program). Both
 backends fedgov supports get them; the migration installs them and uninstalling them is a
 deliberate act (the tamper tests do it to show the hash chain catches what then slips by).

@@ -2,7 +2,7 @@
 
 The coordinator keeps metadata only: a `Dataset` row describes a partner's data (record
 count, schema, budget); the records stay at the partner. Invariants that must never be
-broken are also database constraints (STYLE.md 3), so a bug in a service cannot slip an
+broken are also database constraints (ARCHITECTURE.md, Conventions 3), so a bug in a service cannot slip an
 impossible row past.
 """
 

@@ -1,4 +1,4 @@
-"""Who may do what (STYLE.md 8).
+"""Who may do what (ARCHITECTURE.md, Conventions 8).
 
 Site-wide roles are groups (administrators, auditors); per-organisation roles are
 `Membership`s. The rule everywhere: someone with no relation to an object gets NotFound (the

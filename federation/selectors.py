@@ -1,4 +1,4 @@
-"""Reads, scoped to what the user may see (STYLE.md 1)."""
+"""Reads, scoped to what the user may see (ARCHITECTURE.md, Conventions 1)."""
 
 from __future__ import annotations
 

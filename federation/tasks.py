@@ -1,4 +1,4 @@
-"""Thin Celery tasks (STYLE.md 5): they take ids, call one service, and are idempotent.
+"""Thin Celery tasks (ARCHITECTURE.md, Conventions 5): they take ids, call one service, and are idempotent.
 
 Every task is acknowledged late and re-queued if its worker dies (`acks_late`,
 `reject_on_worker_lost`); a repeated delivery finds the row already past the state it

@@ -1,6 +1,6 @@
 """The web UI: server-rendered pages that call the same services as the API.
 
-Views hold no domain logic (STYLE.md 1): reads come from `selectors`, writes go through
+Views hold no domain logic (ARCHITECTURE.md, Conventions 1): reads come from `selectors`, writes go through
 `services`, and the permission rule is the services' and `permissions`' own. A view only
 translates: `NotFound` becomes a 404 page, `PermissionDenied` a 403 page, and
 `ValidationFailed` the form's errors next to its fields. Every change is a POST; pages that

@@ -1,4 +1,4 @@
-"""factory_boy factories and the shared cast of actors (STYLE.md 10)."""
+"""factory_boy factories and the shared cast of actors (ARCHITECTURE.md, Conventions 10)."""
 
 from __future__ import annotations
 

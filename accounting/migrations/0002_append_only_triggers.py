@@ -1,4 +1,4 @@
-"""Database triggers refusing UPDATE and DELETE on the ledger tables (DESIGN.md invariant 3).
+"""Database triggers refusing UPDATE and DELETE on the ledger tables (ARCHITECTURE.md, Ledger 3).
 
 SQLite and PostgreSQL each get their own SQL (chosen by connection.vendor); reversing the
 migration drops them. The SQL lives in accounting/triggers.py so tests and the `flush`

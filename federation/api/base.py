@@ -1,5 +1,5 @@
 """What every API view shares: authentication, scopes, pagination, filtering, and the one
-place that loads an object and checks who may see it (STYLE.md 8).
+place that loads an object and checks who may see it (ARCHITECTURE.md, Conventions 8).
 
 The rule everywhere: someone with no relation to an object gets 404 (its existence is not
 revealed); someone who may see it but not do this gets 403. The visibility querysets live

@@ -1,4 +1,4 @@
-"""REST API views: one per operation, thin (STYLE.md 2)."""
+"""REST API views: one per operation, thin (ARCHITECTURE.md, Conventions 2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Writes for training rounds: request, approvals, and the governance gate before a start.
 
-State changes are compare-and-set under the round's row lock (STYLE.md 7): two approvals
+State changes are compare-and-set under the round's row lock (ARCHITECTURE.md, Conventions 7): two approvals
 arriving together, or a task delivered twice, move a round once.
 """
 
@@ -38,7 +38,7 @@ MSG_PLAN_COMPLETE = "Plan '{plan}' has run all of its {total} rounds."
 
 
 def _on_commit_enqueue(task_name: str, round_id: int) -> None:
-    """Enqueue after commit (STYLE.md 6): the task must never read an uncommitted row."""
+    """Enqueue after commit (ARCHITECTURE.md, Conventions 6): the task must never read an uncommitted row."""
     from .. import tasks
 
     task = getattr(tasks, task_name)
@@ -300,7 +300,7 @@ def standing_approval_give(
 
 @transaction.atomic
 def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Status.ABORTED) -> TrainingRound:
-    """Stop a live round (ABORTED, or FAILED for an error). Budget per DESIGN.md invariant 2:
+    """Stop a live round (ABORTED, or FAILED for an error). Budget per ARCHITECTURE.md, Ledger 2:
     released only if the round never got past the point where updates could be released."""
     from accounting.services import budget_commit, budget_release
 

@@ -1,5 +1,5 @@
 """Tampering behind the application's back: triggers refuse it, the hash chain and the
-recomputed composition catch what gets past them (DESIGN.md invariant 3)."""
+recomputed composition catch what gets past them (ARCHITECTURE.md, Ledger 3)."""
 
 from datetime import UTC, datetime
 

@@ -1,5 +1,5 @@
 """`manage.py simulate` as a user runs it: its own processes (Redis, gunicorn, Celery worker
-and beat, partner agents), its own database, and the JSON contract of DESIGN.md on its last
+and beat, partner agents), its own database, and the JSON contract in the README on its last
 line. The held-out accuracy check catches a global model that partners and the scorer scale
 differently (the declared transforms and centring must reach both)."""
 

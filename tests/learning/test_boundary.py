@@ -1,4 +1,4 @@
-"""The partner-side packages never import Django, DRF or Celery (DESIGN.md, "Layout"): a
+"""The partner-side packages never import Django, DRF or Celery (ARCHITECTURE.md, "Layers"): a
 partner installs `federation.learning`, `federation.secagg` and `federation.agent` and runs
 them without the coordinator's stack."""
 

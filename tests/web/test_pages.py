@@ -1,6 +1,6 @@
 """Every page renders for every role it is meant for, and answers 403/404 to the others.
 
-The permission rule (STYLE.md 8): someone with no relation to the object gets 404 (its
+The permission rule (ARCHITECTURE.md, Conventions 8): someone with no relation to the object gets 404 (its
 existence is not revealed); someone who may see it but not act gets 403.
 """
 
