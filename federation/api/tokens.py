@@ -99,7 +99,18 @@ class TokenListView(ApiView):
     def get(self, request):
         return self.list_response(self.get_queryset(), TokenOutput)
 
-    @extend_schema(operation_id="tokens_create", request=InputSerializer, responses={201: NewTokenOutput})
+    @extend_schema(
+        operation_id="tokens_create",
+        request=InputSerializer,
+        responses={
+            201: NewTokenOutput,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="`permission_denied` (the token lacks `approve`), `token_scope_escalation` (a scope the"
+                " token lacks) or `token_minting_refused` (for another user, or by a revoked or expired token).",
+            ),
+        },
+    )
     def post(self, request):
         data = dict(self.validated_input(self.InputSerializer))
         user = self.token_owner(data.pop("user", None))
