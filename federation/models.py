@@ -610,6 +610,9 @@ class ApiToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # The token that minted this one (None: created by a person, a password or a command). A
+    # child never outlives or outranks its parent, and revoking a token revokes its descendants.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
 
     class Meta:
         ordering = ["-created_at"]

@@ -220,6 +220,31 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Cache, trusted proxies, login throttles -------------------------------------------------
+# The throttles count failures in the cache, so every web process must share it: production
+# keeps the counts in Redis (CACHE_URL, by default REDIS_URL); development and the tests use
+# each process's memory.
+CACHE_URL = env_str("CACHE_URL") or REDIS_URL
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL, "KEY_PREFIX": "fedgov"}
+        if PRODUCTION or env_bool("CACHE_REDIS", False)
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+# How many reverse proxies in front of fedgov append to X-Forwarded-For. 0 (the default): the
+# header is ignored and the client is the connection's address. N: the Nth address from the
+# right of X-Forwarded-For, the one the outermost trusted proxy saw (DRF's NUM_PROXIES).
+NUM_PROXIES = env_int("NUM_PROXIES", 0)
+if NUM_PROXIES < 0:
+    raise ImproperlyConfigured(f"NUM_PROXIES must be 0 or more, got {NUM_PROXIES}")
+# Wrong passwords (web login, admin login, the API's password exchange) allowed per client and
+# per username before both are refused, even the right password, until the lockout ends.
+FEDGOV_LOGIN_FAILURE_LIMIT = env_int("FEDGOV_LOGIN_FAILURE_LIMIT", 10)
+FEDGOV_LOGIN_LOCKOUT_MINUTES = env_int("FEDGOV_LOGIN_LOCKOUT_MINUTES", 15)
+if FEDGOV_LOGIN_FAILURE_LIMIT < 1 or FEDGOV_LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("FEDGOV_LOGIN_FAILURE_LIMIT and FEDGOV_LOGIN_LOCKOUT_MINUTES must be 1 or more")
+
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -235,7 +260,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "federation.api.errors.exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
+    # login: every password exchange per client; failed_auth: invalid tokens per client.
+    "DEFAULT_THROTTLE_RATES": {"login": "10/min", "failed_auth": "20/min"},
+    "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "fedgov API",

@@ -5,9 +5,20 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from fedgov.throttles import ThrottledAdminAuthenticationForm, ThrottledLoginView, locked_out_is_429
+
+# Both login pages refuse a client or username after repeated wrong passwords (fedgov.throttles).
+admin.site.login_form = ThrottledAdminAuthenticationForm
+
+
+def admin_login(request, extra_context=None):
+    return locked_out_is_429(admin.site.login(request, extra_context))
+
+
 urlpatterns = [
+    path("admin/login/", admin_login),  # before admin.site.urls, which it answers for
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's bootstrap as a script file of its own (?script=), so

@@ -3,14 +3,14 @@ and the throttles that keep password and token guessing slow."""
 
 from __future__ import annotations
 
-import time
-
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.cache import cache
 from django.db import connections, router
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
+from rest_framework.settings import api_settings
+
+from fedgov.throttles import FailureLimit, client_ident
 
 from ..models import ApiToken
 from ..permissions import ROLE_GROUPS, remember_role_groups
@@ -21,47 +21,38 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class FailedAuthThrottle:
-    """Refuses an address that sent too many invalid tokens: `rate` failures per window.
+    """Refuses a client that sent too many invalid tokens: the `failed_auth` rate (settings,
+    20/min) per client, the client as `NUM_PROXIES` identifies it (fedgov.throttles).
 
     Only failures count, so a well-behaved client is never slowed down, and a guesser is
     stopped (429) before its next guess is even looked up. The counter lives in Django's
-    cache: with several web processes, give them a shared cache (Redis) so the limit holds
-    across them.
+    cache, shared by every web process in production (Redis).
     """
 
     scope = "failed_auth"
-    default_rate = "20/min"
-    cache_format = "fedgov_failed_auth_%s"
 
     def __init__(self) -> None:
-        rate = throttling.SimpleRateThrottle.THROTTLE_RATES.get(self.scope, self.default_rate)
-        self.num_failures, self.duration = throttling.SimpleRateThrottle.parse_rate(None, rate)
-
-    def _key(self, request) -> str:
-        return self.cache_format % throttling.BaseThrottle().get_ident(request)
-
-    def _history(self, key: str, now: float) -> list[float]:
-        return [t for t in cache.get(key, []) if t > now - self.duration]
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope) or "20/min"
+        limit, window = throttling.SimpleRateThrottle.parse_rate(None, rate)
+        self.failures = FailureLimit("token", limit, window)
 
     def check(self, request) -> None:
-        now = time.time()
-        history = self._history(self._key(request), now)
-        if len(history) >= self.num_failures:
-            raise exceptions.Throttled(wait=max(1, int(history[0] + self.duration - now)))
+        wait = self.failures.wait([("client", client_ident(request))])
+        if wait:
+            raise exceptions.Throttled(wait=wait)
 
     def record_failure(self, request) -> None:
-        key = self._key(request)
-        now = time.time()
-        cache.set(key, [*self._history(key, now), now], self.duration)
+        self.failures.record([("client", client_ident(request))])
 
 
 class LoginThrottle(throttling.ScopedRateThrottle):
     """The scoped throttle of the password endpoints (`throttle_scope = "login"`), per
-    address: a password guesser gets 429 after the `login` rate (settings, 10/min)."""
+    client: a password guesser gets 429 after the `login` rate (settings, 10/min). Wrong
+    passwords are also counted per client and per username (fedgov.throttles)."""
 
     def get_cache_key(self, request, view):
-        # Per address even when the request carries a session: the password is what is guessed.
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        # Per client even when the request carries a session: the password is what is guessed.
+        return self.cache_format % {"scope": self.scope, "ident": client_ident(request)}
 
 
 class ScopedTokenAuthentication(authentication.TokenAuthentication):

@@ -9,18 +9,18 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import AllowAny
 
 from fedgov.errors import PermissionDenied, ValidationFailed
+from fedgov.throttles import locked_out_message, password_failed, password_wait
 
 from ..models import ApiToken
 from ..permissions import is_administrator
-from ..services.tokens import token_issue, token_revoke
-from .auth import LoginThrottle, token_scopes
+from ..services.tokens import MSG_MINT_OTHER_USER, TokenMintingRefused, token_issue, token_revoke
+from .auth import LoginThrottle
 from .base import ApiView, Input
 from .filters import TokenFilter
 from .schema import ErrorSerializer
 
 User = get_user_model()
 
-MSG_SCOPE_ESCALATION = "A token can only create tokens with scopes it carries itself ({scopes})."
 MSG_UNKNOWN_USER = "No user named {username!r}."
 MSG_BAD_CREDENTIALS = "Invalid username or password."
 
@@ -32,7 +32,7 @@ class TokenOutput(serializers.ModelSerializer):
 
     class Meta:
         model = ApiToken
-        fields = ["id", "user", "name", "prefix", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at", "is_valid"]
+        fields = ["id", "user", "name", "prefix", "scopes", "parent", "created_at", "expires_at", "revoked_at", "last_used_at", "is_valid"]
         ref_name = "ApiToken"
 
     def get_is_valid(self, token: ApiToken) -> bool:
@@ -70,17 +70,19 @@ def tokens_for(user):
     return tokens.filter(user=user)
 
 
-def issue(*, actor, user, data: dict) -> ApiToken:
-    token, key = token_issue(actor=actor, user=user, **data)
+def issue(*, actor, user, data: dict, parent: ApiToken | None = None) -> ApiToken:
+    token, key = token_issue(actor=actor, user=user, parent=parent, **data)
     token.key = key  # kept on the instance for the one answer that shows it
     return token
 
 
 class TokenListView(ApiView):
     """GET: your tokens (administrators: everyone's, filter by `user`). POST: a new token for
-    you (administrators: for `user`). Through a token, only scopes that token has itself."""
+    you (administrators, signed in: for `user`). Through a token, POST needs the `approve`
+    scope and the new token is that token's child: its own user's, no scope the parent lacks,
+    expiring no later than the parent, and revoked with it."""
 
-    required_scope = {"GET": "read", "POST": "read"}
+    required_scope = {"GET": "read", "POST": "approve"}
     filterset_class = TokenFilter
     ordering_fields = ["created_at", "expires_at", "last_used_at"]
 
@@ -97,20 +99,31 @@ class TokenListView(ApiView):
     def get(self, request):
         return self.list_response(self.get_queryset(), TokenOutput)
 
-    @extend_schema(operation_id="tokens_create", request=InputSerializer, responses={201: NewTokenOutput})
+    @extend_schema(
+        operation_id="tokens_create",
+        request=InputSerializer,
+        responses={
+            201: NewTokenOutput,
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="`permission_denied` (the token lacks `approve`), `token_scope_escalation` (a scope the"
+                " token lacks) or `token_minting_refused` (for another user, or by a revoked or expired token).",
+            ),
+        },
+    )
     def post(self, request):
         data = dict(self.validated_input(self.InputSerializer))
         user = self.token_owner(data.pop("user", None))
-        own = token_scopes(request)
-        if own is not None and not set(data["scopes"]) <= own:
-            raise PermissionDenied(MSG_SCOPE_ESCALATION.format(scopes=", ".join(sorted(own))))
-        token = issue(actor=request.user, user=user, data=data)
+        parent = request.auth if isinstance(request.auth, ApiToken) else None
+        token = issue(actor=request.user, user=user, data=data, parent=parent)
         return self.output(NewTokenOutput, token, status_code=status.HTTP_201_CREATED)
 
     def token_owner(self, username: str | None):
         me = self.request.user
         if not username or username == me.username:
             return me
+        if isinstance(self.request.auth, ApiToken):
+            raise TokenMintingRefused(MSG_MINT_OTHER_USER)
         if not is_administrator(me):
             # Before looking the name up: nobody but an administrator learns which users exist.
             raise PermissionDenied("Only an administrator can create tokens for someone else.")
@@ -137,7 +150,8 @@ class TokenRevokeView(ApiView):
 
 class ObtainTokenView(ApiView):
     """Exchange a username and password for a new token (throttled: the `login` rate per
-    address). Nothing else in the API accepts a password."""
+    client, and the wrong-password limit per client and per username, which the web and admin
+    logins share). Nothing else in the API accepts a password."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -165,8 +179,13 @@ class ObtainTokenView(ApiView):
     )
     def post(self, request):
         data = dict(self.validated_input(self.InputSerializer))
-        user = authenticate(request, username=data.pop("username"), password=data.pop("password"))
+        username = data.pop("username")
+        wait = password_wait(request, username)
+        if wait:
+            raise exceptions.Throttled(wait=wait, detail=locked_out_message(wait))
+        user = authenticate(request, username=username, password=data.pop("password"))
         if user is None:
+            password_failed(request, username)
             raise exceptions.AuthenticationFailed(MSG_BAD_CREDENTIALS)
         token = issue(actor=user, user=user, data=data)
         return self.output(NewTokenOutput, token, status_code=status.HTTP_201_CREATED)

@@ -1,0 +1,43 @@
+"""Failure counts are shared through Redis: wrong passwords sent to a real gunicorn (two worker
+processes) lock the username out, and another process reading the same Redis sees it."""
+
+from __future__ import annotations
+
+import pytest
+import redis as redis_client
+import requests
+from django.test import RequestFactory, override_settings
+
+from federation.localstack import django_env, start_redis, start_web, stop
+from fedgov.throttles import password_wait
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_failed_logins_are_counted_in_redis_and_seen_by_every_process(tmp_path):
+    UserFactory(username="rep-a")
+    redis = start_redis(tmp_path)
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/1"
+        web = start_web(django_env(CACHE_REDIS="1", CACHE_URL=url), tmp_path, workers=2, threads=2)
+        try:
+            base = f"http://127.0.0.1:{web.port}/api/v1/auth/token/"
+            statuses = []
+            for i in range(12):
+                body = {"username": "rep-a", "password": f"guess{i}", "scopes": ["read"]}
+                # Each request on a new connection: either worker may answer it.
+                statuses.append(requests.post(base, json=body, headers={"X-Forwarded-For": f"10.0.{i}.1"}, timeout=30).status_code)
+            assert statuses == [401] * 10 + [429, 429], web.tail()
+            right = requests.post(base, json={"username": "rep-a", "password": "pw", "scopes": ["read"]}, timeout=30)
+            assert right.status_code == 429
+        finally:
+            stop(web.popen)
+        assert redis_client.Redis.from_url(url).keys("fedgov:*failed:password:user:*")
+        # This test process, with the same cache settings, sees the lockout too.
+        caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "fedgov"}}
+        with override_settings(CACHES=caches):
+            assert password_wait(RequestFactory().post("/", REMOTE_ADDR="192.0.2.1"), "rep-a") > 0
+            assert password_wait(RequestFactory().post("/", REMOTE_ADDR="192.0.2.1"), "rep-b") == 0
+    finally:
+        stop(redis.popen)
