@@ -145,7 +145,13 @@ class TokenRevokeView(ApiView):
 
     @extend_schema(operation_id="tokens_revoke", request=None, responses=TokenOutput)
     def post(self, request, pk: int):
-        return self.output(TokenOutput, token_revoke(actor=request.user, token=self.get_object()))
+        token = self.get_object()
+        # Your own tokens with any scope (a leaked token may always revoke itself); someone
+        # else's only as an administrator with a session or a token carrying `approve`, so a
+        # read-only administrator token cannot lock every machine out.
+        if token.user_id != request.user.pk and isinstance(request.auth, ApiToken) and "approve" not in request.auth.scopes:
+            raise PermissionDenied("Revoking someone else's token needs a session or a token with the approve scope.")
+        return self.output(TokenOutput, token_revoke(actor=request.user, token=token))
 
 
 class ObtainTokenView(ApiView):

@@ -196,3 +196,24 @@ def test_issue_token_command_still_issues_tokens(cast, capsys):
     token = ApiToken.objects.get(key_hash=ApiToken.hash_key(key))
     assert token.parent is None and token.expires_at is None and token.scopes == ["read", "approve"]
     assert client_for(key).get("/api/v1/agreements/").status_code == 200
+
+
+def test_an_administrators_read_token_cannot_revoke_someone_elses_token(cast):
+    victim, victim_client = issued(cast.rep_a, ["read"])
+    _, admin_read = issued(cast.admin, ["read"])
+    refused = admin_read.post(f"{URL}{victim.pk}/revoke/")
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "permission_denied"
+    victim.refresh_from_db()
+    assert victim.revoked_at is None
+    assert victim_client.get(URL).status_code == 200
+
+
+def test_an_administrator_with_approve_revokes_someone_elses_token_and_a_token_revokes_itself(cast):
+    victim, victim_client = issued(cast.rep_a, ["read"])
+    _, admin_approve = issued(cast.admin, ["read", "approve"])
+    assert admin_approve.post(f"{URL}{victim.pk}/revoke/").status_code == 200
+    assert victim_client.get(URL).status_code == 401
+    own, own_client = issued(cast.rep_b, ["read"])
+    assert own_client.post(f"{URL}{own.pk}/revoke/").status_code == 200
+    assert own_client.get(URL).status_code == 401
