@@ -272,9 +272,8 @@ def plan_schedule(
 
 def _eval_sigma_for_share(epsilon: float, delta: float, rounds: int, releases: int) -> float:
     """Smallest evaluation sigma whose releases alone cost <= EVAL_SHARE * epsilon."""
-    from dp_accounting import rdp
-
     import dp_accounting
+    from dp_accounting import rdp
 
     def cost(s):
         acc = rdp.RdpAccountant()
