@@ -55,6 +55,9 @@ EPOCHS_PER_ROUND = 1.0
 DRIFT_STEPS = 10
 #: At least this many local steps: fewer wastes the round (each round costs communication).
 MIN_STEPS = 2
+#: At least this many steps over the whole plan: a step moves a logit by <= 1 and a confident
+#: prediction (p = 0.95) needs a logit of 3, reached along many directions: tens of steps.
+MIN_TOTAL_STEPS = 60
 #: Expected batches below this are too small to average clipped gradients over.
 MIN_BATCH = 16
 #: Target noise half-width of the pooled evaluation accuracy.
@@ -234,7 +237,7 @@ def plan_schedule(
     candidates = sorted({min(1.0, max(q_floor, q)) for q in (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)})
     best = None
     for q in candidates:
-        K = int(min(DRIFT_STEPS, max(MIN_STEPS, math.ceil(EPOCHS_PER_ROUND / q))))
+        K = int(min(DRIFT_STEPS, max(MIN_STEPS, math.ceil(EPOCHS_PER_ROUND / q), math.ceil(MIN_TOTAL_STEPS / rounds))))
         z = _calibrate_all(q, K, rounds, eval_sigma, eval_releases, epsilons, deltas, max_epsilon_per_round)
         if z is None:
             continue
