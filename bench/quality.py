@@ -476,13 +476,184 @@ def plot(rows, zs, cfg, path: Path) -> None:
     print(f"wrote {path.relative_to(ROOT)}")
 
 
+# --- the suite (issue #15): several public data sets, the planner's schedule ---------------
+SUITE_DATASETS = ("breast_cancer", "wine", "digits", "iris", "synthetic60k")
+SUITE_SPLITS = ("skew", "iid")
+SUITE_ROUNDS = 20
+
+
+def suite_data(name: str):
+    """(X, y) of a suite data set; features are declared min-max scaled into [-1, 1] with the
+    data set's published ranges (here: its min and max, as the data set's description lists)."""
+    from sklearn import datasets
+
+    if name == "synthetic60k":
+        X, y = datasets.make_classification(
+            n_samples=60_000, n_features=8, n_informative=5, n_redundant=2, n_classes=2, n_clusters_per_class=1, flip_y=0.15, class_sep=0.8, random_state=60
+        )
+        return X, y
+    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "digits": datasets.load_digits, "iris": datasets.load_iris}[name]
+    data = loader()
+    return data.data, data.target
+
+
+def suite_schema(X, y) -> Schema:
+    names = [f"f{i:02d}" for i in range(X.shape[1])]
+    lo, hi = X.min(axis=0), X.max(axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    return Schema(features=tuple(names), label="y", classes=tuple(str(c) for c in sorted(set(y.tolist()))),
+                  bounds=tuple(zip(lo.tolist(), hi.tolist())), transforms=None, centred=True)
+
+
+def suite_split(X, y, seed: int, kind: str, *, validation: bool, parts: int = 3):
+    """(test or validation set, [partner (X, y)]): 25% test held out, then (validation) 25% of
+    the rest as the validation set; the remainder split as ``simulate`` does (label skew,
+    federation.demo.non_iid_split) or uniformly at random (iid)."""
+    from sklearn.model_selection import train_test_split
+
+    from federation.demo import non_iid_split
+
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+    if validation:
+        X_tr, X_te, y_tr, y_te = train_test_split(X_tr, y_tr, test_size=0.25, stratify=y_tr, random_state=seed)
+    if kind == "skew":
+        idx = non_iid_split(y_tr, parts, seed=seed)
+    else:
+        idx = np.array_split(np.random.default_rng(seed).permutation(len(y_tr)), parts)
+    return (X_te, y_te), [(X_tr[i], y_tr[i]) for i in idx]
+
+
+def planned_fedavg(partners, test, spec, plan, *, seed: int, dp: bool) -> float:
+    """FedAvg under the planner's schedule through the secure-aggregation encoding and the
+    server optimiser; ``dp=False`` runs the same schedule without clipping or noise."""
+    from federation.learning.server import ServerOptimizer, server_step
+
+    opt = ServerOptimizer.from_dict(plan.server_optimizer)
+    C, z = (plan.clip_norm, plan.noise_multiplier) if dp else (1e9, 1e-12)
+    counts = {i: len(yp) for i, (_, yp) in enumerate(partners)}
+    weights = fedavg_weights(counts)
+    qspec = QuantSpec(clip=max(1e-3, 2.0 * plan.learning_rate * plan.local_steps * plan.clip_norm), n_parties=len(partners))
+    params = init_params(spec, seed)
+    state = None
+    rng = np.random.default_rng(seed + 10_000)
+    for r in range(plan.rounds):
+        inputs = []
+        for i, (Xp, yp) in enumerate(partners):
+            update, _ = train_round(params, spec, Xp, yp, q=plan.q, z=z, C=C, K=plan.local_steps, lr=plan.learning_rate,
+                                    seed=seed * 1_000_003 + r * 101 + i)
+            inputs.append(secagg_input(update, weights[i], qspec, rng))
+        avg = secure_average(modular_sum(inputs), qspec, weights, list(counts))
+        params, state = server_step(params, avg, opt, state)
+    return evaluate(params, spec, *test)
+
+
+def forest_vote_multi(partners_raw, test_raw, seed):
+    from sklearn.ensemble import RandomForestClassifier
+
+    classes = np.unique(np.concatenate([p[1] for p in partners_raw]))
+    votes = np.zeros((len(test_raw[1]), classes.max() + 1))
+    for Xp, yp in partners_raw:
+        pred = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1).fit(Xp, yp).predict(test_raw[0])
+        votes[np.arange(len(pred)), pred] += 1
+    return float(np.mean(votes.argmax(axis=1) == test_raw[1]))
+
+
+def suite_run(names, splits, seeds, epsilons, models, *, validation: bool, overrides: dict | None = None):
+    """rows[(dataset, split, method)] = [accuracy per seed]."""
+    from federation.learning.planner import plan_schedule
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    rows: dict[tuple, list[float]] = {}
+    plans = {}
+    for name in names:
+        X, y = suite_data(name)
+        schema = suite_schema(X, y)
+        k = len(schema.classes)
+        for kind in splits:
+            for seed in seeds:
+                test_raw, partners_raw = suite_split(X, y, seed, kind, validation=validation)
+                partners = [(schema.scale(Xp), yp) for Xp, yp in partners_raw]
+                test = (schema.scale(test_raw[0]), test_raw[1])
+
+                def add(method, value, name=name, kind=kind):
+                    rows.setdefault((name, kind, method), []).append(value)
+
+                add("centralised LR", centralised(partners_raw, test_raw))
+                add("best single partner", best_single_partner_safe(partners_raw, test_raw))
+                add("RF per partner, vote", forest_vote_multi(partners_raw, test_raw, seed))
+                for model in models:
+                    hidden = [32] if model == "mlp" else []
+                    spec = {"kind": model, "n_features": X.shape[1], "n_classes": k, "hidden": hidden}
+                    for eps in (None, *epsilons):
+                        e = 8.0 if eps is None else eps
+                        # The planner sees declared counts including the partners' 20% evaluation share.
+                        key = (name, kind, model, e, tuple(len(p[1]) for p in partners))
+                        if key not in plans:
+                            plans[key] = plan_schedule(
+                                record_counts=[int(len(p[1]) / 0.8) for p in partners], n_features=X.shape[1], n_classes=k,
+                                rounds=SUITE_ROUNDS, epsilons=[e] * 3, deltas=[DELTA] * 3, model_kind=model, hidden=hidden, eval_releases=0,
+                            )
+                        plan = plans[key]
+                        if overrides:
+                            import dataclasses
+
+                            plan = dataclasses.replace(plan, **overrides)
+                        label = f"{model} FedAvg no DP" if eps is None else f"{model} eps {eps:g}"
+                        add(label, planned_fedavg(partners, test, spec, plan, seed=seed, dp=eps is not None))
+                print(f"  {name} {kind} seed {seed} done", file=sys.stderr, flush=True)
+    return rows, plans
+
+
+def best_single_partner_safe(partners_raw, test_raw):
+    scores = []
+    for Xp, yp in partners_raw:
+        if len(np.unique(yp)) < 2:
+            continue
+        scores.append(float(sk_logreg(Xp, yp).score(*test_raw)))
+    return max(scores) if scores else float("nan")
+
+
+def suite_table(rows, seeds, validation) -> str:
+    methods = list(dict.fromkeys(m for (_, _, m) in rows))
+    keys = list(dict.fromkeys((n, s) for (n, s, _) in rows))
+    head = "| data set | split | " + " | ".join(methods) + " |"
+    lines = [f"{'Validation' if validation else 'Test'} accuracy (%), mean ± std over {len(seeds)} seeds, 3 partners, delta 1e-5, {SUITE_ROUNDS} rounds", "", head,
+             "|" + "---|" * (len(methods) + 2)]
+    for n, s in keys:
+        cells = []
+        for m in methods:
+            v = rows.get((n, s, m))
+            cells.append("–" if not v else f"{100 * np.nanmean(v):.1f} ± {100 * np.nanstd(v):.1f}")
+        lines.append(f"| {n} | {s} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="report on validation splits (seeds 100-109) instead")
     parser.add_argument("--quick", action="store_true", help="one seed, no files written")
     parser.add_argument("--search", type=int, metavar="N", help="random search over N candidates on validation splits")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for --search")
+    parser.add_argument("--suite", action="store_true", help="the multi-data-set suite under the planner's schedule")
+    parser.add_argument("--datasets", default=",".join(SUITE_DATASETS), help="suite: comma-separated data sets")
+    parser.add_argument("--splits", default=",".join(SUITE_SPLITS), help="suite: skew,iid")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="suite: number of seeds")
+    parser.add_argument("--models", default="logreg,mlp", help="suite: logreg,mlp")
+    parser.add_argument("--epsilons", default="1,3,8", help="suite: comma-separated epsilons")
     args = parser.parse_args()
+    if args.suite:
+        seeds = (TUNE_SEEDS if args.tune else SEEDS)[: args.seeds]
+        t0 = time.perf_counter()
+        rows, plans = suite_run(args.datasets.split(","), args.splits.split(","), seeds, [float(e) for e in args.epsilons.split(",")],
+                                args.models.split(","), validation=args.tune)
+        text = suite_table(rows, seeds, args.tune)
+        print(text)
+        print(f"({time.perf_counter() - t0:.1f} s)")
+        if not args.tune and not args.quick:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "quality_suite.md").write_text(text + "\n", encoding="utf-8")
+            print(f"wrote {(RESULTS / 'quality_suite.md').relative_to(ROOT)}")
+        return
     if args.search:
         search(args.search, args.jobs)
         return

@@ -332,6 +332,9 @@ class TrainingPlan(models.Model):
     learning_rate = models.FloatField(default=0.5)
     momentum = models.FloatField(default=0.0)
     server_learning_rate = models.FloatField(default=1.0)
+    server_optimizer = models.JSONField(
+        default=dict, blank=True, help_text='Server optimiser on the aggregate, e.g. {"kind": "adam", "lr": 0.05}; empty: FedAvg.'
+    )
     eval_noise_multiplier = models.FloatField(
         null=True, blank=True, help_text="Noise of the evaluation counts; empty disables the release."
     )
@@ -644,6 +647,8 @@ class ModelVersion(models.Model):
     params = models.BinaryField()
     sha256 = models.CharField(max_length=64)
     metrics = models.JSONField(default=dict, blank=True)
+    # The plan's server optimiser state after this version (float32 vector; empty for FedAvg).
+    optimizer_state = models.BinaryField(default=b"", blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

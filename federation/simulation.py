@@ -36,12 +36,10 @@ from .services.tokens import token_issue
 
 User = get_user_model()
 
-# Hyperparameters for small tabular data, chosen on an offline replica of `simulate
-# --partners 3 --rounds 10` at epsilon 8 over 16 seeds (mean 97.1%, worst 94.7% on the held-out
-# 20%): sampling rate 0.25 on every partition (the plan's sampling_rate), C=0.3, lr 1, no
-# momentum, 30 local steps a round, with the features declared log1p-transformed and
-# centred (schema_for; centring is what mattered most, as in bench/quality.py). The noise multiplier is calibrated so that
-# every planned round fits the budget (calibrate_noise).
+# The schedule (sampling rate, local steps, clip norm, learning rates, server optimiser, noise)
+# comes from federation.learning.planner, which derives it from public metadata only (record
+# counts, features, classes, model, rounds, budgets): see plan_for. The fixed schedule below is
+# what the breast-cancer demo (seed_demo) still uses; simulate takes only its model from it.
 SAMPLING_RATE = 0.25
 DEFAULT_PLAN = dict(
     model_spec={"kind": "logreg"},
@@ -52,6 +50,8 @@ DEFAULT_PLAN = dict(
     server_learning_rate=1.0,
     eval_noise_multiplier=10.0,
 )
+#: Share of each partition the agents hold out for evaluation releases (AgentConfig.eval_fraction).
+EVAL_FRACTION = 0.2
 
 
 def calibrate_noise(*, q: float, K: int, rounds: int, epsilon: float, delta: float, eval_sigma: float | None, margin: float = 0.97) -> float:
@@ -70,6 +70,25 @@ def calibrate_noise(*, q: float, K: int, rounds: int, epsilon: float, delta: flo
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if cost(mid) <= margin * epsilon else (mid, hi)
     return hi
+
+
+def plan_for(*, sizes: list[int], schema: dict, model_spec: dict, rounds: int, epsilon: float, delta: float):
+    """The planner's schedule for partitions of ``sizes`` records (federation.learning.planner)."""
+    from .learning.planner import plan_schedule
+
+    return plan_schedule(
+        record_counts=sizes,
+        n_features=len(schema["feature_names"]),
+        n_classes=len(schema["label_classes"]),
+        rounds=rounds,
+        epsilons=[epsilon] * len(sizes),
+        deltas=[delta] * len(sizes),
+        model_kind=model_spec.get("kind", "logreg"),
+        hidden=model_spec.get("hidden") or (),
+        max_epsilon_per_round=epsilon,
+        eval_releases=1,
+        eval_fraction=EVAL_FRACTION,
+    )
 
 
 @dataclass
@@ -150,6 +169,7 @@ class Federation:
     partitions: list[Path]
     tokens: dict[str, str]  # organisation slug -> agent token
     datasets: list = field(default_factory=list)
+    schedule: object = None  # the planner's Plan, when the schedule came from it
 
 
 def setup_federation(
@@ -168,27 +188,17 @@ def setup_federation(
     prefix = prefix or f"sim{int(time.time())}{secrets.token_hex(2)}"
     admin, _ = User.objects.get_or_create(username=f"{prefix}-admin")
     admin.groups.add(Group.objects.get_or_create(name=ADMINISTRATORS_GROUP)[0])
-    plan_kwargs = dict(DEFAULT_PLAN)
+    plan_kwargs = {"model_spec": DEFAULT_PLAN["model_spec"]}
     plan_kwargs.update(plan_overrides or {})
     sizes = []
     for path in partitions:
         with path.open() as fh:
             sizes.append(sum(1 for _ in fh) - 1)
-    if "batch_size" not in plan_kwargs:
-        # Every partition samples the same share of its records: the larger ones then average
-        # over larger batches (less noise per step) at the same epsilon as the smallest.
-        plan_kwargs.setdefault("sampling_rate", SAMPLING_RATE)
-        plan_kwargs["batch_size"] = max(1, round(plan_kwargs["sampling_rate"] * min(sizes)))
+    schedule = None
     if "noise_multiplier" not in plan_kwargs:
-        q = plan_kwargs.get("sampling_rate") or min(1.0, plan_kwargs["batch_size"] / min(sizes))
-        eval_sigma = plan_kwargs.get("eval_noise_multiplier")
-        try:
-            plan_kwargs["noise_multiplier"] = calibrate_noise(
-                q=q, K=plan_kwargs["local_steps"], rounds=rounds, epsilon=epsilon, delta=delta, eval_sigma=eval_sigma
-            )
-        except ValueError:
-            plan_kwargs["eval_noise_multiplier"] = None  # cannot afford evaluation releases
-            plan_kwargs["noise_multiplier"] = calibrate_noise(q=q, K=plan_kwargs["local_steps"], rounds=rounds, epsilon=epsilon, delta=delta, eval_sigma=None)
+        schedule = plan_for(sizes=sizes, schema=schema, model_spec=plan_kwargs["model_spec"], rounds=rounds, epsilon=epsilon, delta=delta)
+        plan_kwargs = {**schedule.plan_kwargs(), **plan_kwargs}
+    plan_kwargs.setdefault("batch_size", max(1, round((plan_kwargs.get("sampling_rate") or 0.25) * min(sizes))))
     orgs, reps, tokens = [], [], {}
     for i in range(len(partitions)):
         org = organisation_create(actor=admin, slug=f"{prefix}-p{i + 1}", name=f"Partner {i + 1} ({prefix})")
@@ -234,7 +244,7 @@ def setup_federation(
     )
     for org, rep in zip(orgs, reps):
         standing_approval_give(actor=rep, plan=plan, organisation=org, max_rounds=rounds)
-    return Federation(admin=admin, plan=plan, partitions=partitions, tokens=tokens, datasets=datasets)
+    return Federation(admin=admin, plan=plan, partitions=partitions, tokens=tokens, datasets=datasets, schedule=schedule)
 
 
 def partition(table: Table, parts: int, out_dir: Path, *, seed: int = 7) -> list[Path]:

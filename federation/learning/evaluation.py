@@ -121,3 +121,64 @@ def combine_accuracy(
     if not any_release or total <= 0:
         return None
     return min(1.0, max(0.0, correct / total))
+
+
+@dataclass(frozen=True)
+class AccuracyInterval:
+    """A noisy accuracy with its approximate 95% interval (both clamped to [0, 1])."""
+
+    accuracy: float
+    low: float
+    high: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def to_dict(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "low": self.low, "high": self.high}
+
+
+def accuracy_interval(
+    correct_noisy: float, total_noisy: float, sigma: float, *, releases: int = 1, sampling: bool = True
+) -> AccuracyInterval | None:
+    """95% interval of ``correct_noisy / total_noisy`` when each of ``releases`` partners added
+    N(0, sigma^2) to both of its counts (so each pooled count carries variance releases * sigma^2).
+
+    Delta method for a ratio of two independent noisy counts around accuracy a on t records:
+    Var(noise part) ~= releases * sigma^2 * (1 + a^2) / t^2. With ``sampling`` the binomial
+    variance a (1 - a) / t of accuracy measured on t held-out records is added: the interval
+    is then for the model's accuracy on the population those records come from, not just
+    for these records. Returns None when the noisy total is not positive (nothing to say).
+    """
+    s = _check_sigma(sigma)
+    if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
+        raise DPParameterError("releases", releases, "an integer >= 1")
+    t = float(total_noisy)
+    if not math.isfinite(t) or t <= 0 or not math.isfinite(float(correct_noisy)):
+        return None
+    a_raw = float(correct_noisy) / t
+    a = min(1.0, max(0.0, a_raw))
+    var = releases * s * s * (1.0 + a * a) / (t * t)
+    if sampling:
+        var += a * (1.0 - a) / t
+    h = 1.959964 * math.sqrt(var)
+    return AccuracyInterval(accuracy=a, low=max(0.0, a_raw - h), high=min(1.0, a_raw + h))
+
+
+def pooled_accuracy_interval(releases: Iterable[EvaluationRelease | Mapping[str, Any] | None]) -> AccuracyInterval | None:
+    """``accuracy_interval`` of the pooled releases (the counts ``combine_accuracy`` sums);
+    partners may use different sigmas: the pooled noise variance is their sum."""
+    correct = total = var = 0.0
+    n = 0
+    for r in releases:
+        if r is None:
+            continue
+        r = r if isinstance(r, EvaluationRelease) else EvaluationRelease.from_dict(r)
+        correct += r.noisy_correct
+        total += r.noisy_total
+        var += r.noise_multiplier**2
+        n += 1
+    if n == 0:
+        return None
+    return accuracy_interval(correct, total, math.sqrt(var / n), releases=n)

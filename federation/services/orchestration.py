@@ -39,6 +39,8 @@ from ..learning import (
     init_params,
     secure_average,
 )
+from ..learning.evaluation import pooled_accuracy_interval
+from ..learning.server import ServerOptimizer, server_step, state_from_bytes, state_to_bytes
 from ..models import (
     AgentIdentity,
     GovernanceEvent,
@@ -87,11 +89,23 @@ def params_sha256(params: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(params, dtype=np.float32).tobytes()).hexdigest()
 
 
-def model_store(*, plan: TrainingPlan, version: int, params: np.ndarray, round=None, metrics=None) -> ModelVersion:
+def model_store(*, plan: TrainingPlan, version: int, params: np.ndarray, round=None, metrics=None, optimizer_state=None) -> ModelVersion:
     params = np.asarray(params, dtype=np.float32)
     return ModelVersion.objects.create(
-        plan=plan, round=round, version=version, params=params.tobytes(), sha256=params_sha256(params), metrics=metrics or {}
+        plan=plan, round=round, version=version, params=params.tobytes(), sha256=params_sha256(params), metrics=metrics or {},
+        optimizer_state=state_to_bytes(optimizer_state),
     )
+
+
+def server_apply(plan: TrainingPlan, base: ModelVersion, update: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The plan's server optimiser on the aggregate (post-processing of DP outputs: no privacy
+    cost). Plain FedAvg (no server optimiser) is ``base + server_learning_rate * update``;
+    otherwise the optimiser's state continues from the one stored with ``base``."""
+    params = model_params(base)
+    if not plan.server_optimizer:
+        return apply_update(params, update, plan.server_learning_rate), None
+    opt = ServerOptimizer.from_dict(plan.server_optimizer)
+    return server_step(params, update, opt, state_from_bytes(base.optimizer_state))
 
 
 def model_params(version: ModelVersion) -> np.ndarray:
@@ -533,8 +547,7 @@ def round_aggregate(*, round_id: int) -> str:
     plan = round.plan
     spec = QuantSpec(**cfg["quant"])
     update = secure_average(result.vector, spec, cfg["weights"], result.contributors)
-    base = model_params(plan.model_versions.get(version=cfg["model_version"]))
-    new_params = apply_update(base, update, plan.server_learning_rate)
+    new_params, optimizer_state = server_apply(plan, plan.model_versions.get(version=cfg["model_version"]), update)
     with transaction.atomic():
         round = TrainingRound.objects.select_for_update().select_related("plan").get(pk=round_id)
         if round.phase != AGGREGATE:
@@ -548,6 +561,7 @@ def round_aggregate(*, round_id: int) -> str:
             params=new_params,
             round=round,
             metrics={"contributors": list(result.contributors), "dropouts": list(result.dropouts)},
+            optimizer_state=optimizer_state,
         )
         RoundParticipant.objects.filter(round=round, dataset__organisation__slug__in=result.dropouts).update(status=RoundParticipant.Status.DROPPED)
         ProtocolMessage.objects.filter(round=round).delete()  # the unmask responses are used up
@@ -575,8 +589,15 @@ def _complete(round: TrainingRound) -> None:
     from accounting.services import budget_commit
 
     links = list(round.participant_links.all())
-    accuracy = combine_accuracy([link.metrics.get("evaluation") for link in links])
-    round.metrics = {**round.metrics, "accuracy": accuracy, "evaluations": sum("evaluation" in link.metrics for link in links)}
+    releases = [link.metrics.get("evaluation") for link in links]
+    accuracy = combine_accuracy(releases)
+    interval = pooled_accuracy_interval(releases)  # 95%, from the noise sigma and the counts
+    round.metrics = {
+        **round.metrics,
+        "accuracy": accuracy,
+        "accuracy_interval": [interval.low, interval.high] if interval is not None else None,
+        "evaluations": sum("evaluation" in link.metrics for link in links),
+    }
     RoundParticipant.objects.filter(round=round, status=RoundParticipant.Status.ACTIVE).update(status=RoundParticipant.Status.FINISHED)
     round.status = Status.COMPLETED
     round.phase = ""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from ..learning import LearningError
+from ..learning.server import ServerOptimizer
 from ..models import Agreement, GovernanceEvent, TrainingPlan
 from ..permissions import require_administrator
 from .common import event_record, field_error, validated
@@ -42,6 +44,7 @@ def plan_create(
     learning_rate: float = 0.5,
     momentum: float = 0.0,
     server_learning_rate: float = 1.0,
+    server_optimizer: dict | None = None,
     eval_noise_multiplier: float | None = None,
     secagg_threshold: int | None = None,
     phase_timeout_seconds: int = 120,
@@ -75,6 +78,10 @@ def plan_create(
     if secagg_threshold is not None and not (2 <= secagg_threshold <= len(datasets)):
         raise field_error("secagg_threshold", f"The threshold must be between 2 and the number of datasets ({len(datasets)}).")
     spec = clean_model_spec(model_spec, n_features=len(feature_names), n_classes=len(label_classes))
+    try:
+        server_optimizer = ServerOptimizer.from_dict(server_optimizer).to_dict() if server_optimizer else {}
+    except LearningError as exc:
+        raise field_error("server_optimizer", str(exc)) from exc
     plan = TrainingPlan(
         agreement=agreement,
         name=name,
@@ -92,6 +99,7 @@ def plan_create(
         learning_rate=learning_rate,
         momentum=momentum,
         server_learning_rate=server_learning_rate,
+        server_optimizer=server_optimizer,
         eval_noise_multiplier=eval_noise_multiplier,
         secagg_threshold=secagg_threshold,
         phase_timeout_seconds=phase_timeout_seconds,

@@ -21,6 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from federation import simulation
+from federation.learning import LearningError
 from federation.localstack import local_stack
 from federation.models import ModelVersion, TrainingRound
 from federation.services.orchestration import model_params
@@ -86,8 +87,16 @@ class Command(BaseCommand):
             fed = simulation.setup_federation(
                 partitions=partitions, schema=schema, epsilon=o["epsilon"], delta=o["delta"], rounds=o["rounds"], plan_overrides=overrides
             )
-        except ApplicationError as exc:
+        except (ApplicationError, LearningError) as exc:
             raise self.fail(f"could not set up the federation: {exc}") from exc
+        if fed.schedule is not None:
+            p = fed.schedule
+            self.say(
+                f"plan (federation.learning.planner): q={p.q:g}, K={p.local_steps}, C={p.clip_norm:g}, lr={p.learning_rate:g}, "
+                f"z={p.noise_multiplier:g}, eval sigma={p.eval_noise_multiplier}, server {p.server_optimizer}"
+            )
+            for line in p.explanation.splitlines():
+                self.say(f"  {line}")
         self.say(f"federation {fed.plan.name}: {o['partners']} partners, {o['rounds']} rounds, epsilon budget {o['epsilon']} each; logs in {work}")
         with local_stack(log_dir=work / "logs", redis_url=o["redis_url"] or None) as stack:
             for i, (slug, token) in enumerate(fed.tokens.items()):
@@ -159,9 +168,14 @@ class Command(BaseCommand):
             if mv is not None and X_test is not None:
                 test_acc = evaluate(model_params(mv), plan.model_spec, X_test, y_test)
             acc = r.metrics.get("accuracy")
-            rounds.append({"number": r.number, "status": r.status, "participants": participants, "accuracy": acc, "test_accuracy": test_acc})
+            interval = r.metrics.get("accuracy_interval")
+            rounds.append({
+                "number": r.number, "status": r.status, "participants": participants, "accuracy": acc,
+                "accuracy_interval": interval, "test_accuracy": test_acc,
+            })
             fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-            self.say(f"{r.number:>5}  {r.status:<10} {participants:>8}  {fmt(acc):>8}  {fmt(test_acc):>8}")
+            band = f"  95% [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+            self.say(f"{r.number:>5}  {r.status:<10} {participants:>8}  {fmt(acc):>8}  {fmt(test_acc):>8}{band}")
         datasets = []
         for d in plan.datasets.order_by("slug"):
             spent = dataset_epsilon_spent(dataset=d)
