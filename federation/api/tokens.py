@@ -10,8 +10,8 @@ from rest_framework.permissions import AllowAny
 
 from fedgov.errors import PermissionDenied, ValidationFailed
 
+from ..access import is_administrator
 from ..models import ApiToken
-from ..permissions import is_administrator
 from ..services.tokens import token_issue, token_revoke
 from .auth import LoginThrottle, token_scopes
 from .base import ApiView, Input
