@@ -228,6 +228,14 @@ def is_auditor_user(user) -> bool:
 
 
 @register.filter
+def ledger_readable(dataset, user) -> bool:
+    """Whether `user` reads `dataset`'s ledger (federation.access): a link is shown only then."""
+    from federation.access import may_read_ledger
+
+    return may_read_ledger(user, dataset)
+
+
+@register.filter
 def is_representative(user) -> bool:
     from federation.access import organisations_of
     from federation.models import Membership

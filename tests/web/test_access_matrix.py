@@ -302,3 +302,14 @@ def _json(body) -> str | None:
     import json
 
     return None if body is None else json.dumps(body)
+
+
+def test_pages_link_a_ledger_only_for_those_who_may_read_it(matrix: Matrix):
+    c = matrix.world.cast
+    ledger_a = f"/datasets/{c.dataset_a.slug}/ledger/"
+    pages = ("/datasets/", f"/datasets/{c.dataset_a.slug}/", f"/agreements/{c.agreement.pk}/")
+    for actor, linked in (("rep_a", True), ("auditor", True), ("rep_b", False), ("agent", False)):
+        client = matrix.web(actor)
+        for page in pages:
+            html = client.get(page).content.decode()
+            assert (f'href="{ledger_a}"' in html) is linked, (actor, page)
