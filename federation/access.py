@@ -282,9 +282,12 @@ def may_read_ledger(user, dataset: Dataset) -> bool:
     """The rule of `ledger_datasets`, for one dataset, with the cheap checks first."""
     if is_administrator(user) or _audits(user, dataset.agreement_id):
         return True
-    return _authenticated(user) and Membership.objects.filter(
-        user=user, organisation_id=dataset.organisation_id, role=Membership.Role.REPRESENTATIVE
-    ).exists()
+    return (
+        _authenticated(user)
+        and Membership.objects.filter(
+            user=user, organisation_id=dataset.organisation_id, role=Membership.Role.REPRESENTATIVE
+        ).exists()
+    )
 
 
 def require_ledger_reader(user, dataset: Dataset) -> None:

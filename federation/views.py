@@ -808,7 +808,9 @@ def _round_live_context(user, round) -> dict:
         "decisions": selectors.round_decisions(round),
         "needed": selectors.approvals_needed(round),
         "undecided_orgs": [
-            o for o in access.round_deciders(user, round) if not RoundApproval.objects.filter(round=round, organisation=o).exists()
+            o
+            for o in access.round_deciders(user, round)
+            if not RoundApproval.objects.filter(round=round, organisation=o).exists()
         ],
         "reservations": selectors.round_reservations(round),
         **selectors.round_progress(round),
