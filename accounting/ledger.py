@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from . import accountant as acc
@@ -354,9 +355,10 @@ def sign_head(dataset) -> SignedHead | None:
 
 def sign_heads_after_commit(dataset_ids: Iterable[int]) -> None:
     """Schedule head signatures once the caller's transaction commits (crypto stays outside
-    the locked section, ARCHITECTURE.md, Conventions 7). A failure is logged: the next export signs anyway."""
+    the locked section and off the budget check, ARCHITECTURE.md, Conventions 7). A failure
+    is logged: the beat sweep (`sign_pending_heads`) signs what was left unsigned."""
     if not getattr(settings, "FEDGOV_LEDGER_SIGN_ON_COMMIT", True):
-        return  # heads are then signed by export_ledger (and whoever calls sign_head)
+        return  # heads are then signed by the beat sweep (or export_ledger --sign-pending)
     ids = sorted(set(dataset_ids))
 
     def sign() -> None:
@@ -369,6 +371,30 @@ def sign_heads_after_commit(dataset_ids: Iterable[int]) -> None:
                 log.exception("could not sign the ledger head of dataset %s", dataset.slug)
 
     transaction.on_commit(sign)
+
+
+def unsigned_heads():
+    """Budgets whose current head (entry_count > 0) has no signature with the current key."""
+    signed = SignedHead.objects.filter(dataset_id=OuterRef("dataset_id"), seq=OuterRef("entry_count"), key_id=key_id())
+    return DatasetBudget.objects.filter(entry_count__gt=0).exclude(Exists(signed))
+
+
+def sign_pending_heads(*, datasets=None) -> list[SignedHead]:
+    """Sign every chain head left unsigned (an append whose after-commit signature failed, or
+    signing on commit turned off): the schedule's half of "heads are signed when entries
+    are appended or on a schedule". Reading a ledger or exporting a bundle never signs."""
+    from federation.models import Dataset
+
+    pending = unsigned_heads()
+    if datasets is not None:
+        pending = pending.filter(dataset_id__in=[d.pk for d in datasets])
+    ids = list(pending.values_list("dataset_id", flat=True))
+    heads = []
+    for dataset in Dataset.objects.filter(pk__in=ids).order_by("id"):
+        head = sign_head(dataset)
+        if head is not None:
+            heads.append(head)
+    return heads
 
 
 # --- verification -----------------------------------------------------------------------------
@@ -503,8 +529,11 @@ def verify_all(*, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> list[Ve
 def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
     """Write a signed audit bundle to the text stream `out`; returns a summary.
 
-    Each chain is exported up to the head signed for this export, so appends racing the
-    export are simply left for the next one. Entries are streamed, not held in memory.
+    Exporting only reads: each chain is exported up to its latest head signed with the
+    current key (heads are signed after each append and by the beat sweep, never by an
+    export, so downloading a bundle writes nothing). Appends racing the export, or a head
+    not signed yet, are left for the next one; a chain with no signed head is listed in
+    `summary["unsigned"]` and left out. Entries are streamed, not held in memory.
     """
     from federation.models import Dataset
 
@@ -520,11 +549,13 @@ def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) ->
     }
     head_text = json.dumps(header, sort_keys=True, indent=1)
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')
-    summary = {"key_id": kid, "chains": {}}
+    summary = {"key_id": kid, "chains": {}, "unsigned": []}
     first_chain = True
     for dataset in datasets:
-        head = sign_head(dataset)
+        head = SignedHead.objects.filter(dataset_id=dataset.pk, key_id=kid).order_by("-seq").first()
         if head is None:
+            if LedgerEntry.objects.filter(dataset_id=dataset.pk).exists():
+                summary["unsigned"].append(dataset.slug)
             continue
         out.write(("" if first_chain else ",") + "\n  {" + f'"dataset": {json.dumps(head.dataset_slug)}, "entries": [')
         first_chain = False

@@ -1,9 +1,12 @@
-"""Reads, scoped to what the user may see (ARCHITECTURE.md, Conventions 1)."""
+"""Reads, scoped to what the user may see (ARCHITECTURE.md, Conventions 1).
+
+Who sees what is `federation.access`'s rule; this module only loads and shapes the rows."""
 
 from __future__ import annotations
 
+from . import access
+from .access import is_administrator, is_auditor, organisations_of, visible_agreements, visible_rounds
 from .models import Agreement, AgreementSignature, Membership, TrainingRound
-from .permissions import is_administrator, is_auditor, organisations_of, visible_agreements, visible_rounds
 
 
 def agreements_to_sign(user):
@@ -67,15 +70,19 @@ def agreement_for(user, pk: int) -> Agreement:
 
 
 def dataset_for(user, slug: str):
-    from .permissions import visible_datasets
+    return _get_visible(access.visible_datasets(user).select_related("organisation", "agreement"), "Dataset", slug=slug)
 
-    return _get_visible(visible_datasets(user).select_related("organisation", "agreement"), "Dataset", slug=slug)
+
+def ledger_dataset_for(user, slug: str):
+    """The dataset whose ledger (or audit bundle) `user` reads: 404 if they cannot see the
+    dataset, 403 if they see it but may not read its ledger."""
+    dataset = dataset_for(user, slug)
+    access.require_ledger_reader(user, dataset)
+    return dataset
 
 
 def plan_for(user, pk: int):
-    from .permissions import visible_plans
-
-    return _get_visible(visible_plans(user).select_related("agreement"), "Training plan", pk=pk)
+    return _get_visible(access.visible_plans(user).select_related("agreement"), "Training plan", pk=pk)
 
 
 def round_for(user, pk: int) -> TrainingRound:
@@ -83,19 +90,13 @@ def round_for(user, pk: int) -> TrainingRound:
 
 
 def organisation_for(user, slug: str):
-    from .models import Organisation
-
-    if is_administrator(user):
-        return _get_visible(Organisation.objects.all(), "Organisation", slug=slug)
-    return _get_visible(organisations_of(user), "Organisation", slug=slug)
+    return _get_visible(access.visible_organisations(user), "Organisation", slug=slug)
 
 
 def organisation_list_for(user):
     from django.db.models import Count
 
-    from .models import Organisation
-
-    qs = Organisation.objects.all() if is_administrator(user) else organisations_of(user)
+    qs = access.visible_organisations(user)
     return qs.annotate(n_members=Count("memberships", distinct=True), n_datasets=Count("datasets", distinct=True))
 
 
@@ -133,64 +134,22 @@ def agreement_parties(agreement: Agreement) -> list[dict]:
     return rows
 
 
-def user_party_organisations(user, agreement: Agreement, role: str = Membership.Role.REPRESENTATIVE):
-    """The parties of `agreement` that `user` represents."""
-    return agreement.parties.filter(pk__in=organisations_of(user, role)).order_by("name")
-
-
-def can_see_governance_history(user, agreement: Agreement | None = None) -> bool:
-    """Administrators and parties' members always; an auditor only under an agreement whose
-    auditor_access includes the governance history."""
-    if is_administrator(user):
-        return True
-    if agreement is None:
-        return True
-    if organisations_of(user).filter(pk__in=agreement.parties.all()).exists():
-        return True
-    return (
-        agreement.auditors.filter(pk=user.pk).exists()
-        and agreement.auditor_access == Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE
-    )
-
-
-def history_agreements_for(user):
-    """Agreements whose governance history `user` may read."""
-    from django.db.models import Q
-
-    if is_administrator(user):
-        return Agreement.objects.all()
-    return Agreement.objects.filter(
-        Q(parties__in=organisations_of(user)) | Q(auditors=user, auditor_access=Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE)
-    ).distinct()
-
-
 def events_for(user, *, agreement=None, kind: str | None = None):
-    from django.db.models import Q
-
-    from .models import GovernanceEvent
-
-    agreements = history_agreements_for(user)
-    if is_administrator(user):
-        qs = GovernanceEvent.objects.all()
-    else:
-        qs = GovernanceEvent.objects.filter(Q(agreement__in=agreements) | Q(round__plan__agreement__in=agreements))
+    """The governance events `user` reads (`access.visible_events`), newest first."""
+    qs = access.visible_events(user)
     if agreement is not None:
-        qs = qs.filter(Q(agreement=agreement) | Q(round__plan__agreement=agreement))
+        qs = qs.filter(agreement=agreement)
     if kind:
         qs = qs.filter(kind=kind)
-    return qs.select_related("agreement", "organisation", "round__plan").distinct()
+    return qs.select_related("agreement", "organisation", "round__plan")
 
 
 def dataset_list_for(user):
-    from .permissions import visible_datasets
-
-    return visible_datasets(user).select_related("organisation", "agreement").order_by("organisation__name", "slug")
+    return access.visible_datasets(user).select_related("organisation", "agreement").order_by("organisation__name", "slug")
 
 
 def plan_list_for(user):
-    from .permissions import visible_plans
-
-    return visible_plans(user).select_related("agreement").order_by("-created_at")
+    return access.visible_plans(user).select_related("agreement").order_by("-created_at")
 
 
 def round_list_for(user, status: str | None = None):
@@ -341,9 +300,7 @@ def admin_attention() -> dict:
 
 def audited_datasets(user):
     """Datasets of the agreements `user` audits, for the auditor's dashboard."""
-    from .models import Dataset
-
-    return Dataset.objects.filter(agreement__auditors=user).select_related("organisation", "agreement").order_by("slug")
+    return access.audited_datasets(user).select_related("organisation", "agreement").order_by("slug")
 
 
 # --- Ledgers ----------------------------------------------------------------------------------

@@ -58,10 +58,14 @@ def round_aggregate_task(round_id: int) -> str:
 @shared_task(name="fedgov.deadlines.sweep", queue="fedgov.deadlines", **COMMON)
 def deadlines_sweep() -> dict:
     """Beat, every few seconds: phases past their deadline, exits whose notice ran out,
-    expired agreements, and work whose task was lost (e.g. Redis restarted)."""
+    expired agreements, work whose task was lost (e.g. Redis restarted), and ledger heads
+    whose after-commit signature did not happen."""
+    from accounting.ledger import sign_pending_heads
+
     from .services.agreements import agreements_apply_due_changes
     from .services.orchestration import rounds_sweep_deadlines
 
     out = agreements_apply_due_changes()
     out["phases"] = rounds_sweep_deadlines()
+    out["heads_signed"] = len(sign_pending_heads())
     return out

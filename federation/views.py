@@ -1,7 +1,7 @@
 """The web UI: server-rendered pages that call the same services as the API.
 
 Views hold no domain logic (ARCHITECTURE.md, Conventions 1): reads come from `selectors`, writes go through
-`services`, and the permission rule is the services' and `permissions`' own. A view only
+`services`, and who may see or do what is `access`'s rule (the services check it again). A view only
 translates: `NotFound` becomes a 404 page, `PermissionDenied` a 403 page, and
 `ValidationFailed` the form's errors next to its fields. Every change is a POST; pages that
 only read (an auditor's view of everything) render no change form at all.
@@ -28,19 +28,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from fedgov.errors import ApplicationError, NotFound, PermissionDenied, ValidationFailed
 
-from . import forms, selectors
-from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
-from .permissions import (
+from . import access, forms, selectors
+from .access import (
     audits,
     is_administrator,
     is_auditor,
-    is_representative_of,
-    organisations_of,
+    represented_organisations,
     require_administrator,
     require_representative,
     visible_agreements,
     visible_datasets,
 )
+from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
 from .services import agreements as agreement_services
 from .services import datasets as dataset_services
 from .services import organisations as organisation_services
@@ -115,7 +114,7 @@ def inbox(request):
             **_role_context(user),
             "to_sign": selectors.agreements_to_sign(user),
             "to_approve": selectors.approval_items(user),
-            "representative": organisations_of(user, Membership.Role.REPRESENTATIVE).exists(),
+            "representative": represented_organisations(user).exists(),
         },
     )
 
@@ -161,7 +160,7 @@ def organisation_detail(request, slug):
         {
             **_role_context(user),
             "organisation": org,
-            "memberships": selectors.memberships_of(org),
+            "memberships": selectors.memberships_of(org) if access.may_see_members(user, org) else [],
             "agreements": visible_agreements(user).filter(parties=org),
             "datasets": visible_datasets(user).filter(organisation=org),
         },
@@ -252,7 +251,7 @@ def agreement_create(request):
 def agreement_detail(request, pk):
     user = request.user
     agreement = selectors.agreement_for(user, pk)
-    my_orgs = list(selectors.user_party_organisations(user, agreement))
+    my_orgs = list(access.representative_parties(user, agreement))
     parties = selectors.agreement_parties(agreement)
     can_sign = []
     can_exit = []
@@ -262,6 +261,7 @@ def agreement_detail(request, pk):
     if agreement.status not in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED):
         active = {row["organisation"].pk for row in parties if row["status"] == AgreementParty.Status.ACTIVE}
         can_exit = [o for o in my_orgs if o.pk in active]
+    can_see_history = access.may_read_history(user, agreement)
     return render(
         request,
         "federation/agreement_detail.html",
@@ -274,10 +274,8 @@ def agreement_detail(request, pk):
             "plans": agreement.plans.all(),
             "can_sign": can_sign,
             "can_exit": can_exit,
-            "can_see_history": selectors.can_see_governance_history(user, agreement),
-            "events": selectors.events_for(user, agreement=agreement)[:10]
-            if selectors.can_see_governance_history(user, agreement)
-            else [],
+            "can_see_history": can_see_history,
+            "events": selectors.events_for(user, agreement=agreement)[:10] if can_see_history else [],
         },
     )
 
@@ -460,7 +458,7 @@ def agreement_exit(request, pk, org_slug):
 @require_GET
 def event_list(request):
     user = request.user
-    agreements = selectors.history_agreements_for(user)
+    agreements = access.history_agreements(user)
     form = forms.EventFilterForm(request.GET or None, agreements=agreements)
     agreement = kind = None
     if form.is_bound and form.is_valid():
@@ -472,10 +470,7 @@ def event_list(request):
             visible = selectors.agreement_for(user, int(request.GET["agreement"]))
         except ValueError:
             raise Http404("Agreement not found.") from None
-        if not selectors.can_see_governance_history(user, visible):
-            raise DjangoPermissionDenied(
-                "Your auditor access to this agreement covers its budget ledgers, not its governance history."
-            )
+        access.require_history_reader(user, visible)
     events = selectors.events_for(user, agreement=agreement, kind=kind)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -497,7 +492,7 @@ def dataset_list(request):
     rows = []
     for dataset in selectors.dataset_list_for(user):
         rows.append({"dataset": dataset, **selectors.budget_of(dataset)})
-    can_register = is_administrator(user) or organisations_of(user, Membership.Role.REPRESENTATIVE).exists()
+    can_register = is_administrator(user) or represented_organisations(user).exists()
     return render(request, "federation/dataset_list.html", {**_role_context(user), "rows": rows, "can_register": can_register})
 
 
@@ -507,7 +502,7 @@ def _dataset_form_scope(user):
         return Organisation.objects.all(), Agreement.objects.exclude(
             status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED]
         )
-    orgs = organisations_of(user, Membership.Role.REPRESENTATIVE)
+    orgs = represented_organisations(user)
     if not orgs.exists():
         require_administrator(user, what="dataset", action="register")  # 403 for read-only roles, 404 for strangers
     agreements = (
@@ -541,10 +536,6 @@ def dataset_create(request):
     return render(request, "federation/dataset_form.html", {"form": form, "agreements": terms.values()})
 
 
-def _can_change_budget(user, dataset) -> bool:
-    return is_administrator(user) or is_representative_of(user, dataset.organisation)
-
-
 @web_view
 @require_GET
 def dataset_detail(request, slug):
@@ -558,7 +549,8 @@ def dataset_detail(request, slug):
             "dataset": dataset,
             "figures": selectors.budget_of(dataset),
             "plans": dataset.plans.all(),
-            "budget_form": forms.RaiseBudgetForm() if _can_change_budget(user, dataset) else None,
+            "budget_form": forms.RaiseBudgetForm() if access.may_change_budget(user, dataset) else None,
+            "can_read_ledger": access.may_read_ledger(user, dataset),
             "max_budget": dataset.agreement.max_epsilon_budget,
         },
     )
@@ -582,8 +574,8 @@ def dataset_raise_budget(request, slug):
         else:
             messages.success(request, f"Budget of {dataset.slug} raised to {dataset.epsilon_budget:g}.")
             return redirect("web:dataset_detail", slug=slug)
-    elif not _can_change_budget(user, dataset):
-        raise DjangoPermissionDenied("Your role lets you see this dataset but not change its budget.")
+    else:
+        access.require_budget_changer(user, dataset)
     return render(
         request,
         "federation/dataset_detail.html",
@@ -593,6 +585,7 @@ def dataset_raise_budget(request, slug):
             "figures": selectors.budget_of(dataset),
             "plans": dataset.plans.all(),
             "budget_form": form,
+            "can_read_ledger": access.may_read_ledger(user, dataset),
             "max_budget": dataset.agreement.max_epsilon_budget,
         },
         status=400,
@@ -609,7 +602,7 @@ def ledger(request, slug):
     """A dataset's budget ledger: entries (filterable, paginated), the epsilon plot, the
     verification status and the audit bundle download."""
     user = request.user
-    dataset = selectors.dataset_for(user, slug)
+    dataset = selectors.ledger_dataset_for(user, slug)
     form = forms.LedgerFilterForm(request.GET or None)
     kind = round_id = None
     if form.is_bound and form.is_valid():
@@ -653,7 +646,7 @@ def ledger_verify(request, slug):
     from accounting.ledger import verify_dataset
     from accounting.models import LedgerEntry
 
-    dataset = selectors.dataset_for(request.user, slug)
+    dataset = selectors.ledger_dataset_for(request.user, slug)
     result = verify_dataset(dataset)
     stored = {
         "ok": result.ok,
@@ -682,7 +675,7 @@ def ledger_bundle(request, slug):
     `manage.py verify_ledger --bundle FILE`."""
     from accounting.ledger import export_bundle
 
-    dataset = selectors.dataset_for(request.user, slug)
+    dataset = selectors.ledger_dataset_for(request.user, slug)
     out = io.StringIO()
     export_bundle(out, datasets=[dataset])
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
@@ -721,16 +714,12 @@ def plan_create(request):
     return render(request, "federation/plan_form.html", {"form": form, "agreements": agreements})
 
 
-def _can_request_round(user, plan) -> bool:
-    return is_administrator(user) or any(is_representative_of(user, d.organisation) for d in plan.datasets.all())
-
-
 @web_view
 @require_GET
 def plan_detail(request, pk):
     user = request.user
     plan = selectors.plan_for(user, pk)
-    my_orgs = [o for o in organisations_of(user, Membership.Role.REPRESENTATIVE) if plan.datasets.filter(organisation=o).exists()]
+    my_orgs = list(represented_organisations(user).filter(id__in=plan.datasets.values("organisation_id")))
     series = selectors.plan_series(plan)
     return render(
         request,
@@ -742,7 +731,7 @@ def plan_detail(request, pk):
             "datasets": plan.datasets.select_related("organisation"),
             "series": series,
             "rounds": series["rounds"],
-            "can_request": plan.status == TrainingPlan.Status.ACTIVE and _can_request_round(user, plan),
+            "can_request": plan.status == TrainingPlan.Status.ACTIVE and access.may_request_round(user, plan),
             "standing_orgs": my_orgs,
             "standing": plan.standing_approvals.select_related("organisation").order_by("-given_at"),
         },
@@ -810,11 +799,6 @@ def round_list(request):
     )
 
 
-def _round_orgs_for(user, round) -> list[Organisation]:
-    involved = set(round.participants.values_list("organisation_id", flat=True))
-    return [o for o in organisations_of(user, Membership.Role.REPRESENTATIVE) if o.pk in involved]
-
-
 def _round_live_context(user, round) -> dict:
     """Everything on the round page that changes while the round runs: progress, the
     decisions, the budget on the ledger, whether the user still has to decide."""
@@ -824,7 +808,9 @@ def _round_live_context(user, round) -> dict:
         "decisions": selectors.round_decisions(round),
         "needed": selectors.approvals_needed(round),
         "undecided_orgs": [
-            o for o in _round_orgs_for(user, round) if not RoundApproval.objects.filter(round=round, organisation=o).exists()
+            o
+            for o in access.round_deciders(user, round)
+            if not RoundApproval.objects.filter(round=round, organisation=o).exists()
         ],
         "reservations": selectors.round_reservations(round),
         **selectors.round_progress(round),
@@ -895,7 +881,7 @@ def round_approval_pick(request, pk):
     """/rounds/<pk>/approval/: the approval page of the one organisation the user decides for."""
     user = request.user
     round = selectors.round_for(user, pk)
-    orgs = _round_orgs_for(user, round)
+    orgs = access.round_deciders(user, round)
     if len(orgs) == 1:
         return redirect("web:round_approval", pk=pk, org_slug=orgs[0].slug)
     if not orgs:

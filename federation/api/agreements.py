@@ -9,8 +9,8 @@ from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
+from ..access import acting_organisation, require_administrator, visible_agreements, visible_organisations
 from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature
-from ..permissions import require_administrator, visible_agreements
 from ..services.agreements import (
     agreement_amend,
     agreement_create,
@@ -18,7 +18,6 @@ from ..services.agreements import (
     agreement_submit,
     party_give_exit_notice,
 )
-from .access import acting_organisation, visible_organisations
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import AgreementFilter

@@ -12,8 +12,8 @@ from rest_framework.settings import api_settings
 
 from fedgov.throttles import FailureLimit, client_ident
 
+from ..access import ROLE_GROUPS, remember_role_groups
 from ..models import ApiToken
-from ..permissions import ROLE_GROUPS, remember_role_groups
 
 # Scopes (ApiToken.Scope): `read` for every GET, `trigger` to request a round, `approve` for
 # governance decisions (sign, approve, reject, exit notice, and the administrator's writes).
@@ -136,7 +136,7 @@ def _converted(connection, cols: list, values) -> list:
 
 def find_token(key_hash: str) -> ApiToken | None:
     """The token whose key hashes to `key_hash`, with its user (whose role groups are
-    remembered for `federation.permissions`), or None. One query."""
+    remembered for `federation.access`), or None. One query."""
     db = router.db_for_read(ApiToken)
     connection = connections[db]
     sql, token_cols, user_cols = _token_sql(connection)

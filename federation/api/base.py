@@ -3,7 +3,7 @@ place that loads an object and checks who may see it (ARCHITECTURE.md, Conventio
 
 The rule everywhere: someone with no relation to an object gets 404 (its existence is not
 revealed); someone who may see it but not do this gets 403. The visibility querysets live
-in `federation.permissions`; the write guards in the services. A view never decides a
+and the guards in `federation.access`; the services call the guards again. A view never decides a
 domain rule of its own.
 """
 

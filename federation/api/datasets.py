@@ -7,11 +7,10 @@ from rest_framework import serializers, status
 
 from accounting.selectors import datasets_budget_figures
 
+from ..access import visible_agreements, visible_datasets, visible_organisations
 from ..learning import TRANSFORMS
 from ..models import Dataset
-from ..permissions import visible_agreements
 from ..services.datasets import dataset_register
-from .access import scope_to_visible_agreements, visible_organisations
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import DatasetFilter
@@ -70,8 +69,9 @@ class DatasetViewMixin:
 
 
 def datasets_for(user):
-    """permissions.visible_datasets(user), with the organisation each shows."""
-    return scope_to_visible_agreements(Dataset.objects.all(), user, "agreement_id").select_related("organisation")
+    """access.visible_datasets(user) (from the per-request list of visible agreements), with
+    the organisation each shows."""
+    return visible_datasets(user, cached=True).select_related("organisation")
 
 
 class DatasetListView(DatasetViewMixin, ApiView):

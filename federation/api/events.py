@@ -5,8 +5,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
+from ..access import visible_events
 from ..models import GovernanceEvent
-from .access import visible_events
 from .base import ApiView
 from .filters import EventFilter
 

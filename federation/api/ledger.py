@@ -16,10 +16,9 @@ from accounting import ledger as accounting_ledger
 from accounting import selectors as accounting
 from accounting.models import LedgerEntry
 
+from ..access import is_administrator, is_auditor, require_ledger_reader
 from ..models import Dataset
-from ..permissions import is_administrator, is_auditor
 from ..services.datasets import dataset_raise_budget
-from .access import require_ledger_reader
 from .base import ApiView, Input
 from .datasets import datasets_for
 from .fields import valid_pk

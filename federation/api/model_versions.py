@@ -8,9 +8,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 
+from ..access import require_party_member, visible_model_versions
 from ..models import ModelVersion
-from ..permissions import visible_plans
-from .access import require_party_member
 from .base import ApiView
 from .filters import ModelVersionFilter
 
@@ -27,7 +26,7 @@ class ModelVersionOutput(serializers.ModelSerializer):
 
 def model_versions_for(user):
     # The parameters can be megabytes: never loaded by a list or a detail, only by a download.
-    return ModelVersion.objects.filter(plan__in=visible_plans(user)).defer("params").annotate(size_bytes=Length("params"))
+    return visible_model_versions(user).defer("params").annotate(size_bytes=Length("params"))
 
 
 class ModelVersionListView(ApiView):
@@ -64,7 +63,7 @@ class ModelVersionParamsView(ApiView):
     object_name = "Model version"
 
     def object_queryset(self):
-        return ModelVersion.objects.filter(plan__in=visible_plans(self.request.user)).select_related("plan__agreement")
+        return visible_model_versions(self.request.user).select_related("plan__agreement")
 
     def perform_content_negotiation(self, request, force=False):
         # The body is bytes, written below without a renderer; errors are JSON whatever the

@@ -6,10 +6,9 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
+from ..access import require_administrator, visible_memberships, visible_organisations
 from ..models import Membership, Organisation
-from ..permissions import require_administrator
 from ..services.organisations import membership_add, membership_remove, organisation_create
-from .access import visible_memberships, visible_organisations
 from .base import ApiView, Input
 from .filters import MembershipFilter, OrganisationFilter
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 
+from ..access import require_administrator, visible_agreements, visible_datasets, visible_plans
 from ..models import TrainingPlan
-from ..permissions import require_administrator, visible_agreements, visible_datasets, visible_plans
 from ..services.plans import plan_create
 from .base import ApiView, Input
 from .fields import VisibleRelatedField

@@ -14,9 +14,9 @@ from accounting.errors import BudgetExceeded
 from fedgov.errors import GovernanceCheckFailed
 
 from .. import governance
+from ..access import acting_organisation, visible_rounds
 from ..models import Organisation, RoundApproval, RoundParticipant, TrainingRound
 from ..services.rounds import round_approve, round_reject, round_request_once
-from .access import acting_organisation, scope_to_visible_agreements
 from .agreements import OrganisationChoice
 from .base import ApiView
 from .filters import ParticipantFilter, RoundFilter
@@ -140,9 +140,9 @@ class RoundOutput(serializers.Serializer):
 
 
 def rounds_for(user):
-    """permissions.visible_rounds(user), with the requester's username (one joined column,
-    not the whole user row)."""
-    rounds = scope_to_visible_agreements(TrainingRound.objects.all(), user, "plan__agreement_id")
+    """access.visible_rounds(user) (from the per-request list of visible agreements), with
+    the requester's username (one joined column, not the whole user row)."""
+    rounds = visible_rounds(user, cached=True)
     return rounds.annotate(requested_by_username=F("requested_by__username"))
 
 

@@ -11,8 +11,8 @@ from rest_framework.permissions import AllowAny
 from fedgov.errors import PermissionDenied, ValidationFailed
 from fedgov.throttles import locked_out_message, password_failed, password_wait
 
+from ..access import is_administrator
 from ..models import ApiToken
-from ..permissions import is_administrator
 from ..services.tokens import MSG_MINT_OTHER_USER, TokenMintingRefused, token_issue, token_revoke
 from .auth import LoginThrottle
 from .base import ApiView, Input

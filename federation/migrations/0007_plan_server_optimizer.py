@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('federation', '0005_plan_sampling_rate'),
+        ('federation', '0006_apitoken_parent'),
     ]
 
     operations = [

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from fedgov.errors import InvalidState, ValidationFailed
 
+from ..access import require_administrator, require_representative
 from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature, GovernanceEvent, Organisation
-from ..permissions import require_administrator, require_representative
 from .common import event_record, field_error, validated
 
 User = get_user_model()

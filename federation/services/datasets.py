@@ -6,8 +6,8 @@ from django.db import transaction
 
 from fedgov.errors import InvalidState, ValidationFailed
 
+from ..access import require_representative
 from ..models import Agreement, AgreementParty, Dataset, GovernanceEvent, Organisation
-from ..permissions import require_representative
 from .common import event_record, field_error, validated
 
 MSG_BUDGET_ABOVE_TERMS = "The epsilon budget {budget} exceeds the agreement's maximum of {maximum}."

@@ -7,8 +7,8 @@ from django.db import transaction
 
 from fedgov.errors import ValidationFailed
 
+from ..access import require_administrator
 from ..models import Membership, Organisation
-from ..permissions import require_administrator
 from .common import validated
 
 User = get_user_model()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from ..access import require_administrator
 from ..learning import LearningError
 from ..learning.server import ServerOptimizer
 from ..models import Agreement, GovernanceEvent, TrainingPlan
-from ..permissions import require_administrator
 from .common import event_record, field_error, validated
 
 MSG_PURPOSE_NOT_PERMITTED = "Purpose {purpose!r} is not among the agreement's permitted purposes: {allowed}."

@@ -10,9 +10,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from fedgov.errors import InvalidState, NotFound, ValidationFailed
+from fedgov.errors import InvalidState, ValidationFailed
 
 from .. import governance
+from ..access import require_representative, require_round_requester
 from ..models import (
     AgreementParty,
     GovernanceEvent,
@@ -23,7 +24,6 @@ from ..models import (
     TrainingPlan,
     TrainingRound,
 )
-from ..permissions import require_representative, visible_plans
 from .common import event_record, field_error
 
 Status = TrainingRound.Status
@@ -83,16 +83,7 @@ def round_request_once(
     200. The plan's row lock is taken before the key is looked up, so two copies of one
     request arriving together see one create and the other find its round."""
     if not system:
-        if not visible_plans(actor).filter(pk=plan.pk).exists():
-            raise NotFound("Training plan not found.")
-        from ..permissions import is_administrator, is_representative_of
-
-        if not (is_administrator(actor) or any(is_representative_of(actor, d.organisation) for d in plan.datasets.all())):
-            from fedgov.errors import PermissionDenied
-
-            raise PermissionDenied(
-                "Only an administrator or a representative of a participating organisation can request rounds."
-            )
+        require_round_requester(actor, plan)
     # The plan row serialises requests: two clients asking at once get round n and a refusal,
     # never two rounds numbered n.
     plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)

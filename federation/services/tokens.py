@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from fedgov.errors import PermissionDenied, ValidationFailed
 
+from ..access import is_administrator
 from ..models import ApiToken, Membership
-from ..permissions import is_administrator
 
 MSG_UNKNOWN_SCOPE = "Unknown scope {scope!r}; choose from {choices}."
 MSG_AGENT_SCOPE = "The agent scope is only for a partner agent's user (a member with the agent role)."

@@ -215,21 +215,29 @@ def epsilon_rounds_chart(cumulative, datasets=None, title="Epsilon spent per dat
 
 @register.filter
 def is_admin(user) -> bool:
-    from federation.permissions import is_administrator
+    from federation.access import is_administrator
 
     return is_administrator(user)
 
 
 @register.filter
 def is_auditor_user(user) -> bool:
-    from federation.permissions import is_auditor
+    from federation.access import is_auditor
 
     return is_auditor(user)
 
 
 @register.filter
+def ledger_readable(dataset, user) -> bool:
+    """Whether `user` reads `dataset`'s ledger (federation.access): a link is shown only then."""
+    from federation.access import may_read_ledger
+
+    return may_read_ledger(user, dataset)
+
+
+@register.filter
 def is_representative(user) -> bool:
+    from federation.access import organisations_of
     from federation.models import Membership
-    from federation.permissions import organisations_of
 
     return organisations_of(user, Membership.Role.REPRESENTATIVE).exists()

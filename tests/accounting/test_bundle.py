@@ -192,11 +192,12 @@ def test_verify_ledger_exits_non_zero_as_a_process(exported, tmp_path):
 # --- --since -------------------------------------------------------------------------------
 
 
-def test_a_later_bundle_extends_an_earlier_one(history, tmp_path, capsys):
+def test_a_later_bundle_extends_an_earlier_one(history, tmp_path, capsys, django_capture_on_commit_callbacks):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     call_command("export_ledger", out=str(old))
     (r,) = make_rounds(history.cast.plan, 1)
-    services.budget_reserve(round=r, actor=history.cast.admin)
+    with django_capture_on_commit_callbacks(execute=True):  # the append's commit signs the new heads
+        services.budget_reserve(round=r, actor=history.cast.admin)
     call_command("export_ledger", out=str(new))
     call_command("verify_ledger", bundle=str(new), since=str(old))
     assert "extends the old head #8 by 1 entries" in capsys.readouterr().out

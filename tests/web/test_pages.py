@@ -26,6 +26,9 @@ AGREEMENT_READERS = {
     "outsider": 404,
     "stranger": 404,
 }
+# A dataset's ledger and audit bundle: administrators, the representatives of its
+# organisation and the agreement's auditor; the other parties see the dataset, not its ledger.
+LEDGER_READERS = dict(AGREEMENT_READERS, rep_b=403)
 # Changes of the cast's agreement reserved to administrators.
 AGREEMENT_ADMIN = {
     "admin": 200,
@@ -51,7 +54,7 @@ PAGES = {
     "organisation_create": (lambda c, r: reverse("web:organisation_create"), ADMIN_FORM),
     "organisation_detail": (
         lambda c, r: reverse("web:organisation_detail", args=[c.org_a.slug]),
-        {"admin": 200, "rep_a": 200, "rep_b": 404, "auditor": 404, "other_auditor": 404, "outsider": 404, "stranger": 404},
+        AGREEMENT_READERS,  # its own people, and whoever sees an agreement it is a party to
     ),
     "member_create": (
         lambda c, r: reverse("web:member_create", args=[c.org_a.slug]),
@@ -73,12 +76,12 @@ PAGES = {
         {"admin": 200, "rep_a": 200, "rep_b": 200, "auditor": 403, "other_auditor": 403, "outsider": 404, "stranger": 200},
     ),
     "dataset_detail": (lambda c, r: reverse("web:dataset_detail", args=[c.dataset_a.slug]), AGREEMENT_READERS),
-    "ledger": (lambda c, r: reverse("web:ledger", args=[c.dataset_a.slug]), AGREEMENT_READERS),
+    "ledger": (lambda c, r: reverse("web:ledger", args=[c.dataset_a.slug]), LEDGER_READERS),
     "ledger_filtered": (
         lambda c, r: reverse("web:ledger", args=[c.dataset_a.slug]) + f"?kind=COMMIT&round={r.pk}",
-        AGREEMENT_READERS,
+        LEDGER_READERS,
     ),
-    "ledger_bundle": (lambda c, r: reverse("web:ledger_bundle", args=[c.dataset_a.slug]), AGREEMENT_READERS),
+    "ledger_bundle": (lambda c, r: reverse("web:ledger_bundle", args=[c.dataset_a.slug]), LEDGER_READERS),
     "plan_list": (lambda c, r: reverse("web:plan_list"), EVERYONE),
     "plan_create": (lambda c, r: reverse("web:plan_create"), ADMIN_FORM),
     "plan_detail": (lambda c, r: reverse("web:plan_detail", args=[c.plan.pk]), AGREEMENT_READERS),
