@@ -4,7 +4,7 @@ show that the governance checks still catch a row changed this way."""
 
 from __future__ import annotations
 
-from django.db import connection, models
+from django.db import connection, models, transaction
 
 
 def force_update(model, pk, **fields) -> int:
@@ -14,7 +14,8 @@ def force_update(model, pk, **fields) -> int:
     if had:
         triggers.uninstall(connection)
     try:
-        return models.QuerySet(model=model).filter(pk=pk).update(**fields)
+        with transaction.atomic():  # a refused write rolls back alone; the guards go back either way
+            return models.QuerySet(model=model).filter(pk=pk).update(**fields)
     finally:
         if had:
             triggers.install(connection)
