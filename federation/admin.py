@@ -1,12 +1,25 @@
-"""Django admin for every model. Governance events are read-only: history is not edited."""
+"""Django admin: it reads (ARCHITECTURE.md, Trust 4).
 
-from django.contrib import admin
+Every governance record (organisations and memberships, agreements, parties, signatures,
+datasets, plans, rounds, approvals, protocol state, model versions, agent identities, tokens,
+events) is view, search and filter only: no add, change or delete, so the admin is no back
+door around the services and the governance events they record. The one write is an action
+that calls a service: revoking API tokens (services.tokens.token_revoke).
+The ledger's models are in accounting/admin.py, read-only too.
+"""
+
+from django.contrib import admin, messages
+
+from fedgov.errors import ApplicationError
 
 from . import models
+from .services.tokens import token_revoke
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
+class ReadOnlyAdminMixin:
+    """View, search and filter; no add, change or delete, in the admin and its inlines."""
+
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
@@ -15,97 +28,142 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    pass
+
+
+class ReadOnlyInline(ReadOnlyAdminMixin, admin.TabularInline):
+    extra = 0
+    can_delete = False
+
 
 @admin.register(models.Organisation)
-class OrganisationAdmin(admin.ModelAdmin):
+class OrganisationAdmin(ReadOnlyAdmin):
     list_display = ("name", "slug", "kind", "created_at")
+    list_filter = ("kind",)
     search_fields = ("name", "slug")
-    prepopulated_fields = {"slug": ("name",)}
 
 
 @admin.register(models.Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(ReadOnlyAdmin):
     list_display = ("user", "organisation", "role", "created_at")
     list_filter = ("role", "organisation")
     search_fields = ("user__username", "organisation__name")
 
 
-class AgreementPartyInline(admin.TabularInline):
+class AgreementPartyInline(ReadOnlyInline):
     model = models.AgreementParty
-    extra = 0
 
 
-class AgreementSignatureInline(admin.TabularInline):
+class AgreementSignatureInline(ReadOnlyInline):
     model = models.AgreementSignature
-    extra = 0
-    readonly_fields = ("organisation", "version", "terms_hash", "signed_by", "signed_at")
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(models.Agreement)
-class AgreementAdmin(admin.ModelAdmin):
+class AgreementAdmin(ReadOnlyAdmin):
     list_display = ("title", "status", "version", "valid_from", "valid_until")
     list_filter = ("status",)
-    search_fields = ("title",)
-    readonly_fields = ("terms_hash", "version", "activated_at", "created_at")
-    filter_horizontal = ("auditors",)
+    search_fields = ("title", "terms_hash")
     inlines = [AgreementPartyInline, AgreementSignatureInline]
 
 
 @admin.register(models.AgreementParty)
-class AgreementPartyAdmin(admin.ModelAdmin):
+class AgreementPartyAdmin(ReadOnlyAdmin):
     list_display = ("organisation", "agreement", "status", "exit_effective_at")
     list_filter = ("status",)
+    search_fields = ("organisation__name", "agreement__title")
 
 
 @admin.register(models.AgreementSignature)
 class AgreementSignatureAdmin(ReadOnlyAdmin):
     list_display = ("agreement", "organisation", "version", "signed_by", "signed_at")
+    search_fields = ("agreement__title", "organisation__name", "terms_hash")
 
 
 @admin.register(models.Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(ReadOnlyAdmin):
     list_display = ("slug", "organisation", "agreement", "record_count", "epsilon_budget", "delta", "accountant")
     list_filter = ("organisation", "accountant")
     search_fields = ("slug", "name")
 
 
 @admin.register(models.TrainingPlan)
-class TrainingPlanAdmin(admin.ModelAdmin):
+class TrainingPlanAdmin(ReadOnlyAdmin):
     list_display = ("name", "agreement", "purpose", "status", "rounds_total", "noise_multiplier", "clip_norm")
     list_filter = ("status",)
-    filter_horizontal = ("datasets",)
+    search_fields = ("name", "purpose")
 
 
-class RoundParticipantInline(admin.TabularInline):
+class RoundParticipantInline(ReadOnlyInline):
     model = models.RoundParticipant
-    extra = 0
 
 
-class RoundApprovalInline(admin.TabularInline):
+class RoundApprovalInline(ReadOnlyInline):
     model = models.RoundApproval
-    extra = 0
 
 
 @admin.register(models.TrainingRound)
-class TrainingRoundAdmin(admin.ModelAdmin):
+class TrainingRoundAdmin(ReadOnlyAdmin):
     list_display = ("plan", "number", "status", "phase", "requested_at", "finished_at")
-    list_filter = ("status",)
-    readonly_fields = ("governance_report", "metrics")
+    list_filter = ("status", "phase")
+    search_fields = ("plan__name", "reason")
     inlines = [RoundParticipantInline, RoundApprovalInline]
 
 
+@admin.register(models.RoundParticipant)
+class RoundParticipantAdmin(ReadOnlyAdmin):
+    list_display = ("round", "dataset", "status", "last_phase")
+    list_filter = ("status",)
+
+
 @admin.register(models.RoundApproval)
-class RoundApprovalAdmin(admin.ModelAdmin):
+class RoundApprovalAdmin(ReadOnlyAdmin):
     list_display = ("round", "organisation", "decision", "decided_by", "decided_at")
+    list_filter = ("decision",)
+    search_fields = ("organisation__name", "reason")
 
 
 @admin.register(models.StandingApproval)
-class StandingApprovalAdmin(admin.ModelAdmin):
+class StandingApprovalAdmin(ReadOnlyAdmin):
     list_display = ("plan", "organisation", "max_rounds", "max_epsilon", "given_by", "revoked_at")
+    search_fields = ("plan__name", "organisation__name")
+
+
+@admin.register(models.RoundProtocol)
+class RoundProtocolAdmin(ReadOnlyAdmin):
+    list_display = ("round", "updated_at")
+    exclude = ("running_sum",)
+
+
+@admin.register(models.ProtocolMessage)
+class ProtocolMessageAdmin(ReadOnlyAdmin):
+    list_display = ("round", "phase", "party", "created_at")
+    list_filter = ("phase",)
+
+
+@admin.register(models.ProtocolRelay)
+class ProtocolRelayAdmin(ReadOnlyAdmin):
+    list_display = ("round", "phase", "party")
+    list_filter = ("phase",)
+
+
+@admin.register(models.ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    list_display = ("plan", "version", "round", "sha256", "created_at")
+    search_fields = ("sha256",)
+    exclude = ("params",)
+
+
+@admin.register(models.AgentIdentity)
+class AgentIdentityAdmin(ReadOnlyAdmin):
+    list_display = ("organisation", "user", "public_key", "enrolled_at", "revoked_at")
+    search_fields = ("organisation__name", "public_key")
 
 
 @admin.register(models.GovernanceEvent)
@@ -116,6 +174,19 @@ class GovernanceEventAdmin(ReadOnlyAdmin):
 
 
 @admin.register(models.ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(ReadOnlyAdmin):
     list_display = ("prefix", "user", "name", "scopes", "created_at", "expires_at", "revoked_at")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+    search_fields = ("prefix", "user__username", "name")
+    exclude = ("key_hash",)
+    actions = ["revoke_tokens"]
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke_tokens(self, request, queryset):
+        revoked = 0
+        for token in queryset:
+            try:
+                token_revoke(actor=request.user, token=token)
+                revoked += 1
+            except ApplicationError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+        self.message_user(request, f"{revoked} token(s) revoked.")

@@ -18,6 +18,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from .guards import ApproverNotInvolved, GuardedModel, IllegalTransition, RecordFrozen, changed_fields
+
 ADMINISTRATORS_GROUP = "administrators"
 AUDITORS_GROUP = "auditors"
 
@@ -71,6 +73,18 @@ class Membership(models.Model):
         return self.role == self.Role.REPRESENTATIVE
 
 
+MSG_TERMS_SIGNED = (
+    "Agreement {pk} is {status}: its signed terms ({fields}) change only by an amendment, "
+    "which needs every party's signature again."
+)
+MSG_PLAN_HAS_ROUNDS = "Plan {pk} has rounds: {fields} cannot change; a change is a new plan."
+MSG_DATASET_BUDGETED = "Dataset {pk} has a budget ledger: {fields} cannot change."
+MSG_ROUND_FIELDS = "Round {pk}: {fields} never change."
+MSG_ROUND_STATUS = "Round {pk} cannot go from {old} to {new} (ARCHITECTURE.md, Rounds)."
+MSG_ROUND_PHASE = "Round {pk} ({status}) cannot move from phase {old!r} to {new!r}."
+MSG_APPROVAL_FIXED = "Approval {pk}: a recorded decision never changes ({fields})."
+MSG_APPROVER_NOT_INVOLVED = "Organisation {organisation} has no dataset in round {round}; it cannot approve or reject it."
+
 # The terms of an agreement, in the order they are serialised for signing. Changing this list
 # changes every terms hash: add to the end and bump TERMS_FORMAT.
 TERMS_FORMAT = 1
@@ -93,7 +107,7 @@ TERM_FIELDS = (
 )
 
 
-class Agreement(models.Model):
+class Agreement(GuardedModel):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         AWAITING_SIGNATURES = "awaiting_signatures", "Awaiting signatures"
@@ -181,6 +195,29 @@ class Agreement(models.Model):
     def terms_frozen(self) -> bool:
         return self.status != self.Status.DRAFT
 
+    # Guards (ARCHITECTURE.md, Trust 4): out of draft, the signed terms, their version and hash
+    # change only by an amendment, which writes them in the same UPDATE that bumps the version
+    # by one and sends the agreement back for signature (services.agreements.agreement_amend).
+    GUARDED_FIELDS = (*TERM_FIELDS, "version", "terms_hash")
+    CONTEXT_FIELDS = ("status",)
+    AMENDABLE_STATES = ("awaiting_signatures", "active", "suspended")
+
+    @classmethod
+    def guard_change(cls, pk, old: dict, new: dict) -> None:
+        changed = changed_fields(old, new, cls.GUARDED_FIELDS)
+        if not changed or old["status"] == cls.Status.DRAFT:
+            return
+        if (
+            old["status"] in cls.AMENDABLE_STATES
+            and new["status"] == cls.Status.AWAITING_SIGNATURES
+            and new["version"] == old["version"] + 1
+        ):
+            return
+        raise RecordFrozen(
+            MSG_TERMS_SIGNED.format(pk=pk, status=old["status"], fields=", ".join(changed)),
+            model="Agreement", pk=pk, fields=changed,
+        )
+
     def is_within_dates(self, today=None) -> bool:
         today = today or timezone.localdate()
         return self.valid_from <= today <= self.valid_until
@@ -249,7 +286,7 @@ class AgreementSignature(models.Model):
         return f"{self.organisation} signed {self.agreement} v{self.version}"
 
 
-class Dataset(models.Model):
+class Dataset(GuardedModel):
     """Metadata of a partner's dataset. The records never leave the partner."""
 
     class Accountant(models.TextChoices):
@@ -289,6 +326,20 @@ class Dataset(models.Model):
     def __str__(self) -> str:
         return self.slug
 
+    # Once its ledger has an entry, what the ledger converts and charges by is fixed; the
+    # budget itself grows only by a GRANT (the ledger takes the smaller of the two).
+    GUARDED_FIELDS = ("organisation", "agreement", "delta", "accountant", "record_count")
+
+    @classmethod
+    def guard_change(cls, pk, old: dict, new: dict) -> None:
+        changed = changed_fields(old, new, cls.GUARDED_FIELDS)
+        if not changed:
+            return
+        from django.apps import apps
+
+        if apps.get_model("accounting", "LedgerEntry").objects.filter(dataset_id=pk).exists():
+            raise RecordFrozen(MSG_DATASET_BUDGETED.format(pk=pk, fields=", ".join(changed)), model="Dataset", pk=pk, fields=changed)
+
     def schema(self) -> dict:
         return {
             "feature_names": list(self.feature_names),
@@ -305,7 +356,7 @@ class Dataset(models.Model):
         return (tuple(sorted((self.feature_transforms or {}).items())), bool(self.centred))
 
 
-class TrainingPlan(models.Model):
+class TrainingPlan(GuardedModel):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         STOPPED = "stopped", "Stopped"
@@ -370,6 +421,19 @@ class TrainingPlan(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # What a round charges and what the partners run: fixed from the first round on.
+    GUARDED_FIELDS = (
+        "agreement", "purpose", "model_spec", "feature_names", "label_name", "label_classes", "rounds_total",
+        "noise_multiplier", "clip_norm", "batch_size", "sampling_rate", "local_steps", "learning_rate", "momentum",
+        "server_learning_rate", "server_optimizer", "eval_noise_multiplier", "secagg_threshold",
+    )
+
+    @classmethod
+    def guard_change(cls, pk, old: dict, new: dict) -> None:
+        changed = changed_fields(old, new, cls.GUARDED_FIELDS)
+        if changed and TrainingRound.objects.filter(plan_id=pk).exists():
+            raise RecordFrozen(MSG_PLAN_HAS_ROUNDS.format(pk=pk, fields=", ".join(changed)), model="TrainingPlan", pk=pk, fields=changed)
+
     def dp_params_for(self, dataset: Dataset) -> dict:
         """The exact DP parameters a round of this plan uses on `dataset`: what is charged."""
         return {
@@ -398,7 +462,7 @@ class TrainingPlan(models.Model):
         }
 
 
-class TrainingRound(models.Model):
+class TrainingRound(GuardedModel):
     class Status(models.TextChoices):
         REQUESTED = "requested", "Requested"
         BLOCKED = "blocked", "Blocked"
@@ -451,6 +515,46 @@ class TrainingRound(models.Model):
     def __str__(self) -> str:
         return f"{self.plan} round {self.number}"
 
+    # The state machine (ARCHITECTURE.md, Rounds), as the services drive it: services.rounds
+    # (request, approvals, start, abort) and services.orchestration (phases, completion).
+    TRANSITIONS = {
+        Status.REQUESTED: (Status.BLOCKED, Status.AWAITING_APPROVAL, Status.ABORTED, Status.FAILED),
+        Status.AWAITING_APPROVAL: (Status.APPROVED, Status.REJECTED, Status.ABORTED, Status.FAILED),
+        Status.APPROVED: (Status.RUNNING, Status.BLOCKED, Status.ABORTED, Status.FAILED),
+        Status.RUNNING: (Status.AGGREGATING, Status.ABORTED, Status.FAILED),
+        Status.AGGREGATING: (Status.COMPLETED, Status.ABORTED, Status.FAILED),
+    }
+    # Phases only move forward; "" before the protocol opens and again once COMPLETED.
+    PHASES = ("", "advertise_keys", "share_keys", "masked_input", "unmask_response", "aggregate", "evaluate")
+    STATUS_PHASES = {
+        Status.RUNNING: ("", "advertise_keys", "share_keys", "masked_input"),
+        Status.AGGREGATING: ("unmask_response", "aggregate", "evaluate"),
+    }
+    GUARDED_FIELDS = ("plan", "number", "status", "phase")
+
+    @classmethod
+    def guard_change(cls, pk, old: dict, new: dict) -> None:
+        fixed = changed_fields(old, new, ("plan", "number"))
+        if fixed:
+            raise RecordFrozen(MSG_ROUND_FIELDS.format(pk=pk, fields=", ".join(fixed)), model="TrainingRound", pk=pk, fields=fixed)
+        if old["status"] != new["status"] and new["status"] not in cls.TRANSITIONS.get(old["status"], ()):
+            raise IllegalTransition(
+                MSG_ROUND_STATUS.format(pk=pk, old=old["status"], new=new["status"]), pk=pk, field="status", old=old["status"]
+            )
+        if old["phase"] != new["phase"] or old["status"] != new["status"]:
+            completed = new["status"] == cls.Status.COMPLETED and new["phase"] == ""
+            forward = (
+                old["status"] not in cls.FINAL_STATES
+                and new["phase"] in cls.PHASES
+                and (old["phase"] not in cls.PHASES or cls.PHASES.index(new["phase"]) > cls.PHASES.index(old["phase"]))
+            )
+            consistent = new["phase"] in cls.STATUS_PHASES.get(new["status"], (new["phase"],))
+            if (old["phase"] != new["phase"] and not (completed or forward)) or not consistent:
+                raise IllegalTransition(
+                    MSG_ROUND_PHASE.format(pk=pk, status=new["status"], old=old["phase"], new=new["phase"]),
+                    pk=pk, field="phase", old=old["phase"],
+                )
+
     def participating_datasets(self):
         return self.participants.order_by("id")
 
@@ -478,7 +582,7 @@ class RoundParticipant(models.Model):
         ]
 
 
-class RoundApproval(models.Model):
+class RoundApproval(GuardedModel):
     class Decision(models.TextChoices):
         APPROVE = "approve", "Approve"
         REJECT = "reject", "Reject"
@@ -498,6 +602,30 @@ class RoundApproval(models.Model):
             models.UniqueConstraint(fields=["round", "organisation"], name="approval_once_per_organisation"),
             models.CheckConstraint(condition=Q(decision="approve") | ~Q(reason=""), name="rejection_has_reason"),
         ]
+
+    # A decision, once recorded, stays; only an organisation with a dataset in the round (so a
+    # party to the agreement) records one (services.rounds checks who may; this checks what).
+    GUARDED_FIELDS = ("round", "organisation", "decision")
+
+    @classmethod
+    def guard_change(cls, pk, old: dict, new: dict) -> None:
+        changed = changed_fields(old, new, cls.GUARDED_FIELDS)
+        if changed:
+            raise RecordFrozen(MSG_APPROVAL_FIXED.format(pk=pk, fields=", ".join(changed)), model="RoundApproval", pk=pk, fields=changed)
+
+    def save(self, *args, **kwargs):
+        if self._state.adding:
+            involved = RoundParticipant.objects.filter(
+                round_id=self.round_id,
+                dataset__organisation_id=self.organisation_id,
+                round__plan__agreement__party_links__organisation_id=self.organisation_id,
+            ).exists()
+            if not involved:
+                raise ApproverNotInvolved(
+                    MSG_APPROVER_NOT_INVOLVED.format(organisation=self.organisation_id, round=self.round_id),
+                    fields={"organisation": ["Not involved in this round."]},
+                )
+        super().save(*args, **kwargs)
 
 
 class StandingApproval(models.Model):

@@ -222,13 +222,14 @@ def agreement_amend(*, actor, agreement: Agreement, parties=None, auditors=None,
     agreement.version += 1
     agreement.status = Agreement.Status.AWAITING_SIGNATURES
     agreement.activated_at = None
-    agreement.save()
     if parties is not None:
         _set_parties(agreement, parties)
     if auditors is not None:
         _set_auditors(agreement, auditors)
+    # New terms, version + 1, back to signature and the new hash in one UPDATE: the only
+    # change of signed terms the model and database guards let through (ARCHITECTURE.md, Trust 4).
     agreement.terms_hash = agreement.compute_terms_hash()
-    agreement.save(update_fields=["terms_hash"])
+    agreement.save()
     after = agreement.terms()
     changed = sorted(k for k in after if before.get(k) != after.get(k) and k != "version")
     event_record(

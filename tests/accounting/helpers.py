@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from federation.models import RoundParticipant, TrainingRound
+from tests.tamper import force_update
 
 
 def make_rounds(
@@ -22,5 +23,5 @@ def make_rounds(
 
 
 def set_status(round, status: str) -> None:
-    TrainingRound.objects.filter(pk=round.pk).update(status=status)
+    force_update(TrainingRound, round.pk, status=status)
     round.status = status

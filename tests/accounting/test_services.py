@@ -10,6 +10,7 @@ from accounting import errors, ledger, selectors, services
 from accounting.models import AppendOnlyError, DatasetBudget, LedgerEntry, SignedHead
 from federation.models import Dataset, TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
+from tests.tamper import force_update
 
 pytestmark = pytest.mark.django_db
 
@@ -226,7 +227,7 @@ def test_a_dataset_without_a_grant_opens_its_ledger_at_the_first_reservation(cas
 
 def test_pld_datasets_are_charged_their_pld_composition(cast):
     a = cast.datasets[0]
-    Dataset.objects.filter(pk=a.pk).update(accountant="pld")
+    force_update(Dataset, a.pk, accountant="pld")
     rounds = make_rounds(cast.plan, 2)
     for r in rounds:
         services.budget_reserve(round=r, actor=cast.admin)
@@ -251,7 +252,7 @@ def test_a_delta_change_is_recorded_and_replays(cast):
     a = cast.datasets[0]
     (r1, r2) = make_rounds(cast.plan, 2)
     services.budget_reserve(round=r1, actor=cast.admin)
-    Dataset.objects.filter(pk=a.pk).update(delta=1e-6)
+    force_update(Dataset, a.pk, delta=1e-6)
     services.budget_reserve(round=r2, actor=cast.admin)
     last = selectors.ledger_entries(dataset=a).last()
     assert last.delta == 1e-6

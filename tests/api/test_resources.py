@@ -18,6 +18,7 @@ from federation.services.rounds import round_request
 from federation.services.tokens import token_issue
 from tests.api.conftest import ALL_SCOPES, World, make_model_version
 from tests.factories import BOUNDS, FEATURES
+from tests.tamper import force_update
 
 
 def as_(user, scopes=ALL_SCOPES) -> APIClient:
@@ -192,7 +193,7 @@ def test_governance_events_go_to_admins_party_representatives_and_auditors(world
 
 
 def test_an_auditor_with_ledger_only_access_does_not_see_the_governance_history(world: World):
-    Agreement.objects.filter(pk=world.cast.agreement.pk).update(auditor_access=Agreement.AuditorAccess.LEDGER)
+    force_update(Agreement, world.cast.agreement.pk, auditor_access=Agreement.AuditorAccess.LEDGER)
     client = as_(world.cast.auditor)
     assert client.get("/api/v1/events/", {"agreement": world.cast.agreement.pk}).json()["count"] == 0
     assert client.get(f"/api/v1/datasets/{world.cast.dataset_a.pk}/ledger/").status_code == 200

@@ -12,6 +12,7 @@ from federation.services.rounds import MSG_ALREADY_DECIDED, MSG_REASON_REQUIRED,
 from federation.services.tokens import token_issue
 from tests.api.conftest import ALL_SCOPES
 from tests.factories import build_cast
+from tests.tamper import force_update
 
 
 def client_for(user, scopes=ALL_SCOPES):
@@ -178,8 +179,8 @@ def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast)
     client_for(cast.rep_a).post(f"/api/v1/rounds/{waiting}/approve/", {}, format="json")
     client_for(cast.rep_b).post(f"/api/v1/rounds/{waiting}/reject/", {"reason": "Not yet."}, format="json")
     now = timezone.now()
-    TrainingRound.objects.filter(pk=waiting).update(
-        phase="training", phase_deadline=now, started_at=now, finished_at=now, metrics={"loss": 0.5, "per_party": {"a": 1}}
+    force_update(
+        TrainingRound, waiting, phase="training", phase_deadline=now, started_at=now, finished_at=now, metrics={"loss": 0.5, "per_party": {"a": 1}}
     )
     bare = TrainingRound.objects.create(plan=cast.plan, number=99, governance_report={}, metrics={})
     rounds = list(rounds_for(cast.admin).filter(pk__in=[waiting, bare.pk]).order_by("pk"))

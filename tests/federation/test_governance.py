@@ -9,6 +9,7 @@ from federation import governance
 from federation.models import Agreement, AgreementParty, RoundApproval, TrainingRound
 from federation.services.agreements import agreement_amend, party_give_exit_notice
 from federation.services.rounds import round_approve, round_reject, round_request
+from tests.tamper import force_update
 
 pytestmark = pytest.mark.django_db
 
@@ -48,15 +49,15 @@ def test_round_is_blocked_when_an_amendment_awaits_signatures(cast):
 
 
 def test_agreement_signed_check_fails_when_a_signature_covers_other_terms(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(terms_hash="0" * 64)
+    force_update(Agreement, cast.agreement.pk, terms_hash="0" * 64)
     cast.agreement.refresh_from_db()
     check = governance.check_agreement_signed(cast.agreement)
     assert not check.passed
 
 
 def test_round_is_blocked_outside_the_agreement_dates(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(
-        valid_from=date.today() - timedelta(days=30), valid_until=date.today() - timedelta(days=1)
+    force_update(
+        Agreement, cast.agreement.pk, valid_from=date.today() - timedelta(days=30), valid_until=date.today() - timedelta(days=1)
     )
     rnd, report = report_for(cast)
     check = report.check(governance.AGREEMENT_DATES)
@@ -103,7 +104,7 @@ def test_a_noticed_party_is_left_out_of_later_rounds(cast):
 
 
 def test_round_is_blocked_below_the_minimum_participants(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(min_participants=3)
+    force_update(Agreement, cast.agreement.pk, min_participants=3)
     party_give_exit_notice(actor=cast.rep_c, agreement=cast.agreement, organisation=cast.org_c)
     rnd, report = report_for(cast)
     check = report.check(governance.MIN_PARTICIPANTS)
@@ -137,7 +138,7 @@ def test_dp_check_fails_when_clip_norm_exceeds_the_ceiling(cast):
 
 
 def test_dp_check_fails_when_one_round_costs_more_than_the_per_round_ceiling(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(max_epsilon_per_round=0.05)
+    force_update(Agreement, cast.agreement.pk, max_epsilon_per_round=0.05)
     _, report = report_for(cast)
     check = report.check(governance.DP_PARAMETERS)
     assert not check.passed and "per-round ceiling 0.05" in check.reason
@@ -145,7 +146,7 @@ def test_dp_check_fails_when_one_round_costs_more_than_the_per_round_ceiling(cas
 
 
 def test_dp_check_fails_when_a_dataset_delta_exceeds_the_terms(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(max_delta=1e-6)
+    force_update(Agreement, cast.agreement.pk, max_delta=1e-6)
     _, report = report_for(cast)
     check = report.check(governance.DP_PARAMETERS)
     assert not check.passed and "delta 1e-05 exceeds 1e-06" in check.reason
@@ -194,7 +195,7 @@ def test_approvals_check_needs_every_participating_party(cast):
 
 
 def test_approvals_check_with_a_quorum(cast):
-    Agreement.objects.filter(pk=cast.agreement.pk).update(approval_rule=Agreement.ApprovalRule.QUORUM, approval_quorum=2)
+    force_update(Agreement, cast.agreement.pk, approval_rule=Agreement.ApprovalRule.QUORUM, approval_quorum=2)
     rnd = round_request(actor=cast.admin, plan=cast.plan)
     round_approve(actor=cast.rep_a, round=rnd, organisation=cast.org_a)
     assert not governance.check_approvals(rnd).passed

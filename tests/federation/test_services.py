@@ -20,6 +20,7 @@ from federation.services.plans import plan_create
 from federation.services.rounds import round_approve, round_reject, round_request, standing_approval_give
 from fedgov.errors import InvalidState, PermissionDenied, ValidationFailed
 from tests.factories import BOUNDS, FEATURES, OrganisationFactory, terms
+from tests.tamper import force_update
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +70,7 @@ def test_unknown_term_is_refused(cast):
 
 def test_database_refuses_reversed_dates_even_past_the_service(cast):
     with pytest.raises(IntegrityError), transaction.atomic():
-        Agreement.objects.filter(pk=cast.agreement.pk).update(valid_until=date(2000, 1, 1))
+        force_update(Agreement, cast.agreement.pk, valid_until=date(2000, 1, 1))
 
 
 def test_signing_twice_is_refused(cast):
@@ -306,7 +307,7 @@ def test_standing_approval_approves_rounds_up_to_its_count_of_rounds_that_ran(ca
         standing_approval_give(actor=rep, plan=cast.plan, organisation=org, max_rounds=1)
     rnd = round_request(actor=cast.admin, plan=cast.plan)
     assert rnd.status == TrainingRound.Status.APPROVED
-    TrainingRound.objects.filter(pk=rnd.pk).update(status=first_ends)
+    force_update(TrainingRound, rnd.pk, status=first_ends)
     second = round_request(actor=cast.admin, plan=cast.plan)
     assert second.status == next_status
     # One use each, whichever way: the completed first round, or the approved second one.

@@ -6,6 +6,7 @@ from accounting import ledger
 from accounting import services as accounting_services
 from federation.models import ModelVersion, TrainingRound
 from tests.factories import Cast
+from tests.tamper import force_update
 
 
 def complete_a_round(cast: Cast, *, number: int = 1, accuracy: float = 0.81) -> TrainingRound:
@@ -17,7 +18,7 @@ def complete_a_round(cast: Cast, *, number: int = 1, accuracy: float = 0.81) -> 
         round.participant_links.create(dataset=d, status="finished", last_phase="unmask")
     accounting_services.budget_reserve(round=round, actor=cast.admin)
     accounting_services.budget_commit(round=round, actor=cast.admin)
-    TrainingRound.objects.filter(pk=round.pk).update(status=TrainingRound.Status.COMPLETED, metrics={"accuracy": accuracy})
+    force_update(TrainingRound, round.pk, status=TrainingRound.Status.COMPLETED, metrics={"accuracy": accuracy})
     ModelVersion.objects.create(
         plan=cast.plan, round=round, version=number, params=b"", sha256="0" * 64, metrics={"accuracy": accuracy}
     )

@@ -13,6 +13,7 @@ from django.urls import reverse
 from accounting import bundle, triggers
 from accounting.models import LedgerEntry
 from federation.models import GovernanceEvent, TrainingRound
+from tests.tamper import force_update
 from tests.web.test_pages import PAGES
 
 pytestmark = pytest.mark.django_db
@@ -100,8 +101,7 @@ def test_the_governance_history_follows_the_auditors_access(cast, as_user):
     client = as_user(cast.auditor)
     html = client.get(reverse("web:event_list")).content.decode()
     assert "Agreement sent for signature" in html
-    cast.agreement.auditor_access = "ledger"
-    cast.agreement.save(update_fields=["auditor_access"])
+    force_update(type(cast.agreement), cast.agreement.pk, auditor_access="ledger")
     html = client.get(reverse("web:event_list")).content.decode()
     assert "Agreement sent for signature" not in html and "covers budget ledgers only" in html
     assert client.get(reverse("web:event_list") + f"?agreement={cast.agreement.pk}").status_code == 403
@@ -128,7 +128,7 @@ def test_the_round_page_polls_its_progress_until_the_round_is_final(cast, waitin
     html = client.get(reverse("web:round_detail", args=[waiting_round.pk])).content.decode()
     progress_url = reverse("web:round_progress", args=[waiting_round.pk])
     assert f'hx-get="{progress_url}" hx-trigger="every 2s"' in html
-    TrainingRound.objects.filter(pk=waiting_round.pk).update(status="running", phase="masked_input")
+    force_update(TrainingRound, waiting_round.pk, status="running", phase="masked_input")
     waiting_round.participant_links.filter(dataset=cast.datasets[0]).update(status="active", last_phase="masked_input")
     from django.utils import timezone
 
@@ -138,7 +138,7 @@ def test_the_round_page_polls_its_progress_until_the_round_is_final(cast, waitin
     assert 'hx-trigger="every 2s"' in fragment and "masked_input" in fragment
     assert "1 of 3 answered the current phase" in fragment
     assert re.search(r'id="time-left">1 min 3\d s left', fragment)
-    TrainingRound.objects.filter(pk=waiting_round.pk).update(status="completed", phase="")
+    force_update(TrainingRound, waiting_round.pk, status="completed", phase="")
     fragment = client.get(progress_url).content.decode()
     assert "hx-trigger" not in fragment and 'data-final="true"' in fragment
 
