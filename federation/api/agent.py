@@ -20,7 +20,7 @@ from fedgov.errors import NotFound, ValidationFailed
 from .. import secagg, wakeup
 from ..models import ApiToken, RoundProtocol
 from ..services import orchestration
-from .base import Input, ReadsBody, StrictJSONParser
+from .base import Input, ReadsBody, StrictJSONParser, parse_json
 from .fields import valid_pk
 
 MAX_WAIT_SECONDS = 25
@@ -146,5 +146,7 @@ class SubmitView(AgentView):
                 {"code": "message_too_large", "message": f"A {phase} message is at most {limit} bytes.", "details": {"limit": limit}},
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
+        if request.content_type.split(";")[0].strip().lower() == "application/json":
+            parse_json(body)  # a JSON message must be JSON (strict: no NaN); the protocol checks the rest
         result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
         return Response(result)

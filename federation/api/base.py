@@ -35,16 +35,17 @@ class StrictJSONParser(JSONParser):
     Infinity and numbers too large for a float are `non_finite_number`, naming the field."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        try:
-            return strictjson.loads(stream.read().decode(self._encoding(parser_context)))
-        except strictjson.NonFiniteNumber as exc:
-            raise NonFiniteNumber(exc.path) from None
-        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-            raise MalformedJson(MSG_MALFORMED_JSON.format(error=exc)) from None
+        return parse_json(stream.read(), encoding=(parser_context or {}).get("encoding") or "utf-8")
 
-    @staticmethod
-    def _encoding(parser_context) -> str:
-        return (parser_context or {}).get("encoding") or "utf-8"
+
+def parse_json(raw: bytes, *, encoding: str = "utf-8"):
+    """`raw` as strict JSON, or MalformedJson / NonFiniteNumber (both 400)."""
+    try:
+        return strictjson.loads(raw.decode(encoding))
+    except strictjson.NonFiniteNumber as exc:
+        raise NonFiniteNumber(exc.path) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise MalformedJson(MSG_MALFORMED_JSON.format(error=exc)) from None
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
