@@ -25,6 +25,7 @@ class AgentWorld:
     round: TrainingRound
     agents: dict  # organisation slug -> agent user
     keys: dict  # organisation slug -> token key
+    signing_keys: dict  # organisation slug -> the agent's enrolled Ed25519 private key
 
     def client(self, slug: str = "org-a") -> APIClient:
         client = APIClient()
@@ -45,12 +46,12 @@ class AgentWorld:
 
 def build_agent_world() -> AgentWorld:
     cast = build_cast(plan_overrides={"eval_noise_multiplier": EVAL_NOISE})
-    agents, keys = {}, {}
+    agents, keys, signing_keys = {}, {}, {}
     for org in (cast.org_a, cast.org_b, cast.org_c):
         user = cast.agent_a if org == cast.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
         key = Ed25519PrivateKey.generate()
         orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[org.slug] = user
+        agents[org.slug], signing_keys[org.slug] = user, key
         _, keys[org.slug] = token_issue(actor=user, user=user, scopes=["agent"], name="agent")
     round = round_request(actor=cast.admin, plan=cast.plan)
     assert round.status == TrainingRound.Status.AWAITING_APPROVAL, round.reason
@@ -61,4 +62,4 @@ def build_agent_world() -> AgentWorld:
     with transaction.atomic():
         round = round_start(round_id=round.pk)
     assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE, round.reason
-    return AgentWorld(cast=cast, round=round, agents=agents, keys=keys)
+    return AgentWorld(cast=cast, round=round, agents=agents, keys=keys, signing_keys=signing_keys)
