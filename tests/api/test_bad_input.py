@@ -276,7 +276,7 @@ def test_a_round_id_beyond_any_primary_key_is_a_404(agent_world):
     [
         '{"noisy_correct": NaN, "noisy_total": 10, "noise_multiplier": 8.0}',
         '{"noisy_correct": 3, "noisy_total": Infinity, "noise_multiplier": 8.0}',
-        '{"noisy_correct": 3, "noisy_total": 10, "noise_multiplier": -Infinity}',
+        '{"noisy_correct": 3, "noisy_total": 10, "noise_multiplier": NaN}',
         '{"noisy_correct": 3, "noisy_total": 1e999, "noise_multiplier": 8.0}',
         '{"noisy_correct": "nan", "noisy_total": 10, "noise_multiplier": 8.0}',
         '{"noisy_correct": 3, "noisy_total": 10, "noise_multiplier": "NaN"}',
