@@ -295,3 +295,10 @@ def test_an_evaluation_release_with_a_non_finite_figure_is_refused(agent_world, 
     good = {"noisy_correct": 3.5, "noisy_total": 10.0, "noise_multiplier": EVAL_NOISE}
     response = agent_world.client().post(agent_world.url(orch.EVALUATE), good, format="json")
     assert response.status_code == 200, response.content
+
+
+def test_a_body_without_a_content_type_is_refused_not_ignored(world):
+    plan = world.idle_plan
+    response = world.client("admin").generic("POST", f"/api/v1/plans/{plan.pk}/rounds/", b"{not json", content_type="")
+    assert response.status_code == 415 and response.json()["code"] == "unsupported_media_type"
+    assert not TrainingRound.objects.filter(plan=plan).exists()
