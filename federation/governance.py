@@ -22,6 +22,7 @@ AGREEMENT_DATES = "agreement_dates"
 PURPOSE_PERMITTED = "purpose_permitted"
 NO_EXITED_PARTICIPANT = "no_exited_participant"
 MIN_PARTICIPANTS = "min_participants"
+ONE_DATASET_PER_ORGANISATION = "one_dataset_per_organisation"
 DP_PARAMETERS = "dp_parameters"
 FEATURE_SCHEMA = "feature_schema"
 BUDGET = "budget"
@@ -154,6 +155,29 @@ def check_min_participants(round: TrainingRound) -> Check:
     return _ok(MIN_PARTICIPANTS, f"{n} participants (minimum {minimum}, secure-aggregation threshold {threshold}).", participants=n)
 
 
+def organisations_with_several(datasets) -> dict[str, list[str]]:
+    """Organisation name -> its dataset slugs, for the organisations with more than one."""
+    by_org: dict[int, list] = {}
+    for dataset in datasets:
+        by_org.setdefault(dataset.organisation_id, []).append(dataset)
+    return {group[0].organisation.name: sorted(d.slug for d in group) for group in by_org.values() if len(group) > 1}
+
+
+def check_one_dataset_per_organisation(round: TrainingRound) -> Check:
+    """Each organisation is one party of the secure-aggregation roster (its agent's identity):
+    a plan with two datasets of one organisation could never start a round. Plans are refused
+    so at definition; this catches one defined before the rule."""
+    several = organisations_with_several(round.participating_datasets().select_related("organisation"))
+    if several:
+        listed = "; ".join(f"{org} has {', '.join(slugs)}" for org, slugs in sorted(several.items()))
+        return _fail(
+            ONE_DATASET_PER_ORGANISATION,
+            f"At most one dataset per organisation may take part (one secure-aggregation party each): {listed}.",
+            organisations=several,
+        )
+    return _ok(ONE_DATASET_PER_ORGANISATION, "Each organisation takes part with one dataset.")
+
+
 def round_epsilon(plan, dataset) -> float:
     """Epsilon one round of `plan` costs on `dataset` alone, at the dataset's delta."""
     from accounting.accountant import compose_epsilon, dataset_round_event
@@ -259,6 +283,7 @@ def governance_report(round: TrainingRound, *, stage: str = STAGE_REQUEST) -> Go
         check_purpose(round),
         check_no_exited_participant(round),
         check_min_participants(round),
+        check_one_dataset_per_organisation(round),
         check_dp_parameters(round),
         check_feature_schema(round),
         check_budget(round),

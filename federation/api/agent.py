@@ -15,14 +15,23 @@ from rest_framework import parsers, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fedgov.errors import ValidationFailed
+from fedgov.errors import NotFound, ValidationFailed
 
 from .. import secagg, wakeup
 from ..models import ApiToken, RoundProtocol
 from ..services import orchestration
+from .base import Input, ReadsBody, StrictJSONParser, parse_json
+from .fields import valid_pk
 
 MAX_WAIT_SECONDS = 25
 EVALUATION_MAX_BYTES = 4096
+MSG_UNKNOWN_PHASE = "Unknown phase {phase!r}: a partner posts one of {phases}."
+
+
+class UnknownPhase(NotFound):
+    """The URL names no phase a partner posts to (e.g. `aggregate`, which the server runs)."""
+
+    code = "unknown_phase"
 
 
 class IsAgentToken(permissions.BasePermission):
@@ -41,12 +50,13 @@ class RawBodyParser(parsers.BaseParser):
         return {}
 
 
-class AgentView(APIView):
+class AgentView(ReadsBody, APIView):
+    parser_classes = [StrictJSONParser]
     permission_classes = [permissions.IsAuthenticated, IsAgentToken]
 
 
 class EnrolView(AgentView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(Input):
         public_key = serializers.CharField(max_length=64, min_length=64, help_text="Raw Ed25519 public key, hex")
 
     @extend_schema(
@@ -118,6 +128,11 @@ class SubmitView(AgentView):
         "SecAggClient produced (binary for masked_input), or the noisy evaluation release as JSON.",
     )
     def post(self, request, round_id: int, phase: str):
+        if phase not in orchestration.AGENT_PHASES:
+            raise UnknownPhase(MSG_UNKNOWN_PHASE.format(phase=phase, phases=", ".join(orchestration.AGENT_PHASES)), phase=phase)
+        round_id = valid_pk(round_id)
+        if round_id is None:
+            raise NotFound("Round not found.")
         limit = _body_limit(round_id, phase)
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > limit:
@@ -131,5 +146,7 @@ class SubmitView(AgentView):
                 {"code": "message_too_large", "message": f"A {phase} message is at most {limit} bytes.", "details": {"limit": limit}},
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
+        if request.content_type.split(";")[0].strip().lower() == "application/json":
+            parse_json(body)  # a JSON message must be JSON (strict: no NaN); the protocol checks the rest
         result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
         return Response(result)

@@ -19,13 +19,47 @@ from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 
+from fedgov import strictjson
 from fedgov.errors import NotFound
 
 from .auth import HasScope
+from .errors import MSG_MALFORMED_JSON, MalformedJson, NonFiniteNumber
 from .fields import valid_pk
 from .schema import FedgovAutoSchema
 
 MSG_NOT_FOUND = "{what} not found."
+
+
+class StrictJSONParser(JSONParser):
+    """JSON as the standard defines it: a body that is not JSON is `malformed_json`; NaN,
+    Infinity and numbers too large for a float are `non_finite_number`, naming the field."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return parse_json(stream.read(), encoding=(parser_context or {}).get("encoding") or "utf-8")
+
+
+def parse_json(raw: bytes, *, encoding: str = "utf-8"):
+    """`raw` as strict JSON, or MalformedJson / NonFiniteNumber (both 400)."""
+    try:
+        return strictjson.loads(raw.decode(encoding))
+    except strictjson.NonFiniteNumber as exc:
+        raise NonFiniteNumber(exc.path) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise MalformedJson(MSG_MALFORMED_JSON.format(error=exc)) from None
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ReadsBody:
+    """Mixin for API views: the body of every write is parsed before the handler runs, even
+    when the handler reads no field, so a malformed body is refused (400, nothing written)
+    rather than ignored (a body of another media type is 415, one with none too)."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if request.method in BODY_METHODS:
+            request.data  # noqa: B018 -- parsing is the point: errors surface here
 
 
 class Pagination(PageNumberPagination):
@@ -128,7 +162,7 @@ class FilterBackend(DjangoFilterBackend):
         return super().filter_queryset(request, queryset, view)
 
 
-class ApiView(GenericAPIView):
+class ApiView(ReadsBody, GenericAPIView):
     """Base of every fedgov API view.
 
     `required_scope` is the token scope the view needs, either one name or a mapping of
@@ -137,7 +171,7 @@ class ApiView(GenericAPIView):
 
     schema = FedgovAutoSchema()
     # JSON only: one body format to validate, document and test (415 for anything else).
-    parser_classes = [JSONParser]
+    parser_classes = [StrictJSONParser]
     permission_classes = [IsAuthenticated, HasScope]
     pagination_class = Pagination
     filter_backends = [FilterBackend, filters.OrderingFilter]

@@ -8,7 +8,27 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from fedgov.errors import ApplicationError
+from fedgov.errors import ApplicationError, ValidationFailed
+
+MSG_MALFORMED_JSON = "The body is not valid JSON: {error}"
+MSG_NON_FINITE = "Not a finite number: NaN and Infinity are not accepted."
+
+
+class MalformedJson(ApplicationError):
+    """The request body could not be parsed as JSON; nothing was done."""
+
+    code = "malformed_json"
+    http_status = 400
+
+
+class NonFiniteNumber(ValidationFailed):
+    """The body holds NaN or an infinity; `details["fields"]` names where."""
+
+    code = "non_finite_number"
+
+    def __init__(self, path: str) -> None:
+        field = path or "non_field_errors"
+        super().__init__(f"{field}: {MSG_NON_FINITE}", fields={field: [MSG_NON_FINITE]})
 
 DRF_CODES = {
     exceptions.NotAuthenticated: "not_authenticated",

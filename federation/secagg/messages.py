@@ -152,6 +152,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
+def _no_constant(token: str) -> Any:
+    # Python's json reads NaN and Infinity; they are not JSON, and no message field is a float.
+    raise MalformedMessage(f"{token} is not JSON")
+
+
 def encode_json(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -168,7 +173,7 @@ def decode_json(body: bytes, *, config: RoundConfig, msg_type: str) -> dict:
     if len(body) > limit:
         raise MessageTooLarge(f"{len(body)} bytes > {limit} for {msg_type}", size=len(body), limit=limit)
     try:
-        msg = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        msg = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         if isinstance(exc, MalformedMessage):
             raise
@@ -296,7 +301,7 @@ def parse_masked_input(body: bytes, *, config: RoundConfig) -> tuple[dict, memor
     if hlen > MAX_HEADER_BYTES or 7 + hlen > len(view):
         raise MalformedMessage("bad masked-input header length")
     try:
-        header = json.loads(bytes(view[7 : 7 + hlen]).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        header = json.loads(bytes(view[7 : 7 + hlen]).decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         if isinstance(exc, MalformedMessage):
             raise

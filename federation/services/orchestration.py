@@ -22,12 +22,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 from datetime import timedelta
 
 import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
+from fedgov import strictjson
 from fedgov.errors import ApplicationError, NotFound, PermissionDenied
 
 from .. import secagg, wakeup
@@ -434,17 +436,17 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
 
 
 def _receive_evaluation(round: TrainingRound, link: RoundParticipant, body: bytes) -> dict:
-    import json
-
     from ..learning import EvaluationRelease
 
     if "evaluation" in link.metrics:
         raise ProtocolRejected("This partner already released its evaluation for the round.", secagg_code="replay")
     try:
-        data = json.loads(body)
+        data = strictjson.loads(body)  # NaN and Infinity are not JSON: the metrics column refuses them
         release = EvaluationRelease.from_dict(data)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         raise ProtocolRejected(f"Evaluation release is malformed: {exc}", secagg_code="malformed") from None
+    if not all(math.isfinite(v) for v in release.to_dict().values()):  # "nan" as text reads as NaN too
+        raise ProtocolRejected("Evaluation release is malformed: every figure must be a finite number.", secagg_code="malformed")
     if round.plan.eval_noise_multiplier is None or abs(release.noise_multiplier - round.plan.eval_noise_multiplier) > 1e-9:
         raise ProtocolRejected("Evaluation noise does not match the plan's (what the ledger charged).", secagg_code="bad_parameters")
     link.metrics = {**link.metrics, "evaluation": release.to_dict()}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from fedgov.errors import ValidationFailed
+
+from .. import governance
 from ..access import require_administrator
 from ..learning import LearningError
 from ..learning.server import ServerOptimizer
@@ -11,6 +14,18 @@ from ..models import Agreement, GovernanceEvent, TrainingPlan
 from .common import event_record, field_error, validated
 
 MSG_PURPOSE_NOT_PERMITTED = "Purpose {purpose!r} is not among the agreement's permitted purposes: {allowed}."
+MSG_ONE_DATASET_PER_ORGANISATION = (
+    "A plan takes at most one dataset per organisation (each is one party to secure aggregation): {duplicates}."
+)
+
+
+class DuplicateOrganisation(ValidationFailed):
+    """Two datasets of one organisation in one plan: the organisation would be two parties of
+    the secure-aggregation roster under one identity, which no round can start with."""
+
+    code = "one_dataset_per_organisation"
+
+
 MODEL_KINDS = ("logreg", "mlp")
 
 
@@ -58,6 +73,12 @@ def plan_create(
     datasets = list(datasets)
     if not datasets:
         raise field_error("datasets", "Choose at least one dataset.")
+    several = governance.organisations_with_several(datasets)
+    if several:
+        message = MSG_ONE_DATASET_PER_ORGANISATION.format(
+            duplicates="; ".join(f"{org} has {', '.join(slugs)}" for org, slugs in sorted(several.items()))
+        )
+        raise DuplicateOrganisation(message, fields={"datasets": [message]})
     foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
     if foreign:
         raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
@@ -125,8 +146,6 @@ def plan_create(
 def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
     """Each dataset's epsilon for one round of the plan, computed (and so stored for every
     process) ahead of the rounds; the governance checks recompute the same figure."""
-    from .. import governance
-
     plan = TrainingPlan.objects.filter(pk=plan_id).first()
     if plan is None:
         return {}

@@ -146,8 +146,15 @@ def round_request_once(
 
 def _apply_standing_approvals(round: TrainingRound) -> None:
     orgs, _ = governance.required_approvers(round)
+    # An organisation that already decided (per round, or by an earlier standing approval) is
+    # not decided for again: one decision per organisation and round (the unique constraint).
+    decided = set(RoundApproval.objects.filter(round=round).values_list("organisation_id", flat=True))
     eps = governance_eps(round)
-    for standing in StandingApproval.objects.filter(plan=round.plan, organisation_id__in=orgs, revoked_at__isnull=True):
+    for standing in StandingApproval.objects.filter(
+        plan=round.plan, organisation_id__in=orgs - decided, revoked_at__isnull=True
+    ).order_by("given_at", "pk"):
+        if standing.organisation_id in decided:  # two standing approvals of one organisation
+            continue
         if standing.max_rounds is not None and standing.rounds_used() >= standing.max_rounds:
             continue
         if standing.max_epsilon is not None:
@@ -168,6 +175,7 @@ def _apply_standing_approvals(round: TrainingRound) -> None:
             standing_approval=standing,
             reason="",
         )
+        decided.add(standing.organisation_id)
         event_record(
             kind=GovernanceEvent.Kind.ROUND_APPROVED,
             message=f"{standing.organisation.name} approved round {round.number} by standing approval.",
@@ -281,9 +289,11 @@ def standing_approval_give(
         organisation=organisation,
     )
     # A round already waiting benefits at once.
-    waiting = plan.rounds.filter(status=Status.AWAITING_APPROVAL).first()
-    if waiting and not RoundApproval.objects.filter(round=waiting, organisation=organisation).exists():
-        waiting = TrainingRound.objects.select_for_update().get(pk=waiting.pk)
+    # Locked before anything is read: a representative deciding on the round meanwhile waits,
+    # and whoever comes second sees the first's approval (the round's approvals are re-read
+    # under the lock by _apply_standing_approvals, which skips an organisation that decided).
+    waiting = TrainingRound.objects.select_for_update().filter(plan=plan, status=Status.AWAITING_APPROVAL).first()
+    if waiting is not None:
         _apply_standing_approvals(waiting)
         _maybe_approved(waiting, actor=actor)
     return standing

@@ -66,7 +66,7 @@ def crowd(db):
             agreement=cast.agreement,
             name=f"Crowd plan {k}",
             purpose="diabetes risk research",
-            datasets=datasets if k == 0 else datasets[:3],
+            datasets=datasets[:3],  # one dataset per organisation (a plan takes no more)
             model_spec={"kind": "logreg"},
             noise_multiplier=1.1,
             clip_norm=1.0,
@@ -85,6 +85,10 @@ def crowd(db):
     client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     client.get("/api/v1/health/")
     big_round = big_plan.rounds.get()
+    # A round with many participants: rows written directly, as no plan can hold two datasets
+    # of one organisation (what is measured is the participants list, not how they got there).
+    for dataset in datasets[3:]:
+        RoundParticipant.objects.create(round=big_round, dataset=dataset)
     # A plan with a long history: N finished rounds, each with its participants and approvals.
     for number in range(2, N + 2):
         past = TrainingRound.objects.create(plan=big_plan, number=number, status=TrainingRound.Status.COMPLETED)

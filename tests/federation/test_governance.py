@@ -25,7 +25,7 @@ def test_all_checks_pass_for_a_round_inside_the_terms(cast):
     assert rnd.status == TrainingRound.Status.AWAITING_APPROVAL
     assert {c.name for c in report.checks} == {
         governance.AGREEMENT_ACTIVE, governance.AGREEMENT_SIGNED, governance.AGREEMENT_DATES,
-        governance.PURPOSE_PERMITTED, governance.NO_EXITED_PARTICIPANT, governance.MIN_PARTICIPANTS,
+        governance.PURPOSE_PERMITTED, governance.NO_EXITED_PARTICIPANT, governance.MIN_PARTICIPANTS, governance.ONE_DATASET_PER_ORGANISATION,
         governance.DP_PARAMETERS, governance.FEATURE_SCHEMA, governance.BUDGET,
     }
 
