@@ -198,6 +198,10 @@ def setup_federation(
     if "noise_multiplier" not in plan_kwargs:
         schedule = plan_for(sizes=sizes, schema=schema, model_spec=plan_kwargs["model_spec"], rounds=rounds, epsilon=epsilon, delta=delta)
         plan_kwargs = {**schedule.plan_kwargs(), **plan_kwargs}
+    else:
+        # A caller that fixes the noise fixes the schedule: the rest is the fixed recipe, at
+        # one sampling rate, so its cost per round is what the caller computed it to be.
+        plan_kwargs = {**DEFAULT_PLAN, "sampling_rate": SAMPLING_RATE, **plan_kwargs}
     plan_kwargs.setdefault("batch_size", max(1, round((plan_kwargs.get("sampling_rate") or 0.25) * min(sizes))))
     orgs, reps, tokens = [], [], {}
     for i in range(len(partitions)):

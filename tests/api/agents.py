@@ -15,6 +15,7 @@ from federation.services import orchestration as orch
 from federation.services.rounds import round_approve, round_request, round_start
 from federation.services.tokens import token_issue
 from tests.factories import Cast, UserFactory, build_cast, member
+from tests.tamper import force_update
 
 EVAL_NOISE = 8.0
 
@@ -39,7 +40,7 @@ class AgentWorld:
         """Put the round in `phase` as the coordinator would have (the evaluation phase follows
         aggregation, the others follow one another while RUNNING)."""
         status = TrainingRound.Status.AGGREGATING if phase == orch.EVALUATE else TrainingRound.Status.RUNNING
-        TrainingRound.objects.filter(pk=self.round.pk).update(status=status, phase=phase)
+        force_update(TrainingRound, self.round.pk, status=status, phase=phase)
         self.round.refresh_from_db()
         return self.round
 

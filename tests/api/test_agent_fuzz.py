@@ -21,6 +21,7 @@ from federation import secagg
 from federation.models import TrainingRound
 from federation.services import orchestration as orch
 from tests.api.agents import AgentWorld, build_agent_world
+from tests.tamper import force_update
 
 pytestmark = pytest.mark.django_db
 
@@ -170,7 +171,7 @@ def test_the_agent_message_endpoint_never_answers_a_server_error(world):
         body=bodies(world, seeds),
     )
     def fuzz(state, sender, phase, round_id, content_type, body):
-        TrainingRound.objects.filter(pk=world.round.pk).update(status=state[0], phase=state[1])
+        force_update(TrainingRound, world.round.pk, status=state[0], phase=state[1])
         world.round.refresh_from_db()
         response = world.client(sender).generic("POST", world.url(phase, round_id=round_id), body, content_type=content_type)
         statuses.add(response.status_code)
