@@ -40,7 +40,7 @@ from django.utils import timezone
 from . import accountant as acc
 from . import bundle as bundle_mod
 from . import chain
-from .models import DatasetBudget, LedgerEntry, SignedHead, iso
+from .models import DatasetBudget, LedgerEntry, Receipt, SignedHead, iso
 
 log = logging.getLogger(__name__)
 
@@ -500,11 +500,23 @@ def verify_all(*, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> list[Ve
 # --- export -----------------------------------------------------------------------------------
 
 
-def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
+def enrolled_agents() -> list[dict]:
+    """Every agent identity key ever enrolled (revoked ones too: receipts they signed before
+    the revocation stay verifiable), as bundles list them (docs/TRUST-FORMATS.md)."""
+    from federation.models import AgentIdentity
+
+    rows = AgentIdentity.objects.select_related("organisation").order_by("organisation__slug", "enrolled_at", "pk")
+    return [{"organisation": a.organisation.slug, "public_key": a.public_key, "enrolled_at": iso(a.enrolled_at)} for a in rows]
+
+
+def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
     """Write a signed audit bundle to the text stream `out`; returns a summary.
 
     Each chain is exported up to the head signed for this export, so appends racing the
     export are simply left for the next one. Entries are streamed, not held in memory.
+    Each chain carries its dataset's organisation and the receipts of its rounds committed
+    with a ticket up to that head; `agents` (default: `enrolled_agents()`) lists the keys
+    receipts are checked against.
     """
     from federation.models import Dataset
 
@@ -517,6 +529,7 @@ def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) ->
         "exported_at": iso(timezone.now()),
         "public_key": public_key_block(),
         "accountant": acc.accountant_parameters(),
+        "agents": enrolled_agents() if agents is None else agents,
     }
     head_text = json.dumps(header, sort_keys=True, indent=1)
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')
@@ -526,15 +539,32 @@ def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) ->
         head = sign_head(dataset)
         if head is None:
             continue
-        out.write(("" if first_chain else ",") + "\n  {" + f'"dataset": {json.dumps(head.dataset_slug)}, "entries": [')
+        organisation = Dataset.objects.filter(pk=dataset.pk).values_list("organisation__slug", flat=True).first()
+        out.write(
+            ("" if first_chain else ",")
+            + "\n  {"
+            + f'"dataset": {json.dumps(head.dataset_slug)}, "organisation": {json.dumps(organisation)}, "entries": ['
+        )
         first_chain = False
         qs = LedgerEntry.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq).order_by("seq")
+        ticketed: set[int] = set()  # rounds committed with a ticket: their receipts go in
         for i, entry in enumerate(qs.iterator(chunk_size=chunk_size)):
-            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(entry.document()))
+            doc = entry.document()
+            if doc["kind"] == chain.COMMIT and "ticket_hash" in doc["payload"]:
+                ticketed.add(doc["round"])
+            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(doc))
         heads = SignedHead.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq, key_id=kid).order_by("seq")
         out.write('\n  ], "signed_heads": [')
         for i, h in enumerate(heads):
             out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(h.document()))
+        out.write('\n  ], "receipts": [')
+        first_receipt = True
+        for round_id, body in (
+            Receipt.objects.filter(dataset_id=dataset.pk).order_by("seq").values_list("round_id", "body").iterator(chunk_size)
+        ):
+            if round_id in ticketed:
+                out.write(("\n   " if first_receipt else ",\n   ") + body)
+                first_receipt = False
         out.write("\n  ]}")
         summary["chains"][head.dataset_slug] = head.seq
     out.write("\n ]\n}\n")
