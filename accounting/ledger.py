@@ -500,12 +500,15 @@ def verify_all(*, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> list[Ve
 # --- export -----------------------------------------------------------------------------------
 
 
-def enrolled_agents() -> list[dict]:
+def enrolled_agents(*, organisation_ids=None) -> list[dict]:
     """Every agent identity key ever enrolled (revoked ones too: receipts they signed before
-    the revocation stay verifiable), as bundles list them (docs/TRUST-FORMATS.md)."""
+    the revocation stay verifiable), of the given organisations or all, as bundles list them
+    (docs/TRUST-FORMATS.md)."""
     from federation.models import AgentIdentity
 
     rows = AgentIdentity.objects.select_related("organisation").order_by("organisation__slug", "enrolled_at", "pk")
+    if organisation_ids is not None:
+        rows = rows.filter(organisation_id__in=list(organisation_ids))
     return [{"organisation": a.organisation.slug, "public_key": a.public_key, "enrolled_at": iso(a.enrolled_at)} for a in rows]
 
 
@@ -515,21 +518,24 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
     Each chain is exported up to the head signed for this export, so appends racing the
     export are simply left for the next one. Entries are streamed, not held in memory.
     Each chain carries its dataset's organisation and the receipts of its rounds committed
-    with a ticket up to that head; `agents` (default: `enrolled_agents()`) lists the keys
-    receipts are checked against.
+    with a ticket up to that head; `agents` (default: the enrolled agents of the chains'
+    organisations) lists the keys receipts are checked against.
     """
     from federation.models import Dataset
 
     if datasets is None:
         ids = DatasetBudget.objects.filter(entry_count__gt=0).values_list("dataset_id", flat=True)
         datasets = Dataset.objects.filter(pk__in=list(ids)).order_by("id")
+    datasets = list(datasets)
+    if agents is None:  # the keys of the exported chains' organisations only
+        agents = enrolled_agents(organisation_ids={d.organisation_id for d in datasets})
     kid = key_id()
     header = {
         "format": bundle_mod.BUNDLE_FORMAT,
         "exported_at": iso(timezone.now()),
         "public_key": public_key_block(),
         "accountant": acc.accountant_parameters(),
-        "agents": enrolled_agents() if agents is None else agents,
+        "agents": agents,
     }
     head_text = json.dumps(header, sort_keys=True, indent=1)
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')

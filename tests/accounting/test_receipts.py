@@ -248,3 +248,11 @@ def test_the_library_verifier_agrees(receipted):
     with pytest.raises(bundle.BundleError) as excinfo:
         bundle.verify(data)
     assert excinfo.value.seq == commit_seq(receipted, 2) and excinfo.value.dataset == "org-a-records"
+
+
+def test_a_one_dataset_bundle_lists_only_its_organisations_agents_and_verifies(receipted, tmp_path):
+    path = tmp_path / "b.json"
+    call_command("export_ledger", out=str(path), dataset="org-b-records")
+    data = json.loads(path.read_text())
+    assert [a["organisation"] for a in data["agents"]] == ["org-b"]
+    assert [c.receipts for c in bundle.verify(data).chains] == [3]
