@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import accountant as acc
 from . import chain
+from . import receipts as receipts_mod
 
 BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
 HEAD_TYPE = "fedgov.ledger.head.v1"
@@ -116,6 +117,8 @@ class ChainSummary:
     epsilon_budget: float
     epsilon_spent: float
     open_reservations: list[int] = field(default_factory=list)
+    receipts: int = 0
+    legacy_commits: list[int] = field(default_factory=list)  # seqs of COMMITs reserved before tickets
 
 
 @dataclass
@@ -123,15 +126,35 @@ class BundleReport:
     key_id: str
     chains: list[ChainSummary]
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key_id)
+
     def lines(self) -> list[str]:
-        out = [f"public key {self.key_id}"]
+        out = [f"coordinator key {self.fingerprint} ({self.key_id})"]
         for c in self.chains:
             out.append(
                 f"{c.dataset}: {c.entries} entries, head #{c.head_seq} {c.head_hash[:16]}..., "
-                f"epsilon spent {c.epsilon_spent:.6g} of {c.epsilon_budget:.6g}"
+                f"epsilon spent {c.epsilon_spent:.6g} of {c.epsilon_budget:.6g}, {c.receipts} receipts verified"
                 + (f", open reservations: rounds {c.open_reservations}" if c.open_reservations else "")
             )
         return out
+
+    def warnings(self) -> list[str]:
+        out = []
+        for c in self.chains:
+            if c.legacy_commits:
+                shown = ", ".join(f"#{s}" for s in c.legacy_commits[:10]) + (" ..." if len(c.legacy_commits) > 10 else "")
+                out.append(
+                    f"warning: {c.dataset}: {len(c.legacy_commits)} committed rounds unreceipted (legacy, reserved "
+                    f"before tickets): entries {shown}"
+                )
+        return out
+
+
+def fingerprint(key_id: str) -> str:
+    """A key's short fingerprint: the first 16 hex digits of sha256(raw key), in groups of four."""
+    return " ".join(key_id[i : i + 4] for i in range(0, 16, 4))
 
 
 def load(path: str) -> dict:
@@ -172,32 +195,162 @@ def _accountant_settings(bundle: Mapping[str, Any]) -> tuple[tuple[float, ...], 
     return orders, float(interval)
 
 
-def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None) -> BundleReport:
-    """Verify a parsed bundle; raise BundleError naming the first problem."""
+CHAIN_KEYS = {"dataset", "entries", "signed_heads"}
+CHAIN_OPTIONAL_KEYS = {"organisation", "receipts"}
+AGENT_FIELDS = {"organisation", "public_key", "enrolled_at"}
+
+
+def _agents(bundle: Mapping[str, Any]) -> dict[str, set[str]]:
+    """organisation slug -> its enrolled agent keys (hex), from the bundle's `agents`."""
+    agents = bundle.get("agents", [])
+    if not isinstance(agents, list):
+        raise BundleError("agents must be a list")
+    out: dict[str, set[str]] = {}
+    for a in agents:
+        if not isinstance(a, Mapping) or set(a) != AGENT_FIELDS:
+            raise BundleError("an agent must have exactly organisation, public_key and enrolled_at")
+        key = a["public_key"]
+        if not isinstance(a["organisation"], str) or not isinstance(key, str) or len(key) != 64 or not _HEX.fullmatch(key):
+            raise BundleError(f"agent of {a['organisation']!r}: public_key must be 64 lowercase hex digits")
+        if not isinstance(a["enrolled_at"], str):
+            raise BundleError(f"agent of {a['organisation']!r}: enrolled_at must be an ISO-8601 timestamp")
+        out.setdefault(a["organisation"], set()).add(key)
+    return out
+
+
+@dataclass
+class _Charged:
+    """A COMMIT naming a ticket: what the partner's receipt must match."""
+
+    seq: int
+    ticket_hash: str
+    event: Any
+    receipted: bool = False
+
+
+def _replay(verifier: chain.ChainVerifier, entries: list, slug: str) -> tuple[chain.ChainState, dict[int, _Charged], list[int]]:
+    """Feed the chain; collect its COMMITs with tickets (round -> charge) and legacy COMMITs.
+
+    Once a COMMIT of the chain names a ticket, every later COMMIT must: a chain cannot fall
+    back to the receipt-less legacy form (docs/TRUST-FORMATS.md)."""
+    charged: dict[int, _Charged] = {}
+    legacy: list[int] = []
+    ticketed_since: int | None = None
+    for entry in entries:
+        verifier.feed(entry)  # raises ChainError on the first bad entry
+        if entry["kind"] != chain.COMMIT:
+            continue
+        seq, rnd = entry["seq"], entry["round"]
+        ticket = entry["payload"].get("ticket_hash")
+        if ticket is None:
+            if ticketed_since is not None:
+                raise chain.ChainError(
+                    slug,
+                    seq,
+                    f"COMMIT of round {rnd} names no ticket_hash, but the chain's COMMITs name tickets since entry "
+                    f"#{ticketed_since}: its receipt cannot be checked",
+                )
+            legacy.append(seq)
+            continue
+        if not isinstance(ticket, str) or len(ticket) != 64 or not _HEX.fullmatch(ticket):
+            raise chain.ChainError(slug, seq, "payload.ticket_hash is not 64 lowercase hex digits")
+        if ticketed_since is None:
+            ticketed_since = seq
+        charged[rnd] = _Charged(seq=seq, ticket_hash=ticket, event=entry["event"])
+    return verifier.state, charged, legacy
+
+
+def _check_receipts(c: Mapping[str, Any], slug: str, charged: dict[int, _Charged], agents: dict[str, set[str]]) -> int:
+    """Every COMMIT naming a ticket has exactly one receipt, signed by a key enrolled for the
+    chain's organisation, naming that round, dataset, ticket and the charged event."""
+    receipts = c.get("receipts", [])
+    if not isinstance(receipts, list):
+        raise BundleError(f"dataset {slug}: receipts must be a list", dataset=slug)
+    if not charged and not receipts:
+        return 0
+    organisation = c.get("organisation")
+    if not isinstance(organisation, str) or not organisation:
+        raise BundleError(f"dataset {slug}: the chain names no organisation to check its receipts against", dataset=slug)
+    keys = agents.get(organisation, set())
+    for i, r in enumerate(receipts):
+        where = f"dataset {slug}: receipt {i + 1}"
+        try:
+            receipts_mod.check_format(r)
+        except receipts_mod.ReceiptFormatError as e:
+            raise BundleError(f"{where}: {e}", dataset=slug) from None
+        rnd = r["round"]
+        charge = charged.get(rnd)
+        if charge is None:
+            raise BundleError(f"{where}: names round {rnd}, which the chain did not commit with a ticket", dataset=slug)
+        at = f"dataset {slug}: entry #{charge.seq} (COMMIT of round {rnd})"
+        if charge.receipted:
+            raise BundleError(f"{at}: a second receipt for the round", dataset=slug, seq=charge.seq)
+        if r["dataset"] != slug:
+            raise BundleError(f"{at}: the receipt names dataset {r['dataset']!r}", dataset=slug, seq=charge.seq)
+        if r["agent_public_key"] not in keys:
+            raise BundleError(
+                f"{at}: the receipt is signed by key {r['agent_public_key'][:16]}..., not one enrolled for organisation "
+                f"{organisation}",
+                dataset=slug,
+                seq=charge.seq,
+            )
+        try:
+            receipts_mod.verify_signature(r, r["agent_public_key"])
+        except receipts_mod.ReceiptFormatError as e:
+            raise BundleError(f"{at}: forged receipt: {e}", dataset=slug, seq=charge.seq) from None
+        if r["ticket_hash"] != charge.ticket_hash:
+            raise BundleError(
+                f"{at}: the receipt names ticket {r['ticket_hash'][:16]}..., the ledger committed {charge.ticket_hash[:16]}...",
+                dataset=slug,
+                seq=charge.seq,
+            )
+        if not receipts_mod.events_equal(r["event"], charge.event):
+            raise BundleError(f"{at}: the event the partner ran differs from the event charged", dataset=slug, seq=charge.seq)
+        charge.receipted = True
+    for rnd, charge in charged.items():
+        if not charge.receipted:
+            raise BundleError(
+                f"dataset {slug}: entry #{charge.seq} (COMMIT of round {rnd}): no receipt from organisation "
+                f"{organisation}'s agent (charged, unreceipted)",
+                dataset=slug,
+                seq=charge.seq,
+            )
+    return len(receipts)
+
+
+def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None, datasets: list[str] | None = None) -> BundleReport:
+    """Verify a parsed bundle (only the chains named in `datasets`, if given); raise
+    BundleError naming the first problem. Pinning the key is the caller's choice here;
+    accounting/verify.py, the auditor's command, insists on it."""
     if bundle.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"unknown bundle format {bundle.get('format')!r}")
     key, kid = public_key_from(bundle.get("public_key"))
     if pinned_key_id is not None and kid != pinned_key_id:
-        raise BundleError(f"the bundle is signed by key {kid[:16]}..., not the expected {pinned_key_id[:16]}...")
+        raise BundleError(f"the bundle is signed by key {fingerprint(kid)}, not the pinned {fingerprint(pinned_key_id)}")
     orders, interval = _accountant_settings(bundle)
+    agents = _agents(bundle)
     chains = bundle.get("chains")
     if not isinstance(chains, list):
         raise BundleError("chains must be a list")
+    if not chains:
+        raise BundleError("the bundle holds no chains: there is nothing to verify")
     seen: set[str] = set()
     summaries = []
     for c in chains:
-        if not isinstance(c, Mapping) or set(c) != {"dataset", "entries", "signed_heads"}:
-            raise BundleError("a chain must have exactly dataset, entries and signed_heads")
+        if not isinstance(c, Mapping) or not CHAIN_KEYS <= set(c) <= CHAIN_KEYS | CHAIN_OPTIONAL_KEYS:
+            raise BundleError("a chain must have dataset, entries and signed_heads (and may have organisation, receipts)")
         slug = c["dataset"]
         if not isinstance(slug, str) or slug in seen:
             raise BundleError(f"chain {slug!r} is malformed or repeated")
         seen.add(slug)
+        if datasets is not None and slug not in datasets:
+            continue
         entries, heads = c["entries"], c["signed_heads"]
         if not isinstance(entries, list) or not isinstance(heads, list):
             raise BundleError(f"dataset {slug}: entries and signed_heads must be lists", dataset=slug)
         verifier = chain.ChainVerifier(slug, orders=orders, pld_interval=interval)
         try:
-            state = verifier.feed_all(entries)
+            state, charged, legacy = _replay(verifier, entries, slug)
         except chain.ChainError as e:
             raise BundleError(str(e), dataset=slug, seq=e.seq) from None
         if not heads:
@@ -218,6 +371,7 @@ def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None) -> Bu
                 dataset=slug,
                 seq=last_seq + 1,
             )
+        n_receipts = _check_receipts(c, slug, charged, agents)
         summaries.append(
             ChainSummary(
                 dataset=slug,
@@ -227,8 +381,12 @@ def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None) -> Bu
                 epsilon_budget=state.epsilon_budget,
                 epsilon_spent=state.epsilon_spent,
                 open_reservations=sorted(state.open_rounds),
+                receipts=n_receipts,
+                legacy_commits=legacy,
             )
         )
+    if datasets is not None and not summaries:
+        raise BundleError(f"no chain of the bundle is named {', '.join(datasets)}")
     return BundleReport(key_id=kid, chains=summaries)
 
 

@@ -65,3 +65,36 @@ class LedgerStateError(InvalidState):
 
 class InvalidBudget(ValidationFailed):
     code = "invalid_budget"
+
+
+MSG_RECEIPT_INVALID = "The receipt is refused: {error}"
+MSG_RECEIPT_WRONG_ORGANISATION = "Dataset {dataset} belongs to another organisation than {organisation}."
+MSG_RECEIPT_NO_DATASET = "The receipt names dataset {dataset}, which has no ledger."
+MSG_RECEIPT_NO_RESERVE = (
+    "Dataset {dataset} has no reservation for round {round}: nothing was charged for what the receipt says ran."
+)
+MSG_RECEIPT_RELEASED = "The reservation of round {round} on dataset {dataset} was released: no update may have left the partner."
+MSG_RECEIPT_EVENT = "The receipt's event differs from the event charged to dataset {dataset} for round {round}."
+MSG_RECEIPT_TICKET = (
+    "The receipt names ticket {ticket}..., but round {round} on dataset {dataset} was committed with ticket {committed}..."
+)
+MSG_RECEIPT_CONFLICT = "Dataset {dataset} already holds a different receipt for round {round}."
+MSG_BAD_TICKET_HASH = "Dataset {dataset}: a ticket hash is 64 lowercase hex digits; got {value!r}."
+
+
+class ReceiptInvalid(ValidationFailed):
+    """Malformed, or not signed by the organisation's enrolled agent key."""
+
+    code = "receipt_invalid"
+
+
+class ReceiptMismatch(InvalidState):
+    """Well signed, but not what the ledger charged (no such reservation, another event or ticket)."""
+
+    code = "receipt_mismatch"
+
+
+class ReceiptConflict(InvalidState):
+    """Another receipt is already stored for this round and dataset."""
+
+    code = "receipt_conflict"

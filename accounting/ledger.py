@@ -41,7 +41,7 @@ from django.utils import timezone
 from . import accountant as acc
 from . import bundle as bundle_mod
 from . import chain
-from .models import DatasetBudget, LedgerEntry, SignedHead, iso
+from .models import DatasetBudget, LedgerEntry, Receipt, SignedHead, iso
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +526,19 @@ def verify_all(*, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> list[Ve
 # --- export -----------------------------------------------------------------------------------
 
 
-def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
+def enrolled_agents(*, organisation_ids=None) -> list[dict]:
+    """Every agent identity key ever enrolled (revoked ones too: receipts they signed before
+    the revocation stay verifiable), of the given organisations or all, as bundles list them
+    (docs/TRUST-FORMATS.md)."""
+    from federation.models import AgentIdentity
+
+    rows = AgentIdentity.objects.select_related("organisation").order_by("organisation__slug", "enrolled_at", "pk")
+    if organisation_ids is not None:
+        rows = rows.filter(organisation_id__in=list(organisation_ids))
+    return [{"organisation": a.organisation.slug, "public_key": a.public_key, "enrolled_at": iso(a.enrolled_at)} for a in rows]
+
+
+def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
     """Write a signed audit bundle to the text stream `out`; returns a summary.
 
     Exporting only reads: each chain is exported up to its latest head signed with the
@@ -534,18 +546,25 @@ def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) ->
     export, so downloading a bundle writes nothing). Appends racing the export, or a head
     not signed yet, are left for the next one; a chain with no signed head is listed in
     `summary["unsigned"]` and left out. Entries are streamed, not held in memory.
+    Each chain carries its dataset's organisation and the receipts of its rounds committed
+    with a ticket up to that head; `agents` (default: the enrolled agents of the chains'
+    organisations) lists the keys receipts are checked against.
     """
     from federation.models import Dataset
 
     if datasets is None:
         ids = DatasetBudget.objects.filter(entry_count__gt=0).values_list("dataset_id", flat=True)
         datasets = Dataset.objects.filter(pk__in=list(ids)).order_by("id")
+    datasets = list(datasets)
+    if agents is None:  # the keys of the exported chains' organisations only
+        agents = enrolled_agents(organisation_ids={d.organisation_id for d in datasets})
     kid = key_id()
     header = {
         "format": bundle_mod.BUNDLE_FORMAT,
         "exported_at": iso(timezone.now()),
         "public_key": public_key_block(),
         "accountant": acc.accountant_parameters(),
+        "agents": agents,
     }
     head_text = json.dumps(header, sort_keys=True, indent=1)
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')
@@ -557,15 +576,32 @@ def export_bundle(out, *, datasets=None, chunk_size: int = VERIFY_CHUNK_SIZE) ->
             if LedgerEntry.objects.filter(dataset_id=dataset.pk).exists():
                 summary["unsigned"].append(dataset.slug)
             continue
-        out.write(("" if first_chain else ",") + "\n  {" + f'"dataset": {json.dumps(head.dataset_slug)}, "entries": [')
+        organisation = Dataset.objects.filter(pk=dataset.pk).values_list("organisation__slug", flat=True).first()
+        out.write(
+            ("" if first_chain else ",")
+            + "\n  {"
+            + f'"dataset": {json.dumps(head.dataset_slug)}, "organisation": {json.dumps(organisation)}, "entries": ['
+        )
         first_chain = False
         qs = LedgerEntry.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq).order_by("seq")
+        ticketed: set[int] = set()  # rounds committed with a ticket: their receipts go in
         for i, entry in enumerate(qs.iterator(chunk_size=chunk_size)):
-            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(entry.document()))
+            doc = entry.document()
+            if doc["kind"] == chain.COMMIT and "ticket_hash" in doc["payload"]:
+                ticketed.add(doc["round"])
+            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(doc))
         heads = SignedHead.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq, key_id=kid).order_by("seq")
         out.write('\n  ], "signed_heads": [')
         for i, h in enumerate(heads):
             out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(h.document()))
+        out.write('\n  ], "receipts": [')
+        first_receipt = True
+        for round_id, body in (
+            Receipt.objects.filter(dataset_id=dataset.pk).order_by("seq").values_list("round_id", "body").iterator(chunk_size)
+        ):
+            if round_id in ticketed:
+                out.write(("\n   " if first_receipt else ",\n   ") + body)
+                first_receipt = False
         out.write("\n  ]}")
         summary["chains"][head.dataset_slug] = head.seq
     out.write("\n ]\n}\n")

@@ -6,6 +6,8 @@
   RDP orders). It is derived state: `verify_ledger` recomputes it from the entries.
 * `LedgerEntry`: append-only, one hash chain per dataset (ARCHITECTURE.md, Ledger 3).
 * `SignedHead`: the coordinator's Ed25519 signature over a chain head (invariant 4).
+* `Receipt`: a partner agent's countersigned receipt of a round it ran, one hash chain per
+  dataset beside the ledger's (docs/TRUST-FORMATS.md).
 
 Entries and signed heads refuse update and delete in the model, in the queryset, and in the
 database (triggers, see accounting/triggers.py and the 0002 migration).
@@ -180,6 +182,38 @@ class SignedHead(AppendOnlyModel):
             "signed_at": iso(self.signed_at),
             "signature": self.signature,
         }
+
+
+class Receipt(AppendOnlyModel):
+    """A partner's receipt for (round, dataset), stored as received and hash-chained per dataset:
+    receipt_hash = sha256(domain + prev_hash + canonical receipt), see accounting/receipts.py."""
+
+    dataset = models.ForeignKey("federation.Dataset", on_delete=models.PROTECT, related_name="receipts")
+    dataset_slug = models.CharField(max_length=64, help_text="The chain's name, as the receipt says.")
+    seq = models.PositiveIntegerField()
+    round = models.ForeignKey("federation.TrainingRound", on_delete=models.PROTECT, related_name="receipts")
+    organisation_slug = models.CharField(max_length=64, help_text="Whose enrolled key signed it.")
+    ticket_hash = models.CharField(max_length=64)
+    agent_public_key = models.CharField(max_length=64)
+    body = models.TextField(help_text="Canonical JSON of the receipt, signature included.")
+    received_at = models.DateTimeField()
+    prev_hash = models.CharField(max_length=64)
+    receipt_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["dataset_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "seq"], name="receipt_seq_unique_per_dataset"),
+            models.UniqueConstraint(fields=["dataset", "round"], name="receipt_once_per_round_and_dataset"),
+            models.CheckConstraint(condition=Q(seq__gte=1), name="receipt_seq_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"receipt {self.dataset_slug} round {self.round_id}"
+
+    def document(self) -> dict:
+        """The receipt object as the agent signed it (what bundles carry)."""
+        return json.loads(self.body)
 
 
 def iso(dt) -> str:

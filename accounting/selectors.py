@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Exists, OuterRef, QuerySet
 
 from . import chain
-from .models import DatasetBudget, LedgerEntry, SignedHead
+from .models import DatasetBudget, LedgerEntry, Receipt, SignedHead
 
 
 def dataset_budget_state(*, dataset) -> DatasetBudget | None:
@@ -98,3 +98,21 @@ def round_reservation_state(*, round) -> dict[str, str]:
 
 def signed_heads(*, dataset) -> QuerySet[SignedHead]:
     return SignedHead.objects.filter(dataset_id=dataset.pk).order_by("seq")
+
+
+def receipts(*, dataset=None, round=None) -> QuerySet[Receipt]:
+    """Stored receipts, in each dataset's receipt-chain order."""
+    qs = Receipt.objects.all()
+    if dataset is not None:
+        qs = qs.filter(dataset_id=dataset.pk)
+    if round is not None:
+        qs = qs.filter(round_id=round.pk)
+    return qs.order_by("dataset_id", "seq")
+
+
+def unreceipted_commits(*, dataset=None) -> QuerySet[LedgerEntry]:
+    """COMMITs naming a ticket whose partner's receipt never came: charged (the budget stays
+    spent) and flagged; the bundle verifier fails on them (docs/TRUST-FORMATS.md)."""
+    got = Receipt.objects.filter(dataset_id=OuterRef("dataset_id"), round_id=OuterRef("round_id"))
+    qs = ledger_entries(dataset=dataset).filter(kind=chain.COMMIT, payload__contains='"ticket_hash":')
+    return qs.filter(~Exists(got))

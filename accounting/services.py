@@ -12,6 +12,8 @@ ARCHITECTURE.md, Ledger 1 and 2, in code:
   dataset left the partner (`no_update_released=True`) and a round in a state that shows it
   (failed, aborted, blocked or rejected). Without both, the budget stays spent.
 * `budget_grant` records a new budget on the ledger.
+* `receipt_record` stores a partner's countersigned receipt of a round it ran, beside the
+  ledger (docs/TRUST-FORMATS.md), after checking it against what the ledger charged.
 
 Each function joins the caller's transaction (round_start, round_abort, dataset_register
 call them inside theirs) and signs the new chain heads after the commit.
@@ -20,20 +22,34 @@ call them inside theirs) and signs the new chain heads after the commit.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.utils import timezone
 
 from . import accountant as acc
 from . import chain, ledger
+from . import receipts as receipt_fmt
 from .errors import (
     MSG_ALREADY_FINAL,
     MSG_BAD_BUDGET,
     MSG_BAD_EVENT,
+    MSG_BAD_TICKET_HASH,
     MSG_NO_PARTICIPANTS,
     MSG_NOTHING_RESERVED,
+    MSG_RECEIPT_CONFLICT,
+    MSG_RECEIPT_EVENT,
+    MSG_RECEIPT_INVALID,
+    MSG_RECEIPT_NO_DATASET,
+    MSG_RECEIPT_NO_RESERVE,
+    MSG_RECEIPT_RELEASED,
+    MSG_RECEIPT_TICKET,
+    MSG_RECEIPT_WRONG_ORGANISATION,
     MSG_RELEASE_NO_REASON,
     MSG_RELEASE_ROUND_STATE,
     MSG_RELEASE_WITHOUT_PROOF,
@@ -41,9 +57,12 @@ from .errors import (
     BudgetExceeded,
     InvalidBudget,
     LedgerStateError,
+    ReceiptConflict,
+    ReceiptInvalid,
+    ReceiptMismatch,
     ReleaseRefused,
 )
-from .models import DatasetBudget, LedgerEntry
+from .models import DatasetBudget, LedgerEntry, Receipt
 
 __all__ = [
     "BudgetExceeded",
@@ -56,6 +75,7 @@ __all__ = [
     "budget_release",
     "budget_check",
     "round_dp_event",
+    "receipt_record",
 ]
 
 # Round states that show no update was released: the round never ran (blocked, rejected)
@@ -320,11 +340,23 @@ def _lock_round_reservations(round) -> tuple[dict, dict[int, set[str]], dict[int
     return {pk: (datasets[pk], budgets[pk]) for pk in dataset_ids}, states, events
 
 
-def budget_commit(*, round, actor) -> list[LedgerEntry]:
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def budget_commit(*, round, actor, ticket_hashes: Mapping[int, str] | None = None) -> list[LedgerEntry]:
     """COMMIT every open reservation of the round: the budget is spent for good.
+
+    `ticket_hashes` maps a dataset id to the hash of the ticket the coordinator signed for
+    it at reservation; each COMMIT carries its dataset's as `payload.ticket_hash`, the entry
+    an auditor matches the partner's receipt against (docs/TRUST-FORMATS.md).
 
     Idempotent (already committed: nothing to do). Raises LedgerStateError when the round
     has no reservation at all, or when a reservation was released."""
+    ticket_hashes = dict(ticket_hashes or {})
+    for dataset_id, value in ticket_hashes.items():
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            message = MSG_BAD_TICKET_HASH.format(dataset=dataset_id, value=value)
+            raise InvalidBudget(message, fields={"ticket_hashes": [message]})
     name = ledger.actor_name(actor)
     with transaction.atomic():
         locked, states, events = _lock_round_reservations(round)
@@ -347,7 +379,7 @@ def budget_commit(*, round, actor) -> list[LedgerEntry]:
                     actor=name,
                     round_id=round.pk,
                     event=events[pk],
-                    payload={},
+                    payload={"ticket_hash": ticket_hashes[pk]} if pk in ticket_hashes else {},
                 )
             )
         if entries:
@@ -402,3 +434,81 @@ def budget_release(*, round, actor, reason: str, no_update_released: bool) -> li
         if entries:
             ledger.sign_heads_after_commit([e.dataset_id for e in entries])
         return entries
+
+
+def receipt_record(*, receipt: dict, organisation, public_key: str) -> Receipt:
+    """Check a partner's receipt against the ledger and store it (docs/TRUST-FORMATS.md).
+
+    `public_key` is the organisation's enrolled agent key (hex), looked up by the caller.
+    The receipt must be signed by it, name a dataset of `organisation` whose chain reserved
+    `receipt["round"]` with an equal event and did not release it, and, once the round is
+    committed with a ticket, name that ticket. Idempotent: the same receipt again returns
+    the stored row; another receipt for the same round and dataset is a ReceiptConflict.
+    Nothing is written on any error.
+    """
+    from federation.models import Dataset
+
+    try:
+        receipt_fmt.verify_signature(receipt, public_key)
+    except receipt_fmt.ReceiptFormatError as e:
+        raise ReceiptInvalid(MSG_RECEIPT_INVALID.format(error=e)) from None
+    receipt = {k: receipt[k] for k in receipt_fmt.RECEIPT_FIELDS}
+    slug, round_id = receipt["dataset"], receipt["round"]
+    org_slug = getattr(organisation, "slug", organisation)
+    budget_row = DatasetBudget.objects.filter(chain_slug=slug).first()
+    if budget_row is None:
+        raise ReceiptMismatch(MSG_RECEIPT_NO_DATASET.format(dataset=slug), dataset=slug)
+    dataset = Dataset.objects.select_related("organisation").get(pk=budget_row.dataset_id)
+    if dataset.organisation.slug != org_slug:
+        raise ReceiptInvalid(
+            MSG_RECEIPT_WRONG_ORGANISATION.format(dataset=slug, organisation=org_slug), dataset=slug, organisation=org_slug
+        )
+    body = acc.canonical_json(receipt)
+    with transaction.atomic():
+        ledger.lock_budget(dataset)  # serialises the dataset's receipt chain too
+        existing = Receipt.objects.filter(dataset_id=dataset.pk, round_id=round_id).first()
+        if existing is not None:
+            if existing.body == body:
+                return existing
+            raise ReceiptConflict(MSG_RECEIPT_CONFLICT.format(dataset=slug, round=round_id), dataset=slug, round=round_id)
+        entries = {
+            kind: (event, payload)
+            for kind, event, payload in LedgerEntry.objects.filter(dataset_id=dataset.pk, round_id=round_id).values_list(
+                "kind", "event", "payload"
+            )
+        }
+        facts = {"dataset": slug, "round": round_id}
+        if chain.RESERVE not in entries:
+            raise ReceiptMismatch(MSG_RECEIPT_NO_RESERVE.format(**facts), **facts)
+        if chain.RELEASE in entries:
+            raise ReceiptMismatch(MSG_RECEIPT_RELEASED.format(**facts), **facts)
+        if not receipt_fmt.events_equal(receipt["event"], _json_loads(entries[chain.RESERVE][0])):
+            raise ReceiptMismatch(MSG_RECEIPT_EVENT.format(**facts), **facts)
+        if chain.COMMIT in entries:
+            committed = _json_loads(entries[chain.COMMIT][1]).get("ticket_hash")
+            if committed is not None and committed != receipt["ticket_hash"]:
+                raise ReceiptMismatch(
+                    MSG_RECEIPT_TICKET.format(ticket=receipt["ticket_hash"][:16], committed=committed[:16], **facts), **facts
+                )
+        last = Receipt.objects.filter(dataset_id=dataset.pk).order_by("-seq").values_list("seq", "receipt_hash").first()
+        seq, prev_hash = (last[0] + 1, last[1]) if last else (1, receipt_fmt.GENESIS_HASH)
+        row = Receipt(
+            dataset_id=dataset.pk,
+            dataset_slug=slug,
+            seq=seq,
+            round_id=round_id,
+            organisation_slug=org_slug,
+            ticket_hash=receipt["ticket_hash"],
+            agent_public_key=receipt["agent_public_key"],
+            body=body,
+            received_at=timezone.now(),
+            prev_hash=prev_hash,
+            receipt_hash=receipt_fmt.chain_hash(prev_hash, receipt),
+        )
+        row.full_clean(exclude=["dataset", "round"], validate_unique=False, validate_constraints=False)
+        row.save()
+    return row
+
+
+def _json_loads(text: str):
+    return json.loads(text) if text else {}

@@ -12,7 +12,9 @@ role can do either.
 
 from __future__ import annotations
 
-PROTECTED_TABLES = ("accounting_ledgerentry", "accounting_signedhead")
+LEDGER_TABLES = ("accounting_ledgerentry", "accounting_signedhead")
+RECEIPT_TABLES = ("accounting_receipt",)  # the 0003 migration's table, protected alike
+PROTECTED_TABLES = LEDGER_TABLES + RECEIPT_TABLES
 
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION accounting_refuse_change() RETURNS trigger
@@ -29,11 +31,12 @@ def _trigger_name(table: str, op: str) -> str:
     return f"{table}_no_{op.lower()}"
 
 
-def install_sql(vendor: str) -> list[str]:
+def install_sql(vendor: str, tables: tuple[str, ...] = PROTECTED_TABLES) -> list[str]:
+    """Statements creating the triggers on `tables` (each migration passes the tables it knows)."""
     statements: list[str] = []
     if vendor == "postgresql":
         statements.append(_PG_FUNCTION)
-    for table in PROTECTED_TABLES:
+    for table in tables:
         for op in ("UPDATE", "DELETE"):
             name = _trigger_name(table, op)
             if vendor == "sqlite":
@@ -51,16 +54,16 @@ def install_sql(vendor: str) -> list[str]:
     return statements
 
 
-def uninstall_sql(vendor: str) -> list[str]:
+def uninstall_sql(vendor: str, tables: tuple[str, ...] = PROTECTED_TABLES) -> list[str]:
     statements: list[str] = []
-    for table in PROTECTED_TABLES:
+    for table in tables:
         for op in ("UPDATE", "DELETE"):
             name = _trigger_name(table, op)
             if vendor == "sqlite":
                 statements.append(f"DROP TRIGGER IF EXISTS {name}")
             elif vendor == "postgresql":
                 statements.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-    if vendor == "postgresql":
+    if vendor == "postgresql" and set(LEDGER_TABLES) <= set(tables):
         statements.append("DROP FUNCTION IF EXISTS accounting_refuse_change()")
     return statements
 

@@ -18,7 +18,11 @@ transaction, as the real append path does one at a time. Then, for each size:
     does), at 1k and 10k (at ~20 ms per event, 100k would take ~17 minutes a check: the
     table gives the linear extrapolation);
   * `python manage.py verify_ledger --dataset SLUG` in a fresh process: wall time and the
-    process's peak RSS (the chain is streamed, so it stays flat as the ledger grows).
+    process's peak RSS (the chain is streamed, so it stays flat as the ledger grows);
+  * every COMMIT names a ticket and every round has its partner's signed receipt (stored
+    beside the ledger, docs/TRUST-FORMATS.md): `export_ledger --dataset SLUG`, then the
+    auditor's `python -m accounting.verify BUNDLE --public-key HEX` in a fresh process,
+    which also checks every receipt's Ed25519 signature, ticket and event.
 
 The table goes to stdout and to bench/results/accounting.md (and .json); --quick writes
 accounting.quick.md, --sizes accounting.custom.md.
@@ -27,6 +31,7 @@ accounting.quick.md, --sizes accounting.custom.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -55,14 +60,25 @@ import django  # noqa: E402
 
 django.setup()
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
+from django.utils import timezone  # noqa: E402
 from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
-from accounting import chain, ledger, services  # noqa: E402
-from accounting.models import DatasetBudget, LedgerEntry  # noqa: E402
-from federation.models import Agreement, Dataset, Organisation, RoundParticipant, TrainingPlan, TrainingRound  # noqa: E402
+from accounting import chain, ledger, receipts, services  # noqa: E402
+from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
+from federation.models import (  # noqa: E402
+    AgentIdentity,
+    Agreement,
+    Dataset,
+    Organisation,
+    RoundParticipant,
+    TrainingPlan,
+    TrainingRound,
+)
 
 RECORDS = 60_000
 STEPS = 50
@@ -100,6 +116,18 @@ def world():
         local_steps=STEPS,
     )
     return org, agreement, TrainingPlan.objects.create(**plan_kwargs)
+
+
+AGENT_KEY = Ed25519PrivateKey.generate()
+
+
+def enrol_agent(org) -> None:
+    user = get_user_model().objects.create(username="bench-agent")
+    AgentIdentity.objects.create(organisation=org, user=user, public_key=AGENT_KEY.public_key().public_bytes_raw().hex())
+
+
+def ticket_hash(slug: str, round_id: int) -> str:
+    return hashlib.sha256(f"bench ticket {slug} {round_id}".encode()).hexdigest()
 
 
 def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
@@ -148,6 +176,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                     actor="bench",
                     round_id=round_id,
                     event=key,
+                    payload={"ticket_hash": ticket_hash(dataset.slug, round_id)} if kind == chain.COMMIT else None,
                 )
                 ledger.advance(budget, entry, proj)
                 pending.append(entry)
@@ -157,6 +186,42 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
         LedgerEntry.objects.bulk_create(pending)
         budget.save()
         ledger.sign_head(dataset)
+        # The partner's receipt of every round, hash-chained as receipt_record stores them.
+        agent_hex = AGENT_KEY.public_key().public_bytes_raw().hex()
+        prev, rows, now = receipts.GENESIS_HASH, [], timezone.now()
+        for i, round_id in enumerate(round_ids):
+            body = receipts.sign_receipt(
+                {
+                    "round": round_id,
+                    "dataset": dataset.slug,
+                    "ticket_hash": ticket_hash(dataset.slug, round_id),
+                    "event": json.loads(events[i % len(events)]),
+                    "local_ledger_head": hashlib.sha256(f"agent {round_id}".encode()).hexdigest(),
+                    "agent_public_key": agent_hex,
+                },
+                AGENT_KEY,
+            )
+            h = receipts.chain_hash(prev, body)
+            rows.append(
+                Receipt(
+                    dataset_id=dataset.pk,
+                    dataset_slug=dataset.slug,
+                    seq=i + 1,
+                    round_id=round_id,
+                    organisation_slug=org.slug,
+                    ticket_hash=body["ticket_hash"],
+                    agent_public_key=agent_hex,
+                    body=acc.canonical_json(body),
+                    received_at=now,
+                    prev_hash=prev,
+                    receipt_hash=h,
+                )
+            )
+            prev = h
+            if len(rows) >= BATCH:
+                Receipt.objects.bulk_create(rows)
+                rows = []
+        Receipt.objects.bulk_create(rows)
     return dataset
 
 
@@ -226,6 +291,43 @@ def time_verify(dataset) -> tuple[float, float, str]:
     return float(seconds), float(rss), out[1]
 
 
+def time_bundle_verify(dataset) -> tuple[float, float, float, int]:
+    """export_ledger, then `python -m accounting.verify` in a fresh process:
+    (export seconds, verify seconds, verify peak RSS MiB, receipts verified)."""
+    path = TMP / f"bundle-{dataset.slug}.json"
+    t = time.perf_counter()
+    call_command("export_ledger", out=str(path), dataset=dataset.slug, verbosity=0)
+    export_s = time.perf_counter() - t
+    code = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "dt = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(p.returncode, dt, rss)\n"
+        "print(p.stdout.strip().splitlines()[1] if p.returncode == 0 else p.stderr.strip()[-300:])\n"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        sys.executable,
+        "-m",
+        "accounting.verify",
+        str(path),
+        "--public-key",
+        ledger.public_key_hex(),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout.splitlines()
+    rc, seconds, rss = out[0].split()
+    if rc != "0":
+        raise SystemExit(f"accounting.verify failed on {dataset.slug}: {out[1]}")
+    n_receipts = int(out[1].split(", ")[-1].split()[0]) if "receipts verified" in out[1] else 0
+    path.unlink()
+    return export_s, float(seconds), float(rss), n_receipts
+
+
 def fmt_ms(x: float) -> str:
     return f"{x * 1e3:.3f} ms" if x < 1 else f"{x:.2f} s"
 
@@ -243,6 +345,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     org, agreement, plan = world()
+    enrol_agent(org)
     rows, raw = [], {}
     per_event = None
     for n in sizes:
@@ -268,12 +371,15 @@ def main() -> None:
             )
         v_s, v_rss, v_line = time_verify(dataset)
         row.update(verify_s=v_s, verify_peak_rss_mib=v_rss, verify_line=v_line)
+        x_s, b_s, b_rss, n_rec = time_bundle_verify(dataset)
+        row.update(export_s=x_s, bundle_verify_s=b_s, bundle_verify_peak_rss_mib=b_rss, receipts=n_rec)
         row["ratio_p50"] = row["recompose_p50_s"] / s50
         rows.append(row)
         raw[n] = {"service_s": service, "core_s": core}
         print(
             f"{n:>7} entries: built in {build_s:.1f} s; check p50 {fmt_ms(s50)} p99 {fmt_ms(s99)}; "
-            f"recompose {'~' if row['extrapolated'] else ''}{fmt_ms(row['recompose_p50_s'])}; verify {v_s:.1f} s, {v_rss:.0f} MiB",
+            f"recompose {'~' if row['extrapolated'] else ''}{fmt_ms(row['recompose_p50_s'])}; verify {v_s:.1f} s, {v_rss:.0f} MiB; "
+            f"export {x_s:.1f} s, bundle verify with {n_rec} receipts {b_s:.1f} s, {b_rss:.0f} MiB",
             flush=True,
         )
 
@@ -286,15 +392,16 @@ def main() -> None:
         f"One dataset per row; rounds of RESERVE + COMMIT with {len(QS) * len(ZS)} distinct events "
         f"(q in {{64..512}}/{RECORDS}, z in {ZS}, K={STEPS}); epsilon at delta=1e-5.",
         "",
-        "| ledger entries | fedgov check p50 | fedgov check p99 | core (row + O(orders)) p50 | recompose from scratch p50 | recompose p99 | speed-up (p50) | verify_ledger | verify peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ledger entries | fedgov check p50 | fedgov check p99 | core (row + O(orders)) p50 | recompose from scratch p50 | recompose p99 | speed-up (p50) | verify_ledger | verify peak RSS | receipts | export_ledger | accounting.verify (bundle) | its peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         rec = ("~" if row["extrapolated"] else "") + fmt_ms(row["recompose_p50_s"])
         rec99 = "(extrapolated)" if row["extrapolated"] else fmt_ms(row["recompose_p99_s"]) + f" (n={row['recompose_reps']})"
         lines.append(
             f"| {row['entries']:,} | {fmt_ms(row['check_p50_s'])} | {fmt_ms(row['check_p99_s'])} | {fmt_ms(row['core_p50_s'])} | "
-            f"{rec} | {rec99} | {'~' if row['extrapolated'] else ''}{row['ratio_p50']:,.0f}x | {row['verify_s']:.1f} s | {row['verify_peak_rss_mib']:.0f} MiB |"
+            f"{rec} | {rec99} | {'~' if row['extrapolated'] else ''}{row['ratio_p50']:,.0f}x | {row['verify_s']:.1f} s | {row['verify_peak_rss_mib']:.0f} MiB | "
+            f"{row['receipts']:,} | {row['export_s']:.1f} s | {row['bundle_verify_s']:.1f} s | {row['bundle_verify_peak_rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
@@ -306,6 +413,9 @@ def main() -> None:
         "* verify_ledger = `python manage.py verify_ledger --dataset SLUG` in a fresh process (streams the chain, checks "
         "every hash, the signed head, the two-phase protocol, and recomputes every stored epsilon; the RDP of identical "
         "events is memoised); peak RSS is the whole process's (Django + numpy + scipy + dp-accounting included).",
+        "* every COMMIT names a ticket and every round has its partner's signed receipt; accounting.verify = "
+        "`python -m accounting.verify BUNDLE --public-key HEX` on the exported bundle in a fresh process without Django "
+        "(the same chain checks, plus every receipt's Ed25519 signature, ticket and event).",
     ]
     report = "\n".join(lines) + "\n"
     print()

@@ -11,14 +11,14 @@ from django.db import migrations
 def install(apps, schema_editor):
     from accounting import triggers
 
-    for sql in triggers.install_sql(schema_editor.connection.vendor):
+    for sql in triggers.install_sql(schema_editor.connection.vendor, triggers.LEDGER_TABLES):
         schema_editor.execute(sql, params=None)
 
 
 def uninstall(apps, schema_editor):
     from accounting import triggers
 
-    for sql in triggers.uninstall_sql(schema_editor.connection.vendor):
+    for sql in triggers.uninstall_sql(schema_editor.connection.vendor, triggers.LEDGER_TABLES):
         schema_editor.execute(sql, params=None)
 
 

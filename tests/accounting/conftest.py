@@ -40,3 +40,11 @@ def history(cast):
     for d in cast.datasets:
         ledger.sign_head(d)
     return h
+
+
+@pytest.fixture
+def receipted(cast, tmp_path):
+    """A ledger whose COMMITs name tickets, with every partner's receipt, exported to a bundle."""
+    from tests.accounting.receipting import build
+
+    return build(cast, tmp_path)

@@ -22,7 +22,7 @@ def exported(history, tmp_path):
 
 def test_an_exported_bundle_verifies_without_the_database(exported, django_assert_num_queries, capsys):
     with django_assert_num_queries(0):
-        call_command("verify_ledger", bundle=str(exported))
+        call_command("verify_ledger", bundle=str(exported), trust_bundle_key=True)
     out = capsys.readouterr().out
     assert "bundle verifies" in out
     assert "org-a-records: 8 entries" in out
@@ -166,7 +166,7 @@ def test_the_verify_command_fails_on_a_tampered_bundle_file(exported, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
     with pytest.raises(CommandError) as excinfo:
-        call_command("verify_ledger", bundle=str(bad))
+        call_command("verify_ledger", bundle=str(bad), trust_bundle_key=True)
     assert excinfo.value.returncode == 1
     assert "dataset org-b-records: entry #3" in str(excinfo.value)
 
@@ -183,7 +183,7 @@ def test_verify_ledger_exits_non_zero_as_a_process(exported, tmp_path):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="fedgov.settings_test", FEDGOV_VAR_DIR=str(settings.VAR_DIR))
     # (exit 0 on a good bundle is covered through call_command above; one process is enough)
     fail = subprocess.run(
-        [sys.executable, "manage.py", "verify_ledger", "--bundle", str(bad)], env=env, capture_output=True, text=True
+        [sys.executable, "manage.py", "verify_ledger", "--bundle", str(bad), "--trust-bundle-key"], env=env, capture_output=True, text=True
     )
     assert fail.returncode == 1
     assert "entry #" in fail.stderr
@@ -199,13 +199,13 @@ def test_a_later_bundle_extends_an_earlier_one(history, tmp_path, capsys, django
     with django_capture_on_commit_callbacks(execute=True):  # the append's commit signs the new heads
         services.budget_reserve(round=r, actor=history.cast.admin)
     call_command("export_ledger", out=str(new))
-    call_command("verify_ledger", bundle=str(new), since=str(old))
+    call_command("verify_ledger", bundle=str(new), since=str(old), trust_bundle_key=True)
     assert "extends the old head #8 by 1 entries" in capsys.readouterr().out
     # The same bundle trivially extends itself.
-    call_command("verify_ledger", bundle=str(old), since=str(old))
+    call_command("verify_ledger", bundle=str(old), since=str(old), trust_bundle_key=True)
     # An older bundle does not extend a newer one (entries would have disappeared).
     with pytest.raises(CommandError, match="fewer than the old signed head"):
-        call_command("verify_ledger", bundle=str(old), since=str(new))
+        call_command("verify_ledger", bundle=str(old), since=str(new), trust_bundle_key=True)
 
 
 def test_rewritten_history_fails_the_since_check_even_when_re_signed(history, tmp_path):
@@ -234,10 +234,10 @@ def test_rewritten_history_fails_the_since_check_even_when_re_signed(history, tm
     )
     data["chains"][0]["signed_heads"] = [head]
     new.write_text(json.dumps(data))
-    call_command("verify_ledger", bundle=str(new))
+    call_command("verify_ledger", bundle=str(new), trust_bundle_key=True)
     # ... but an auditor holding the earlier bundle sees history was rewritten.
     with pytest.raises(CommandError, match="entry #3 differs from the old bundle"):
-        call_command("verify_ledger", bundle=str(new), since=str(old))
+        call_command("verify_ledger", bundle=str(new), since=str(old), trust_bundle_key=True)
 
 
 def test_a_chain_missing_from_the_new_bundle_fails_the_since_check(history, tmp_path):
@@ -245,7 +245,7 @@ def test_a_chain_missing_from_the_new_bundle_fails_the_since_check(history, tmp_
     call_command("export_ledger", out=str(old))
     call_command("export_ledger", out=str(new), dataset="org-a-records")
     with pytest.raises(CommandError, match="missing from the new one"):
-        call_command("verify_ledger", bundle=str(new), since=str(old))
+        call_command("verify_ledger", bundle=str(new), since=str(old), trust_bundle_key=True)
 
 
 def test_since_without_bundle_is_a_usage_error(db):
