@@ -128,7 +128,7 @@ def build(cast, tmp_path) -> Receipted:
     set_status(r4, TrainingRound.Status.ABORTED)
     services.budget_release(round=r4, actor=cast.admin, reason="aborted before training", no_update_released=True)
     h.path = tmp_path / "bundle.json"
-    call_command("export_ledger", out=str(h.path))
+    call_command("export_ledger", out=str(h.path), sign_pending=True)
     return h
 
 

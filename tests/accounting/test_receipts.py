@@ -228,14 +228,14 @@ def test_a_commit_without_ticket_after_ticketed_commits_fails_and_legacy_commits
     for d in cast.datasets:
         record(h, r1.pk, d.slug)
     path = tmp_path / "ok.json"
-    call_command("export_ledger", out=str(path))
+    call_command("export_ledger", out=str(path), sign_pending=True)
     call_command("verify_ledger", bundle=str(path), public_key=pinned())
     err = capsys.readouterr().err
     assert "warning: org-a-records: 1 committed rounds unreceipted (legacy" in err
     # Falling back to a COMMIT without ticket is not a loophole.
     services.budget_commit(round=r2, actor=cast.admin)
     bad = tmp_path / "bad.json"
-    call_command("export_ledger", out=str(bad))
+    call_command("export_ledger", out=str(bad), sign_pending=True)
     seq = LedgerEntry.objects.get(round_id=r2.pk, dataset=a, kind=chain.COMMIT).seq
     both_fail(None, tmp_path, f"entry #{seq}: COMMIT of round {r2.pk} names no ticket_hash", path=bad)
 

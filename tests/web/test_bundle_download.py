@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from accounting import bundle
+from accounting import bundle, ledger
 from accounting import services as accounting_services
 from accounting.models import DatasetBudget, SignedHead
 from federation.models import TrainingRound
@@ -58,7 +58,7 @@ def test_two_downloads_sign_nothing_and_the_bundle_covers_the_latest_entry(
     head = last_head(data)
     assert (head["seq"], head["head_hash"]) == (budget.entry_count, budget.head_hash)
     assert len(data["chains"][0]["entries"]) == budget.entry_count
-    call_command("verify_ledger", bundle=str(second))
+    call_command("verify_ledger", bundle=str(second), public_key=ledger.public_key_hex())
     assert "bundle verifies" in capsys.readouterr().out
     report = bundle.verify(data)
     assert [c.dataset for c in report.chains] == [dataset.slug]
@@ -90,7 +90,7 @@ def test_a_download_never_signs_an_unsigned_head_the_sweep_does(cast, as_user, t
     assert SignedHead.objects.count() == heads, "a read signed a head"
 
     assert last_head(data)["seq"] == signed_seq
-    call_command("verify_ledger", bundle=str(path))
+    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
     assert "bundle verifies" in capsys.readouterr().out
 
     # The schedule signs what the commit did not; the next download covers the latest entry.
@@ -98,7 +98,7 @@ def test_a_download_never_signs_an_unsigned_head_the_sweep_does(cast, as_user, t
     assert SignedHead.objects.count() == heads + len(cast.datasets)
     path, data = download(client, dataset, tmp_path, "c.json")
     assert (last_head(data)["seq"], last_head(data)["head_hash"]) == (budget.entry_count, budget.head_hash)
-    call_command("verify_ledger", bundle=str(path))
+    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
     deadlines_sweep()
     assert SignedHead.objects.count() == heads + len(cast.datasets), "the sweep signs a head once"
 
