@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .runner import Agent, AgentConfig
+from .runner import Agent, AgentConfig, load_coordinator_key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         "--send-retry", type=float, default=60.0,
         help="seconds to keep retrying a message the coordinator does not answer; after that it is sent again when asked",
     )
+    parser.add_argument(
+        "--coordinator-key",
+        help="the coordinator's ledger public key (64 hex digits, or a file with them or its PEM): enrolment must announce "
+        "this key, and every round ticket must be signed by it; without it, the key seen at first enrolment is pinned",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s agent: %(message)s")
@@ -34,10 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dropout must be between 0 and 1")
     if args.poll_wait <= 0 or args.send_retry <= 0:
         parser.error("--poll-wait and --send-retry must be positive numbers of seconds")
+    coordinator_key = None
+    if args.coordinator_key:
+        try:
+            coordinator_key = load_coordinator_key(args.coordinator_key)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
     agent = Agent(
         AgentConfig(
             server=args.server, token=args.token, data=args.data, state_dir=args.state, dropout=args.dropout,
-            poll_wait=args.poll_wait, send_retry=args.send_retry,
+            poll_wait=args.poll_wait, send_retry=args.send_retry, coordinator_key=coordinator_key,
         )
     )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
