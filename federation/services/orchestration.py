@@ -681,9 +681,10 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
             return "completed"
         server = _server(protocol)
         waiting = server.pending()
-        if waiting and round.phase_deadline and round.phase_deadline > now:
+        declined = set((round.metrics or {}).get("refusals") or {})  # not waited for: they said no
+        if set(waiting) - declined and round.phase_deadline and round.phase_deadline > now:
             return "waiting"
-        for slug in waiting:  # missed the deadline: dropouts
+        for slug in waiting:  # missed the deadline or declined: dropouts
             RoundParticipant.objects.filter(round=round, dataset__organisation__slug=slug).update(status=RoundParticipant.Status.DROPPED)
         try:
             if phase == ADVERTISE:
