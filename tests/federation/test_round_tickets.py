@@ -338,3 +338,19 @@ def test_a_round_whose_receipts_never_came_is_flagged(running_round):
     round.save(update_fields=["metrics"])
     orch.agent_receipt(user=agents[slugs[0]], round_id=round.pk, body=json.dumps(_receipt(round, slugs[0], keys[slugs[0]])).encode())
     assert orch.receipts_missing(round) == slugs[1:]
+
+
+def test_the_agent_refuses_a_round_its_own_ledger_cannot_pay_for(running_round, tmp_path):
+    """The partner's ledger (docs/PARTNER-LEDGER.md) is checked before training: over the
+    operator's local budget, the round is declined with `local_budget_exceeded`."""
+    pytest.importorskip("federation.agent.ledger")
+    _, agents, _, parts = running_round
+    user = next(iter(agents.values()))
+    task = _task(user)
+    ticket, ticket_hash = _check(task, user)
+    agent = runner.Agent(runner.AgentConfig(server="http://127.0.0.1:9", token="t", data=parts[0], state_dir=tmp_path / "a", budget=0.5, delta=1e-5))
+    with pytest.raises(runner.PlanRefused) as info:
+        agent._local_reserve(task["round"], ticket, ticket_hash)
+    assert info.value.code == "local_budget_exceeded"
+    assert agent.local_ledger.spent(agent.data_id) == 0.0
+    agent.local_ledger.close()
