@@ -149,16 +149,16 @@ RECEIPT_MAX_BYTES = 8192
 class RefuseView(AgentView):
     """The agent declines the round, with a stable code and a reason people can read."""
 
-    class InputSerializer(serializers.Serializer):
+    class RefusalSerializer(serializers.Serializer):
         code = serializers.CharField(max_length=orchestration.REFUSAL_CODE_MAX, help_text="Stable refusal code, e.g. ticket_signature.")
         reason = serializers.CharField(max_length=orchestration.REFUSAL_REASON_MAX)
 
     @extend_schema(
-        request=InputSerializer,
+        request=RefusalSerializer,
         responses=inline_serializer("AgentRefusal", {"accepted": serializers.BooleanField(), "code": serializers.CharField()}),
     )
     def post(self, request, round_id: int):
-        data = self.InputSerializer(data=request.data)
+        data = self.RefusalSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(orchestration.agent_refuse(user=request.user, round_id=round_id, **data.validated_data))
 
