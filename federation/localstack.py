@@ -176,10 +176,12 @@ def start_beat(env: dict, log_dir: Path) -> Proc:
 
 def start_agent(
     env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0,
-    poll_wait: float = 5.0, send_retry: float | None = None,
+    poll_wait: float = 5.0, send_retry: float | None = None, coordinator_key: str | None = None,
 ) -> Proc:
     agent_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}  # the agent has no Django
     extra = ["--send-retry", str(send_retry)] if send_retry is not None else []
+    if coordinator_key is not None:
+        extra += ["--coordinator-key", coordinator_key]
     return _spawn(
         name,
         [sys.executable, "-m", "federation.agent", "--server", server, "--token", token, "--data", str(data), "--state", str(state_dir),

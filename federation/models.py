@@ -575,11 +575,51 @@ class RoundParticipant(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.INVITED)
     last_phase = models.CharField(max_length=32, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    # Why the partner's agent declined the round (federation/agent/runner.py's checks): a
+    # stable code and the agent's own words, shown on the round page and in the round API.
+    refusal_code = models.CharField(max_length=64, blank=True)
+    refusal_reason = models.TextField(blank=True)
+    refused_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["round", "dataset"], name="round_participant_unique"),
         ]
+
+
+class ImmutableRow(Exception):
+    """A write-once row (a signed round ticket) was about to be changed."""
+
+
+class RoundTicket(models.Model):
+    """What a round reserved on one dataset, frozen and signed with the ledger key
+    (ARCHITECTURE.md, Ledger 1): the agent runs this document, never the plan's fields as they
+    are when it polls. `document` is the ticket without its signature; `signature` is the
+    ledger key's Ed25519 signature of TICKET_DOMAIN + canonical JSON of `document`, and
+    `ticket_hash` the SHA-256 of those same bytes. Written once, in the transaction that
+    reserved the budget; never updated.
+
+    The partner's receipt (signed with its enrolled identity key) is stored beside it once
+    it arrives; a round whose masked input was sent without one is flagged."""
+
+    participant = models.OneToOneField(RoundParticipant, on_delete=models.CASCADE, related_name="ticket")
+    document = models.JSONField()
+    signature = models.CharField(max_length=128)
+    ticket_hash = models.CharField(max_length=64, unique=True)
+    key_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    receipt = models.JSONField(null=True, blank=True)
+    receipt_at = models.DateTimeField(null=True, blank=True)
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("update_fields"):
+            raise ImmutableRow("a round ticket is written once; it is never changed")
+        fields = set(kwargs.get("update_fields") or ())
+        if fields - {"receipt", "receipt_at"}:
+            raise ImmutableRow("a round ticket is written once; only its receipt may be added")
+        if fields and RoundTicket.objects.filter(pk=self.pk, receipt__isnull=False).exists():
+            raise ImmutableRow("this ticket's receipt is already stored")
+        super().save(*args, **kwargs)
 
 
 class RoundApproval(GuardedModel):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import ledger as partner_ledger
-from .runner import Agent, AgentConfig
+from .runner import Agent, AgentConfig, load_coordinator_key
 
 DEFAULT_STATE = Path.home() / ".fedgov-agent"
 
@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--send-retry", type=float, default=60.0,
         help="seconds to keep retrying a message the coordinator does not answer; after that it is sent again when asked",
+    )
+    parser.add_argument(
+        "--coordinator-key",
+        help="the coordinator's ledger public key (64 hex digits, or a file with them or its PEM): enrolment must announce "
+        "this key, and every round ticket must be signed by it; without it, the key seen at first enrolment is pinned",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -67,10 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     given = sorted(f"--{k.replace('_', '-')}" for k, v in ledger_settings.items() if v is not None and k not in accepted)
     if given:
         parser.error(f"this agent's runner does not take {', '.join(given)} yet")
+    coordinator_key = None
+    if args.coordinator_key:
+        try:
+            coordinator_key = load_coordinator_key(args.coordinator_key)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
     agent = Agent(
         AgentConfig(
             server=args.server, token=args.token, data=args.data, state_dir=args.state, dropout=args.dropout,
-            poll_wait=args.poll_wait, send_retry=args.send_retry,
+            poll_wait=args.poll_wait, send_retry=args.send_retry, coordinator_key=coordinator_key,
             **{k: v for k, v in ledger_settings.items() if k in accepted},
         )
     )

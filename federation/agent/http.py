@@ -82,3 +82,11 @@ class CoordinatorClient:
 
     def submit_json(self, round_pk: int, phase: str, payload: dict) -> dict:
         return self.submit(round_pk, phase, json.dumps(payload).encode())
+
+    def refuse(self, round_pk: int, code: str, reason: str, *, retry_for: float = 60.0) -> dict:
+        """Tell the coordinator this agent declines the round, and why."""
+        return self._request("POST", f"rounds/{round_pk}/refuse/", json={"code": code, "reason": reason[:2000]}, retry_for=retry_for)
+
+    def receipt(self, round_pk: int, receipt: dict, *, retry_for: float = 60.0) -> dict:
+        """Send the signed receipt of a round whose masked input this agent sent."""
+        return self._request("POST", f"rounds/{round_pk}/receipt/", json=receipt, retry_for=retry_for)

@@ -63,10 +63,17 @@ class EnrolView(AgentView):
         request=InputSerializer,
         responses=inline_serializer(
             "AgentEnrolment",
-            {"organisation": serializers.CharField(), "public_key": serializers.CharField(), "terms": serializers.ListField(child=serializers.DictField())},
+            {
+                "organisation": serializers.CharField(),
+                "public_key": serializers.CharField(),
+                "terms": serializers.ListField(child=serializers.DictField()),
+                "coordinator_key": serializers.CharField(help_text="The ledger's Ed25519 public key (hex) that signs round tickets."),
+            },
         ),
     )
     def post(self, request):
+        from accounting import ledger
+
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         identity = orchestration.agent_enrol(user=request.user, public_key_hex=data.validated_data["public_key"])
@@ -75,6 +82,7 @@ class EnrolView(AgentView):
                 "organisation": identity.organisation.slug,
                 "public_key": identity.public_key,
                 "terms": orchestration.agent_terms(identity.organisation),
+                "coordinator_key": ledger.public_key_hex(),
             }
         )
 
@@ -150,3 +158,39 @@ class SubmitView(AgentView):
             parse_json(body)  # a JSON message must be JSON (strict: no NaN); the protocol checks the rest
         result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
         return Response(result)
+
+
+RECEIPT_MAX_BYTES = 8192
+
+
+class RefuseView(AgentView):
+    """The agent declines the round, with a stable code and a reason people can read."""
+
+    class RefusalSerializer(serializers.Serializer):
+        code = serializers.CharField(max_length=orchestration.REFUSAL_CODE_MAX, help_text="Stable refusal code, e.g. ticket_signature.")
+        reason = serializers.CharField(max_length=orchestration.REFUSAL_REASON_MAX)
+
+    @extend_schema(
+        request=RefusalSerializer,
+        responses=inline_serializer("AgentRefusal", {"accepted": serializers.BooleanField(), "code": serializers.CharField()}),
+    )
+    def post(self, request, round_id: int):
+        data = self.RefusalSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(orchestration.agent_refuse(user=request.user, round_id=round_id, **data.validated_data))
+
+
+class ReceiptView(AgentView):
+    """The agent's signed receipt for a round whose masked input it sent (federation/agent/trust.py)."""
+
+    parser_classes = [RawBodyParser]
+
+    @extend_schema(request={"application/json": dict}, responses=inline_serializer("AgentReceiptAccepted", {"accepted": serializers.BooleanField()}))
+    def post(self, request, round_id: int):
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > RECEIPT_MAX_BYTES or len(request.body) > RECEIPT_MAX_BYTES:
+            return Response(
+                {"code": "message_too_large", "message": f"A receipt is at most {RECEIPT_MAX_BYTES} bytes.", "details": {"limit": RECEIPT_MAX_BYTES}},
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            )
+        return Response(orchestration.agent_receipt(user=request.user, round_id=round_id, body=request.body))

@@ -343,7 +343,8 @@ class ParticipantOutput(serializers.ModelSerializer):
 
     class Meta:
         model = RoundParticipant
-        fields = ["dataset", "dataset_slug", "organisation", "organisation_slug", "status", "last_phase", "metrics"]
+        # refusal_*: why the partner's agent declined the round (empty when it did not)
+        fields = ["dataset", "dataset_slug", "organisation", "organisation_slug", "status", "last_phase", "metrics", "refusal_code", "refusal_reason"]
         ref_name = "RoundParticipant"
 
 

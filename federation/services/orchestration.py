@@ -33,6 +33,7 @@ from fedgov import strictjson
 from fedgov.errors import ApplicationError, NotFound, PermissionDenied
 
 from .. import secagg, wakeup
+from ..agent import trust
 from ..learning import (
     QuantSpec,
     apply_update,
@@ -53,6 +54,7 @@ from ..models import (
     ProtocolRelay,
     RoundParticipant,
     RoundProtocol,
+    RoundTicket,
     TrainingPlan,
     TrainingRound,
 )
@@ -191,7 +193,7 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
     server = secagg.SecAggServer(config, identity_keys=keys)
     datasets = {link.dataset.organisation.slug: link.dataset for link in links if link.dataset.organisation.slug in roster}
     weights = fedavg_weights({slug: d.record_count for slug, d in datasets.items()})
-    RoundProtocol.objects.update_or_create(
+    protocol, _ = RoundProtocol.objects.update_or_create(
         round=round,
         defaults={
             "config": {
@@ -212,11 +214,102 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
     ProtocolMessage.objects.filter(round=round).delete()
     ProtocolRelay.objects.filter(round=round).delete()
     RoundParticipant.objects.filter(round=round, dataset__in=datasets.values()).update(status=RoundParticipant.Status.ACTIVE)
+    round_tickets_issue(round=round, links=[link for link in links if link.dataset.organisation.slug in roster], model=model, config=protocol.config)
     round.phase = ADVERTISE
     round.phase_deadline = _deadline(plan)
     round.save(update_fields=["phase", "phase_deadline"])
     _schedule_close(round, ADVERTISE)
     return round
+
+
+# --- round tickets ----------------------------------------------------------------------------
+
+
+def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, model: ModelVersion, config: dict) -> dict:
+    """The unsigned ticket of one participant (federation/agent/trust.py): everything the RESERVE
+    charged and the partner runs, as frozen at reservation."""
+    import json
+
+    from accounting import ledger
+    from accounting.models import iso
+
+    plan, dataset = round.plan, link.dataset
+    slug = dataset.organisation.slug
+    agreement = plan.agreement
+    dp = plan.dp_params_for(dataset)
+    return {
+        # docs/TRUST-FORMATS.md's fields
+        "round": round.pk,  # what the ledger's entries carry for the round
+        "dataset": reserve.dataset_slug,  # the chain's name
+        "event": json.loads(reserve.event),  # the RESERVE's event, as JSON
+        "q": dp["q"],
+        "z": dp["z"],
+        "K": dp["K"],
+        "C": dp["C"],
+        "eval_noise": dp["eval_noise_multiplier"],
+        "eval_count": dp["eval_count"],
+        "records": dataset.record_count,  # what q was computed from
+        "model_spec": plan.model_spec,
+        "start_model_sha256": model.sha256,
+        "agreement_id": agreement.pk,
+        "agreement_version": agreement.version,
+        "terms_hash": agreement.terms_hash,
+        "reserve_entry_hash": reserve.entry_hash,
+        # what the partner needs besides
+        "v": trust.TICKET_VERSION,
+        "round_number": round.number,
+        "plan": plan.pk,
+        "secagg_round_id": secagg_round_id(round),
+        "organisation": slug,
+        "model_version": model.version,
+        "delta": dataset.delta,
+        "accountant": dataset.accountant,
+        "learning_rate": plan.learning_rate,
+        "momentum": plan.momentum,
+        "weight": config["weights"][slug],
+        "quant": config["quant"],
+        "epsilon_budget": dataset.epsilon_budget,
+        "key_id": ledger.key_id(),
+        "issued_at": iso(timezone.now()),
+    }
+
+
+def round_tickets_issue(*, round: TrainingRound, links: list[RoundParticipant], model: ModelVersion, config: dict) -> list[RoundTicket]:
+    """Freeze and sign one ticket per participant, in the transaction that reserved the budget
+    (round_start -> round_open_protocol). A participant already holding one keeps it."""
+    from accounting import ledger
+    from accounting.models import LedgerEntry
+
+    reserves = {e.dataset_id: e for e in LedgerEntry.objects.filter(round_id=round.pk, kind="RESERVE")}
+    held = set(RoundTicket.objects.filter(participant__in=links).values_list("participant_id", flat=True))
+    key = ledger.signing_key()
+    out = []
+    for link in links:
+        if link.pk in held:
+            continue
+        reserve = reserves.get(link.dataset_id)
+        if reserve is None:  # budget_reserve wrote one per dataset: never without one
+            raise ApplicationError(f"Round {round.number} has no reservation on {link.dataset.slug}; no ticket can be issued.")
+        ticket = trust.ticket_sign(ticket_document(round=round, link=link, reserve=reserve, model=model, config=config), key)
+        out.append(
+            RoundTicket.objects.create(
+                participant=link,
+                document={k: v for k, v in ticket.items() if k != "signature"},
+                signature=ticket["signature"],
+                ticket_hash=trust.ticket_hash(ticket),
+                key_id=ticket["key_id"],
+            )
+        )
+    return out
+
+
+def ticket_signed(ticket: RoundTicket) -> dict:
+    return {**ticket.document, "signature": ticket.signature}
+
+
+def round_ticket_hashes(round: TrainingRound) -> dict[int, str]:
+    """{dataset id: ticket hash} of the round, for the COMMIT entries that name them."""
+    return dict(RoundTicket.objects.filter(participant__round=round).values_list("participant__dataset_id", "ticket_hash"))
 
 
 # --- what an agent sees and sends -------------------------------------------------------------
@@ -305,16 +398,25 @@ def _task_payload(round: TrainingRound, protocol: RoundProtocol, slug: str) -> d
             },
             "dataset": {"slug": dataset.slug, "record_count": dataset.record_count, "schema": dataset.schema()},
             "model": {"version": model.version, "sha256": model.sha256, "params": _b64(bytes(model.params))},
+            # What the agent runs (federation/agent/trust.py); the plan fields above are what the
+            # plan says now, which the agent compares with the ticket.
+            "ticket": _ticket_for(round, dataset),
         }
     if phase == EVALUATE:
         model = plan.model_versions.get(round=round)
         return {
             "eval_noise_multiplier": plan.eval_noise_multiplier,
+            "dataset": cfg["datasets"][slug],
             "model": {"version": model.version, "sha256": model.sha256, "params": _b64(bytes(model.params))},
         }
     # This recipient's relay, or the one for everyone: O(n) bytes, never the other recipients'.
     relays = dict(ProtocolRelay.objects.filter(round=round, phase=phase, party__in=(slug, ProtocolRelay.EVERYONE)).values_list("party", "body"))
     return {"relay": relays.get(slug) or relays.get(ProtocolRelay.EVERYONE)}
+
+
+def _ticket_for(round: TrainingRound, dataset) -> dict | None:
+    ticket = RoundTicket.objects.filter(participant__round=round, participant__dataset=dataset).first()
+    return ticket_signed(ticket) if ticket is not None else None
 
 
 def _server(protocol: RoundProtocol) -> secagg.SecAggServer:
@@ -435,6 +537,132 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
     return result
 
 
+class ReceiptRejected(ApplicationError):
+    """A partner's receipt does not check out (bad signature, another ticket or event)."""
+
+    code = "receipt_rejected"
+    http_status = 400
+
+
+class ReceiptConflict(ApplicationError):
+    code = "receipt_conflict"
+    http_status = 409
+
+
+REFUSAL_CODE_MAX = 64
+REFUSAL_REASON_MAX = 2000
+
+
+def _agent_link(organisation: Organisation, round_id: int, *, lock: bool) -> tuple[TrainingRound, RoundParticipant]:
+    rounds = TrainingRound.objects.select_related("plan")
+    round = (rounds.select_for_update() if lock else rounds).filter(pk=round_id).first()
+    link = None
+    if round is not None:
+        link = round.participant_links.select_related("dataset__organisation").filter(dataset__organisation=organisation).first()
+    if round is None or link is None:
+        raise NotFound("Round not found.")
+    return round, link
+
+
+def agent_refuse(*, user, round_id: int, code: str, reason: str) -> dict:
+    """The partner's agent declines the round (its checks failed: an unsigned or mismatched
+    ticket, parameters outside the terms, its local budget). Stored on the participant with
+    the agent's code and words, so the round page and API say why; the participant leaves the
+    round, and when nobody the phase waits for is left, the phase closes at once."""
+    from fedgov.errors import ValidationFailed
+
+    organisation = agent_organisation(user)
+    code, reason = (code or "").strip(), (reason or "").strip()
+    if not code or len(code) > REFUSAL_CODE_MAX or not all(c.isascii() and (c.isalnum() or c == "_") for c in code):
+        raise ValidationFailed(
+            f"code must be 1-{REFUSAL_CODE_MAX} letters, digits or underscores.", fields={"code": ["Invalid refusal code."]}
+        )
+    if not reason or len(reason) > REFUSAL_REASON_MAX:
+        raise ValidationFailed(
+            f"reason must be 1-{REFUSAL_REASON_MAX} characters.", fields={"reason": ["Give the reason in at most 2000 characters."]}
+        )
+    with transaction.atomic():
+        round, link = _agent_link(organisation, round_id, lock=True)
+        if link.refusal_code:
+            return {"accepted": True, "code": link.refusal_code}  # told us already (a retried POST)
+        if round.status not in (Status.RUNNING, Status.AGGREGATING):
+            raise PhaseClosed(f"Round {round.number} is {round.get_status_display().lower()}; there is nothing to decline.")
+        phase = round.phase
+        link.refusal_code, link.refusal_reason, link.refused_at = code, reason, timezone.now()
+        # It sent its update already when it declines to evaluate: it finished, without evaluating.
+        link.status = RoundParticipant.Status.FINISHED if phase == EVALUATE else RoundParticipant.Status.DROPPED
+        link.save(update_fields=["refusal_code", "refusal_reason", "refused_at", "status"])
+        round.metrics = {
+            **round.metrics,
+            "refusals": {**round.metrics.get("refusals", {}), organisation.slug: {"code": code, "reason": reason, "phase": phase}},
+        }
+        round.save(update_fields=["metrics"])
+        logger.warning("round %s: %s declined in %s: %s: %s", round.pk, organisation.slug, phase, code, reason)
+        protocol = RoundProtocol.objects.filter(round=round).first()
+        if protocol is not None and phase in AGENT_PHASES:
+            declined = set(round.metrics["refusals"])
+            if not set(_pending(round, protocol)) - declined:
+                _enqueue_close_now(round, phase)
+    return {"accepted": True, "code": code}
+
+
+def refusals_summary(round: TrainingRound) -> str:
+    """'org-a declined (ticket_mismatch: ...); org-b declined (...)', or ''."""
+    refusals = (round.metrics or {}).get("refusals") or {}
+    return "; ".join(f"{slug} declined ({r['code']}: {r['reason']})" for slug, r in sorted(refusals.items()))
+
+
+def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
+    """Check the partner's signed receipt for the round against its ticket, its enrolled
+    identity key and the RESERVE's event, and store it beside the ticket (write once)."""
+    import json
+
+    organisation = agent_organisation(user)
+    try:
+        receipt = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ReceiptRejected("The receipt is not JSON.", receipt_code="receipt_malformed") from None
+    with transaction.atomic():
+        round, link = _agent_link(organisation, round_id, lock=True)
+        ticket = RoundTicket.objects.filter(participant=link).first()
+        protocol = RoundProtocol.objects.filter(round=round).only("config").first()
+        enrolled = (protocol.config.get("identity_keys") or {}).get(organisation.slug) if protocol else None
+        if ticket is None or enrolled is None:
+            raise NotFound(f"{organisation.name} holds no ticket for round {round.number}.")
+        try:
+            trust.receipt_verify(receipt, bytes.fromhex(enrolled))
+        except trust.TrustError as exc:
+            raise ReceiptRejected(str(exc), receipt_code=exc.code) from None
+        from accounting.accountant import canonical_json
+
+        expected = {
+            "round": round.pk,
+            "dataset": ticket.document["dataset"],
+            "ticket_hash": ticket.ticket_hash,
+            "event": canonical_json(ticket.document["event"]),
+        }
+        got = {**receipt, "event": canonical_json(receipt["event"]) if isinstance(receipt["event"], dict) else receipt["event"]}
+        wrong = [name for name, value in expected.items() if got[name] != value]
+        if wrong:
+            raise ReceiptRejected(f"The receipt does not match the round's ticket: {', '.join(wrong)} differ.", receipt_code="receipt_mismatch")
+        if ticket.receipt is not None:
+            if ticket.receipt == receipt:
+                return {"accepted": True}
+            raise ReceiptConflict("A different receipt for this round is already stored.")
+        # Beside the ledger too, in the dataset's receipt chain that audit bundles carry
+        # (ARCHITECTURE.md, Trust 3): checked again there against the RESERVE's event.
+        from accounting.services import receipt_record
+
+        receipt_record(receipt=receipt, organisation=organisation, public_key=enrolled)
+        ticket.receipt, ticket.receipt_at = receipt, timezone.now()
+        ticket.save(update_fields=["receipt", "receipt_at"])
+        missing = round.metrics.get("receipts_missing")
+        if missing and organisation.slug in missing:  # arrived after the round was flagged
+            round.metrics = {**round.metrics, "receipts_missing": [s for s in missing if s != organisation.slug]}
+            round.save(update_fields=["metrics"])
+    return {"accepted": True}
+
+
 def _receive_evaluation(round: TrainingRound, link: RoundParticipant, body: bytes) -> dict:
     from ..learning import EvaluationRelease
 
@@ -474,9 +702,10 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
             return "completed"
         server = _server(protocol)
         waiting = server.pending()
-        if waiting and round.phase_deadline and round.phase_deadline > now:
+        declined = set((round.metrics or {}).get("refusals") or {})  # not waited for: they said no
+        if set(waiting) - declined and round.phase_deadline and round.phase_deadline > now:
             return "waiting"
-        for slug in waiting:  # missed the deadline: dropouts
+        for slug in waiting:  # missed the deadline or declined: dropouts
             RoundParticipant.objects.filter(round=round, dataset__organisation__slug=slug).update(status=RoundParticipant.Status.DROPPED)
         try:
             if phase == ADVERTISE:
@@ -493,7 +722,8 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
                 if not server.can_finalize:
                     raise secagg.TooFewSurvivors(f"{len(server.responders)} unmasking answers, threshold is {server.config.threshold}")
         except secagg.SecAggError as exc:
-            round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}")
+            declined = refusals_summary(round)
+            round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined}." if declined else ""))
             return "aborted"
         protocol.state = server.to_dict(contributions=False)
         protocol.running_sum = server.running_sum_bytes()
@@ -585,6 +815,16 @@ def round_aggregate(*, round_id: int) -> str:
     return "completed"
 
 
+def receipts_missing(round: TrainingRound) -> list[str]:
+    """Partners whose masked input went into the sum but whose signed receipt never came.
+    Their budget is charged all the same (committed with the round); the round is flagged."""
+    sent = set(round.metrics.get("contributors", []))
+    received = set(
+        RoundTicket.objects.filter(participant__round=round, receipt__isnull=False).values_list("participant__dataset__organisation__slug", flat=True)
+    )
+    return sorted(sent - received)
+
+
 def _complete(round: TrainingRound) -> None:
     """AGGREGATING -> COMPLETED under the caller's lock: commit the budget, record the
     accuracy, request the plan's next round or stop the plan saying why."""
@@ -599,6 +839,7 @@ def _complete(round: TrainingRound) -> None:
         "accuracy": accuracy,
         "accuracy_interval": [interval.low, interval.high] if interval is not None else None,
         "evaluations": sum("evaluation" in link.metrics for link in links),
+        "receipts_missing": receipts_missing(round),
     }
     RoundParticipant.objects.filter(round=round, status=RoundParticipant.Status.ACTIVE).update(status=RoundParticipant.Status.FINISHED)
     round.status = Status.COMPLETED
@@ -606,7 +847,7 @@ def _complete(round: TrainingRound) -> None:
     round.phase_deadline = None
     round.finished_at = timezone.now()
     round.save(update_fields=["status", "phase", "phase_deadline", "finished_at", "metrics"])
-    budget_commit(round=round, actor=None)
+    budget_commit(round=round, actor=None, ticket_hashes=round_ticket_hashes(round))
     ModelVersion.objects.filter(round=round).update(metrics={**round.metrics})
     event_record(
         kind=GovernanceEvent.Kind.ROUND_COMPLETED,

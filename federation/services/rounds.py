@@ -317,7 +317,12 @@ def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Statu
         if no_update_released:
             budget_release(round=round, actor=actor, reason=reason, no_update_released=True)
         else:
-            budget_commit(round=round, actor=actor)
+            from .orchestration import receipts_missing, round_ticket_hashes
+
+            budget_commit(round=round, actor=actor, ticket_hashes=round_ticket_hashes(round))
+            # Charged whether or not the partners' receipts came; the missing ones are flagged.
+            round.metrics = {**(round.metrics or {}), "receipts_missing": receipts_missing(round)}
+            round.save(update_fields=["metrics"])
     kind = GovernanceEvent.Kind.ROUND_FAILED if status == Status.FAILED else GovernanceEvent.Kind.ROUND_ABORTED
     event_record(
         kind=kind,

@@ -4,6 +4,10 @@ Signed terms, a plan's parameters once it has a round, a budgeted dataset's delt
 state machine and who may approve a round: SQLite and PostgreSQL each get their own SQL,
 from federation/triggers.py (the flush command and the tests use the very same statements).
 Reversing the migration drops them.
+
+A later migration that alters a guarded table on SQLite (which rebuilds the table) must drop
+the triggers first and install them again after (RunPython with `triggers.uninstall` /
+`triggers.install`): a trigger naming another table breaks SQLite's rename step.
 """
 
 from django.db import migrations
@@ -25,7 +29,7 @@ def uninstall(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("federation", "0007_plan_server_optimizer"),
+        ("federation", "0008_round_tickets"),
         ("accounting", "0002_append_only_triggers"),
     ]
 
