@@ -190,3 +190,9 @@ class ApiTokenAdmin(ReadOnlyAdmin):
             except ApplicationError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
         self.message_user(request, f"{revoked} token(s) revoked.")
+
+
+@admin.register(models.RoundTicket)
+class RoundTicketAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "ticket_hash", "key_id", "created_at", "receipt_at")
+    search_fields = ("ticket_hash",)

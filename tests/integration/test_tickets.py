@@ -13,6 +13,7 @@ from django.test import Client
 from federation import simulation
 from federation.localstack import local_stack, stop
 from federation.models import RoundParticipant, RoundTicket, TrainingPlan, TrainingRound
+from tests.tamper import force_update
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents
 
@@ -47,9 +48,10 @@ def test_a_plan_changed_after_reservation_is_refused_by_every_agent_and_nobody_t
         rnd = round_request(actor=fed.admin, plan=fed.plan)
         rnd = _wait_round(fed, {"running"}, stack=stack, pk=rnd.pk, phase="advertise_keys")
         # Budget reserved and tickets signed for z, K. Now the plan is changed behind the
-        # ledger's back (no model guard in the way: a raw UPDATE).
+        # ledger's back, as a compromised database would: the model guard and the trigger
+        # lifted (tests/tamper.py), which the guards' own tests show they otherwise refuse.
         plan = TrainingPlan.objects.get(pk=fed.plan.pk)
-        TrainingPlan.objects.filter(pk=plan.pk).update(noise_multiplier=plan.noise_multiplier / 4, local_steps=plan.local_steps * 50)
+        force_update(TrainingPlan, plan.pk, noise_multiplier=plan.noise_multiplier / 4, local_steps=plan.local_steps * 50)
         for i, (slug, token) in enumerate(fed.tokens.items()):
             stack.agent(name=f"again-{i + 1}", token=token, data=fed.partitions[i], state_dir=tmp_path / "agents" / slug, poll_wait=2)
         rnd = _wait_round(fed, {"aborted", "failed", "completed"}, stack=stack, pk=rnd.pk)
