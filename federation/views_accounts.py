@@ -66,7 +66,9 @@ def admin_login(request, extra_context=None):
     a code opens no admin session; the code step follows, then the admin."""
     response = locked_out_is_429(admin.site.login(request, extra_context))
     user = request.user
-    if request.method == "POST" and user.is_authenticated and not user.is_verified() and twofactor.needs_second_factor(user):
+    # A POST that logged someone in did it with the password alone (request.user is the freshly
+    # logged-in user, never verified): whoever owes a code gets the code step instead.
+    if request.method == "POST" and user.is_authenticated and twofactor.needs_second_factor(user):
         next_url = _safe(request, request.POST.get("next") or "", reverse("admin:index"))
         logout(request)
         twofactor.start_pending(request, user, next_url=next_url)
