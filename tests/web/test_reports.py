@@ -59,7 +59,7 @@ def test_ledger_csv_readers_are_the_ledger_readers(cast, completed_round, as_use
 
 
 def test_history_csv_filters_and_neutralises_formulas(cast, as_user):
-    event_record(kind=GovernanceEvent.Kind.ROUND_REQUESTED, message="=HYPERLINK(\"http://x\")", agreement=cast.agreement)
+    event_record(kind=GovernanceEvent.Kind.ROUND_REQUESTED, message='=HYPERLINK("http://x")', agreement=cast.agreement)
     client = as_user(cast.rep_a)
     page = client.get("/history/")
     assert 'action="/history/export.csv"' in page.content.decode()
@@ -67,7 +67,7 @@ def test_history_csv_filters_and_neutralises_formulas(cast, as_user):
     assert rows[0][:3] == ["id", "created_at", "kind"]
     assert len(rows) - 1 == GovernanceEvent.objects.filter(agreement=cast.agreement).count()
     messages = [r[10] for r in rows[1:]]
-    assert "'=HYPERLINK(\"http://x\")" in messages
+    assert '\'=HYPERLINK("http://x")' in messages
     assert not any(m.startswith(("=", "+", "-", "@")) for m in messages)
     rows = _rows(client.get("/history/export.csv", {"kind": "agreement_signed"}))
     assert {r[2] for r in rows[1:]} == {"agreement_signed"} and len(rows) == 4
