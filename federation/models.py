@@ -727,6 +727,7 @@ class GovernanceEvent(models.Model):
         STANDING_APPROVAL = "standing_approval", "Standing approval given"
         AUDITOR_ASSIGNED = "auditor_assigned", "Auditor assigned"
         AGENT_ENROLLED = "agent_enrolled", "Partner agent enrolled"
+        MEMBER_REMOVED = "member_removed", "Member removed from an organisation"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     agreement = models.ForeignKey(Agreement, null=True, blank=True, on_delete=models.PROTECT, related_name="events")

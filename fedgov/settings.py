@@ -102,6 +102,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "federation",
     "accounting",
 ]
@@ -114,6 +116,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session passed a one-time password.
+    "django_otp.middleware.OTPMiddleware",
+    # Sends a session that owes a second factor back to the login (federation.twofactor).
+    "federation.twofactor.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -244,6 +250,32 @@ FEDGOV_LOGIN_FAILURE_LIMIT = env_int("FEDGOV_LOGIN_FAILURE_LIMIT", 10)
 FEDGOV_LOGIN_LOCKOUT_MINUTES = env_int("FEDGOV_LOGIN_LOCKOUT_MINUTES", 15)
 if FEDGOV_LOGIN_FAILURE_LIMIT < 1 or FEDGOV_LOGIN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("FEDGOV_LOGIN_FAILURE_LIMIT and FEDGOV_LOGIN_LOCKOUT_MINUTES must be 1 or more")
+
+# --- Email, passwords, second factor ---------------------------------------------------------
+# Django's standard EMAIL_* names (password reset mails, notifications). Development prints
+# mails on the console; production names an SMTP server (EMAIL_HOST, EMAIL_PORT, ...).
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fedgov <fedgov@localhost>")
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive; set one")
+# A password reset link is valid this long (Django's default is three days).
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)
+# true: an administrator (the administrators group, or a superuser) signs in with a time-based
+# one-time password after the password, on /accounts/login/ and /admin/login/, and enrols a
+# device at the first sign-in. Anyone who enrolled a device is asked for its code regardless.
+# API tokens are not affected: a token is its own credential (docs/ACCOUNTS.md).
+FEDGOV_REQUIRE_ADMIN_2FA = env_bool("FEDGOV_REQUIRE_ADMIN_2FA", False)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "fedgov")
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
