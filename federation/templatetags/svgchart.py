@@ -188,7 +188,9 @@ def _path(pts: Sequence[tuple[float, float]], sx, sy, *, step: bool, x_end: floa
     return " ".join(parts)
 
 
-def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, height: int = 18) -> str:
+def budget_bar(
+    *, spent: float, cost: float, budget: float, width: int = 320, height: int = 18, label: str | None = None
+) -> str:
     """A horizontal bar: spent (dark), this round's cost (amber), the rest of the budget (light).
 
     Drawn as SVG because the CSP forbids style="width: ..%"; attributes are not styles.
@@ -201,11 +203,12 @@ def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, he
     spent_w = min(spent * scale, width)
     cost_w = min(cost * scale, width - spent_w)
     over = spent + cost > budget + 1e-12
-    label = (
-        f"{spent:.3g} of {budget:.3g} spent"
-        + (f", this round {cost:.3g}" if cost else "")
-        + f", {max(budget - spent, 0):.3g} remaining"
-    )
+    if label is None:
+        label = (
+            f"{spent:.3g} of {budget:.3g} spent"
+            + (f", this round {cost:.3g}" if cost else "")
+            + f", {max(budget - spent, 0):.3g} remaining"
+        )
     cls = "budget-bar-svg over" if over else "budget-bar-svg"
     return (
         f'<svg class="{cls}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
