@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.utils import translation
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 from django.views.i18n import set_language as django_set_language
 
@@ -55,3 +56,21 @@ def set_language(request):
     if language in LANGUAGE_CODES and request.user.is_authenticated:
         UserPreference.objects.update_or_create(user=request.user, defaults={"language": language})
     return response
+
+
+def verification_line(result) -> str:
+    """accounting.ledger.VerifyResult.line() in the active language, for the pages; the same
+    text as line() in English (the command line and the audit bundle keep line()). The reason
+    of a failure is the verifier's own text, in English like every stored domain message."""
+    if not result.ok:
+        return _("FAILED %(error)s") % {"error": result.error}
+    text = _("OK %(dataset)s: %(entries)s entries, %(heads)s signed heads, epsilon spent %(spent)s of %(budget)s") % {
+        "dataset": result.dataset,
+        "entries": result.entries,
+        "heads": result.signed_heads,
+        "spent": f"{result.epsilon_spent:.6g}",
+        "budget": f"{result.epsilon_budget:.6g}",
+    }
+    if result.open_reservations:
+        text += _(", open reservations: rounds %(rounds)s") % {"rounds": result.open_reservations}
+    return text

@@ -41,6 +41,7 @@ from .access import (
     visible_agreements,
     visible_datasets,
 )
+from .i18n import verification_line
 from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
 from .services import agreements as agreement_services
 from .services import datasets as dataset_services
@@ -687,7 +688,7 @@ def ledger_verify(request, slug):
     result = verify_dataset(dataset)
     stored = {
         "ok": result.ok,
-        "line": result.line(),
+        "line": verification_line(result),
         "entries": result.entries,
         "signed_heads": result.signed_heads,
         "bad_seq": result.bad_seq,
@@ -699,9 +700,9 @@ def ledger_verify(request, slug):
     verifications[dataset.slug] = stored
     request.session[VERIFY_SESSION_KEY] = verifications
     if result.ok:
-        messages.success(request, _("Ledger of %(slug)s verified: %(line)s") % {"slug": dataset.slug, "line": result.line()})
+        messages.success(request, _("Ledger of %(slug)s verified: %(line)s") % {"slug": dataset.slug, "line": verification_line(result)})
     else:
-        messages.error(request, _("Ledger of %(slug)s does NOT verify: %(line)s") % {"slug": dataset.slug, "line": result.line()})
+        messages.error(request, _("Ledger of %(slug)s does NOT verify: %(line)s") % {"slug": dataset.slug, "line": verification_line(result)})
     return redirect(reverse("web:ledger", args=[slug]) + "#verification")
 
 

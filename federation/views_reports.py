@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 
 from . import access, selectors
 from .forms_accounts import EventExportForm, LedgerExportForm
+from .i18n import verification_line
 from .models import AgreementParty, AgreementSignature, TrainingRound
 from .views import _role_context, web_view
 
@@ -210,7 +211,7 @@ def _dataset_section(dataset) -> dict:
         "rows": charged,
         "verification": {
             "ok": result.ok,
-            "line": result.line(),
+            "line": verification_line(result),
             "entries": result.entries,
             "signed_heads": result.signed_heads,
             "bad_seq": result.bad_seq,
