@@ -309,6 +309,27 @@ def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, mod
         raise field_error("rounds_total", f"The planner found no schedule: {exc}.") from exc
 
 
+def plan_propose_with_projection(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> dict:
+    """The proposal, and what its whole plan would spend on each dataset against what is left."""
+    datasets = list(datasets)
+    foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
+    if foreign:
+        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
+    proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
+    values = proposal.values
+    draft = TrainingPlan(
+        rounds_total=rounds_total, noise_multiplier=values["noise_multiplier"], sampling_rate=values["sampling_rate"],
+        local_steps=values["local_steps"], eval_noise_multiplier=values["eval_noise_multiplier"],
+    )
+    projection = governance.plan_projection(draft, datasets)
+    return {
+        "values": dict(values),
+        "explanation": proposal.explanation,
+        "warnings": list(proposal.warnings),
+        "projection": [p.to_dict() for p in projection],
+    }
+
+
 def plan_fill(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None, given: dict) -> tuple[dict, str]:
     """`given` with every PLANNED_FIELDS value it leaves out taken from the planner's proposal,
     and the explanation to store. The planner runs only if something is left out."""
