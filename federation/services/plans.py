@@ -203,8 +203,8 @@ def plan_check(
     if datasets and not foreign and not errors.has("noise_multiplier", "sampling_rate", "eval_noise_multiplier", "local_steps", "batch_size", "rounds_total"):
         problems, projection = governance.definition_problems(plan, agreement, datasets)
         for field, message in problems:
-            if field == "rounds_total" and allow_partial:
-                continue
+            if (field == "rounds_total" and allow_partial) or (field == "purpose" and errors.has("purpose")):
+                continue  # a partial plan is a warning; the purpose is reported once, above
             errors.add(field, message)
         if allow_partial:
             warnings = [
