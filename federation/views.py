@@ -730,7 +730,7 @@ def plan_create(request):
         try:
             filled, explanation = plan_services.plan_fill(
                 agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
-                model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS),
+                model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
             )
             kwargs = {**form.service_kwargs(plan_services.PLANNED_FIELDS), **filled, "explanation": explanation}
             if action == forms.PlanForm.ACTION_PREVIEW:

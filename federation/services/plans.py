@@ -330,11 +330,15 @@ def plan_propose_with_projection(*, agreement: Agreement, datasets: list, rounds
     }
 
 
-def plan_fill(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None, given: dict) -> tuple[dict, str]:
+def plan_fill(
+    *, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None, given: dict, explain: bool = False
+) -> tuple[dict, str]:
     """`given` with every PLANNED_FIELDS value it leaves out taken from the planner's proposal,
-    and the explanation to store. The planner runs only if something is left out."""
+    and the explanation to store. The planner runs only if something is left out, or if
+    `explain` (values that came from a proposal shown earlier: its explanation is kept, with
+    the values changed since)."""
     missing = [name for name in PLANNED_FIELDS if name not in given]
-    if not missing:
+    if not missing and not explain:
         return dict(given), ""
     proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
     filled = {**{name: proposal.values[name] for name in missing}, **given}
