@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from fedgov.errors import ValidationFailed
 
 from .. import governance
 from ..access import require_administrator
-from ..learning import LearningError
+from ..learning import DPParameterError, LearningError
 from ..learning.planner import plan_schedule
 from ..learning.server import ServerOptimizer
 from ..models import Agreement, GovernanceEvent, TrainingPlan
@@ -279,6 +280,9 @@ def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, mod
     datasets = list(datasets)
     if not datasets:
         raise field_error("datasets", "Choose at least one dataset.")
+    foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
+    if foreign:
+        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
     model_spec = model_spec or {"kind": "logreg"}
     kind = model_spec.get("kind") if isinstance(model_spec, dict) else None
     if kind not in MODEL_KINDS:
@@ -304,17 +308,18 @@ def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, mod
         float(agreement.max_epsilon_per_round),
     )
     try:
-        return _proposal(key)
+        proposal = _proposal(key)
+    except DPParameterError as exc:  # no noise fits the budgets over these rounds, or a delta over the ceiling
+        raise field_error("rounds_total" if exc.name == "epsilon" else "datasets", f"The planner found no schedule: {exc}.") from exc
     except LearningError as exc:
-        raise field_error("rounds_total", f"The planner found no schedule: {exc}.") from exc
+        raise field_error("datasets", f"The planner found no schedule: {exc}.") from exc
+    # The cached answer is shared: every caller gets its own copy to change.
+    return Proposal(values=copy.deepcopy(proposal.values), explanation=proposal.explanation, warnings=list(proposal.warnings))
 
 
 def plan_propose_with_projection(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> dict:
     """The proposal, and what its whole plan would spend on each dataset against what is left."""
     datasets = list(datasets)
-    foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
-    if foreign:
-        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
     proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
     values = proposal.values
     draft = TrainingPlan(
