@@ -201,7 +201,10 @@ def plan_check(
                 errors.add(field, message)
     projection, warnings = [], []
     # The agreement's rules need computable DP parameters and datasets of this agreement.
-    if datasets and not foreign and not errors.has("noise_multiplier", "sampling_rate", "eval_noise_multiplier", "local_steps", "batch_size", "rounds_total"):
+    computable = not errors.has(
+        "noise_multiplier", "clip_norm", "sampling_rate", "eval_noise_multiplier", "local_steps", "batch_size", "rounds_total"
+    )
+    if datasets and not foreign and computable:
         problems, projection = governance.definition_problems(plan, agreement, datasets)
         for field, message in problems:
             if (field == "rounds_total" and allow_partial) or (field == "purpose" and errors.has("purpose")):

@@ -115,3 +115,11 @@ def test_nothing_left_out_means_no_planner(cast):
     given = {name: 1.0 for name in PLANNED_FIELDS}
     filled, explanation = plan_fill(agreement=cast.agreement, datasets=[], rounds_total=3, model_spec=None, given=given)
     assert filled == given and explanation == ""
+
+
+def test_basic_errors_are_gathered_too_and_nothing_is_computed_from_them(cast):
+    with pytest.raises(ValidationFailed) as info:
+        plan_check(**kwargs(cast, noise_multiplier=0, clip_norm=0, purpose="marketing", sampling_rate=1.5))
+    fields = info.value.details["fields"]
+    assert {"noise_multiplier", "clip_norm", "purpose", "sampling_rate"} <= set(fields)
+    assert info.value.details["projection"] == []  # no epsilon from a noise of 0
