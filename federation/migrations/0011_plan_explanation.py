@@ -24,7 +24,7 @@ def uninstall(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("federation", "0009_governance_guards"),
+        ("federation", "0010_member_removed"),
     ]
 
     operations = [
