@@ -9,6 +9,7 @@ to its field, so the web UI and the API say the same thing.
 
 from __future__ import annotations
 
+import json
 import re
 
 from django import forms
@@ -275,7 +276,14 @@ class RaiseBudgetForm(forms.Form):
 
 
 class PlanForm(forms.Form):
+    """A training plan in two steps: the agreement, datasets, purpose, rounds and model first;
+    then the planner's proposal fills the DP-SGD and FedAvg values (each editable), a preview
+    shows every failing rule next to its field and the whole plan's epsilon per dataset."""
+
     MODEL_CHOICES = (("logreg", _("Logistic regression")), ("mlp", _("Multi-layer perceptron")))
+    ACTION_PROPOSE, ACTION_PREVIEW, ACTION_CREATE = "propose", "preview", "create"
+    #: What the planner needs (step 1).
+    SCHEDULE_FIELDS = ("agreement", "datasets", "rounds_total", "model_kind", "hidden")
 
     agreement = forms.ModelChoiceField(label=_("Agreement"), queryset=Agreement.objects.all())
     name = forms.CharField(label=_("Name"), max_length=200)
@@ -287,25 +295,38 @@ class PlanForm(forms.Form):
     model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label=_("Model"))
     hidden = forms.CharField(required=False, label=_("Hidden layers"), help_text=_("MLP only: widths, e.g. 64, 32."))
     rounds_total = forms.IntegerField(label=_("Rounds total"), initial=10, min_value=1)
-    noise_multiplier = forms.FloatField(label=_("Noise multiplier"), help_text=_("z: Gaussian noise std as a multiple of the clip norm."))
-    clip_norm = forms.FloatField(label=_("Clip norm"), help_text=_("C: per-example gradient clipping norm."))
+    # The planner's values (services.plans.PLANNED_FIELDS): empty takes the proposal's.
+    noise_multiplier = forms.FloatField(label=_("Noise multiplier"), required=False, help_text=_("z: Gaussian noise std as a multiple of the clip norm."))
+    clip_norm = forms.FloatField(label=_("Clip norm"), required=False, help_text=_("C: per-example gradient clipping norm."))
     batch_size = forms.IntegerField(label=_("Batch size"), initial=64, min_value=1, help_text=_("Expected batch; sampling rate q = batch / records."))
     sampling_rate = forms.FloatField(
         label=_("Sampling rate"),
         required=False, help_text=_("Or one sampling rate q in (0, 1] for every dataset (then the batch size is not used).")
     )
-    local_steps = forms.IntegerField(label=_("Local steps"), initial=10, min_value=1, help_text=_("K: DP-SGD steps per round at each partner."))
-    learning_rate = forms.FloatField(label=_("Learning rate"), initial=0.5)
-    momentum = forms.FloatField(label=_("Momentum"), initial=0.0)
-    server_learning_rate = forms.FloatField(label=_("Server learning rate"), initial=1.0)
+    local_steps = forms.IntegerField(label=_("Local steps"), required=False, min_value=1, help_text=_("K: DP-SGD steps per round at each partner."))
+    learning_rate = forms.FloatField(label=_("Learning rate"), required=False)
+    momentum = forms.FloatField(label=_("Momentum"), required=False)
+    server_learning_rate = forms.FloatField(label=_("Server learning rate"), required=False)
+    server_optimizer = forms.CharField(
+        label=_("Server optimizer"),
+        required=False, help_text=_('JSON, e.g. {"kind": "adam", "lr": 0.05}; empty after a proposal: plain FedAvg.')
+    )
     eval_noise_multiplier = forms.FloatField(
         label=_("Eval noise multiplier"),
-        required=False, help_text=_("Noise of the evaluation counts; empty disables the release.")
+        required=False, help_text=_("Noise of the evaluation counts; empty after a proposal disables the release.")
     )
     secagg_threshold = forms.IntegerField(label=_("Secagg threshold"), required=False, help_text=_("Survivors needed to unmask; empty means two thirds."))
     phase_timeout_seconds = forms.IntegerField(label=_("Phase timeout seconds"), initial=120, min_value=1)
+    allow_partial = forms.BooleanField(
+        required=False, label=_("Accept a plan the remaining budgets cannot pay for in full (its later rounds will be blocked)")
+    )
+    # Set once the proposal is on the form: from then on an empty optional value means none
+    # (no fixed sampling rate, no evaluation release, FedAvg), not the planner's.
+    proposed = forms.BooleanField(label=_("Proposed"), required=False, widget=forms.HiddenInput)
 
-    ERROR_FIELDS = {"model_spec": "hidden"}
+    ERROR_FIELDS = {"model_spec": "hidden", "feature_names": "datasets", "label_name": "datasets", "label_classes": "datasets"}
+    #: Empty after a proposal means None, not the planner's value.
+    NONE_WHEN_EMPTY = ("sampling_rate", "eval_noise_multiplier", "server_optimizer")
 
     def __init__(self, *args, agreements=None, datasets=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -322,13 +343,60 @@ class PlanForm(forms.Form):
         except ValueError:
             raise forms.ValidationError(_("Write whole numbers separated by commas, e.g. 64, 32.")) from None
 
-    def service_kwargs(self) -> dict:
+    def clean_server_optimizer(self):
+        text = (self.cleaned_data.get("server_optimizer") or "").strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise forms.ValidationError(_('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.')) from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError(_('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.'))
+        return value
+
+    def model_spec(self, data: dict | None = None) -> dict:
+        data = self.cleaned_data if data is None else data
+        kind, hidden = data.get("model_kind") or "logreg", data.get("hidden") or []
+        return {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
+
+    def schedule_valid(self) -> bool:
+        """Whether step 1 (what the planner needs) is valid; errors of the other fields are
+        dropped, since they are not filled in yet."""
+        self.is_valid()
+        for name in list(self.errors):
+            if name not in self.SCHEDULE_FIELDS:
+                del self.errors[name]
+        return not any(name in self.errors for name in self.SCHEDULE_FIELDS)
+
+    def given_planned(self, planned_fields) -> dict:
+        """The planner's fields the administrator filled in (the others take the proposal)."""
+        data = self.cleaned_data
+        given = {name: data[name] for name in planned_fields if data.get(name) is not None}
+        if data.get("proposed"):
+            for name in self.NONE_WHEN_EMPTY:
+                given.setdefault(name, {} if name == "server_optimizer" else None)
+        return given
+
+    def service_kwargs(self, planned_fields=()) -> dict:
+        """Keyword arguments of plan_create, without the planner's fields left empty."""
         data = dict(self.cleaned_data)
-        kind = data.pop("model_kind")
-        hidden = data.pop("hidden") or []
-        data["model_spec"] = {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
+        data.pop("proposed", None)
+        data["model_spec"] = self.model_spec(data)
+        data.pop("model_kind")
+        data.pop("hidden")
         data["datasets"] = list(data["datasets"])
+        for name in planned_fields:
+            data.pop(name, None)
         return data
+
+    @staticmethod
+    def proposal_initial(values: dict) -> dict:
+        """Form values of the planner's proposal."""
+        out = {name: value for name, value in values.items() if name != "server_optimizer"}
+        out["server_optimizer"] = json.dumps(values.get("server_optimizer") or {}) if values.get("server_optimizer") else ""
+        out["proposed"] = True
+        return out
 
 
 class RejectForm(forms.Form):

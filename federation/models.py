@@ -394,6 +394,9 @@ class TrainingPlan(GuardedModel):
         null=True, blank=True, help_text="Survivors needed to unmask; empty means two thirds of the participants."
     )
     phase_timeout_seconds = models.PositiveIntegerField(default=120)
+    explanation = models.TextField(
+        blank=True, default="", help_text="Why the schedule is what it is: the planner's reasons, and the values set by hand."
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     stopped_reason = models.TextField(blank=True)
     created_by = models.ForeignKey(

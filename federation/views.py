@@ -736,20 +736,54 @@ def plan_list(request):
 @web_view
 @require_http_methods(["GET", "POST"])
 def plan_create(request):
+    """Two steps on one page: "Propose" fills the planner's values from the agreement, datasets,
+    rounds and model; "Preview" runs every definition-time check and shows the whole plan's
+    epsilon per dataset against its remaining budget without saving; "Define" saves. Values
+    left empty take the planner's (services.plans.plan_fill, cached per inputs)."""
     user = request.user
     require_administrator(user, what="training plan", action="create")
     agreements = Agreement.objects.exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
     initial = {"agreement": request.GET.get("agreement")} if request.GET.get("agreement") else {}
     form = forms.PlanForm(_posted(request), agreements=agreements, initial=initial)
-    if request.method == "POST" and form.is_valid():
+    action = request.POST.get("action") or forms.PlanForm.ACTION_CREATE
+    context = {"agreements": agreements, "explanation": "", "projection": None, "previewed": False}
+    if request.method == "POST" and action == forms.PlanForm.ACTION_PROPOSE:
+        if form.schedule_valid():
+            data = form.cleaned_data
+            try:
+                proposal = plan_services.plan_propose_with_projection(
+                    agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"], model_spec=form.model_spec()
+                )
+            except ValidationFailed as exc:
+                forms.apply_service_errors(form, exc, forms.PlanForm.ERROR_FIELDS)
+            else:
+                posted = request.POST.copy()
+                for name, value in forms.PlanForm.proposal_initial(proposal["values"]).items():
+                    posted[name] = "on" if value is True else ("" if value is None else str(value))
+                form = forms.PlanForm(posted, agreements=agreements)
+                form.schedule_valid()  # shows the proposal; name and purpose may still be empty
+                context.update(explanation=proposal["explanation"], projection=proposal["projection"])
+    elif request.method == "POST" and form.is_valid():
+        data, kwargs = form.cleaned_data, {}
         try:
-            plan = plan_services.plan_create(actor=user, **form.service_kwargs())
+            filled, explanation = plan_services.plan_fill(
+                agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
+                model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
+            )
+            kwargs = {**form.service_kwargs(plan_services.PLANNED_FIELDS), **filled, "explanation": explanation}
+            if action == forms.PlanForm.ACTION_PREVIEW:
+                checked = plan_services.plan_check(actor=user, **kwargs)
+                context.update(
+                    explanation=checked.plan.explanation, projection=[p.to_dict() for p in checked.projection], previewed=True
+                )
+            else:
+                plan = plan_services.plan_create(actor=user, **kwargs)
+                messages.success(request, _("Plan '%(name)s' defined: %(n)s rounds.") % {"name": plan.name, "n": plan.rounds_total})
+                return redirect("web:plan_detail", pk=plan.pk)
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc, forms.PlanForm.ERROR_FIELDS)
-        else:
-            messages.success(request, _("Plan '%(name)s' defined: %(n)s rounds.") % {"name": plan.name, "n": plan.rounds_total})
-            return redirect("web:plan_detail", pk=plan.pk)
-    return render(request, "federation/plan_form.html", {"form": form, "agreements": agreements})
+            context.update(projection=(exc.details or {}).get("projection") or None, explanation=kwargs.get("explanation", ""))
+    return render(request, "federation/plan_form.html", {**context, "form": form})
 
 
 @web_view

@@ -28,6 +28,7 @@ urlpatterns = [
     path("datasets/<int:pk>/ledger/", ledger.LedgerEntryListView.as_view(), name="dataset-ledger"),
     path("datasets/<int:pk>/ledger/verification/", ledger.LedgerVerificationView.as_view(), name="dataset-ledger-verification"),
     path("plans/", plans.PlanListView.as_view(), name="plans"),
+    path("plans/propose/", plans.PlanProposeView.as_view(), name="plan-propose"),
     path("plans/<int:pk>/", plans.PlanDetailView.as_view(), name="plan"),
     path("plans/<int:pk>/rounds/", rounds.PlanRoundsView.as_view(), name="plan-rounds"),
     path("rounds/", rounds.RoundListView.as_view(), name="rounds"),

@@ -108,9 +108,20 @@ def _bodies(w: World) -> dict:
             "purpose": "diabetes risk research",
             "datasets": [d.pk for d in c.datasets],
             "model_spec": {"kind": "logreg"},
+            "rounds_total": 3,
+            # Every value of the schedule given: no planner (its defaults: test_plan_definition).
             "noise_multiplier": 1.1,
             "clip_norm": 1.0,
+            "batch_size": 32,
+            "sampling_rate": None,
+            "local_steps": 5,
+            "learning_rate": 0.5,
+            "momentum": 0.0,
+            "server_learning_rate": 1.0,
+            "server_optimizer": {},
+            "eval_noise_multiplier": None,
         },
+        "propose": {"agreement": c.agreement.pk, "datasets": [d.pk for d in c.datasets], "rounds_total": 3},
         "reject": {"reason": "Not this quarter."},
     }
 
@@ -169,6 +180,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("datasets/<int:pk>/ledger/verification/", "GET"): Row(LEDGER_READ, obj="dataset_a"),
     ("plans/", "GET"): Row(ALL_READ),
     ("plans/", "POST"): Row(ADMIN_CREATE, body="plan"),
+    ("plans/propose/", "POST"): Row((200, 403, 403, 403, 403, 403, 404, 401), body="propose"),
     ("plans/<int:pk>/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "POST"): Row((201, 201, 201, 403, 404, 403, 404, 401), obj="idle_plan"),

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('federation', '0010_member_removed'),
+        ('federation', '0011_plan_explanation'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
