@@ -74,3 +74,11 @@ def verification_line(result) -> str:
     if result.open_reservations:
         text += _(", open reservations: rounds %(rounds)s") % {"rounds": result.open_reservations}
     return text
+
+
+def in_english(value) -> str:
+    """A translatable label (a choice's label, say) as English text, whatever language the
+    request is in: for the records the domain writes (event messages, governance reasons, error
+    messages), which stay in one language, English, like the API (docs/I18N.md)."""
+    with translation.override("en"):
+        return str(value)

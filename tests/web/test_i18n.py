@@ -309,3 +309,18 @@ def test_the_catalogue_is_complete_and_has_no_fuzzy_entry():
     # The compiled catalogue is the one committed next to it.
     mo = PO_PATH.with_suffix(".mo")
     assert mo.exists() and mo.stat().st_size > 10_000
+
+
+def test_records_stay_in_english_when_a_french_user_acts(cast):
+    """The governance history is one record, in one language: a French-speaking administrator's
+    suspension is recorded in English (the page around it is French)."""
+    from federation.models import GovernanceEvent
+
+    client = in_french(cast.admin)
+    url = reverse("web:agreement_status", args=[cast.agreement.pk, "suspend"])
+    response = client.post(url, {"reason": "audit"}, follow=True)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "suspendu : aucun tour ne démarre avant sa reprise" in html  # the confirmation, in French
+    event = GovernanceEvent.objects.filter(kind=GovernanceEvent.Kind.AGREEMENT_SUSPENDED).latest("pk")
+    assert "suspended" in event.message and "suspendu" not in event.message
