@@ -126,11 +126,21 @@ def _bodies(w: World) -> dict:
     }
 
 
+def _with_a_second_representative(w: World):
+    """rep-a's membership, with a second representative of Org A beside it: removing Org A's
+    last one is refused (409 last_representative) whoever asks, hiding the permission answer."""
+    from federation.models import Membership
+    from tests.factories import UserFactory
+
+    Membership.objects.create(user=UserFactory(), organisation=w.cast.org_a, role=Membership.Role.REPRESENTATIVE)
+    return w.membership
+
+
 def _objects(w: World) -> dict:
     return {
         "spare_token": w.spare_token,
         "org_a": w.cast.org_a,
-        "membership": w.membership,
+        "membership": _with_a_second_representative(w),
         "agreement": w.cast.agreement,
         "draft_agreement": w.draft_agreement,
         "pending_agreement": w.pending_agreement,
