@@ -18,6 +18,7 @@ from django.contrib.auth.password_validation import validate_password
 from fedgov.errors import ApplicationError
 
 from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
+from .services.agreements import agreement_terms_problems
 
 User = get_user_model()
 
@@ -150,7 +151,13 @@ class ExistingMemberForm(forms.Form):
 
 
 class DateInput(forms.DateInput):
+    """An HTML date field. Its value must be ISO 8601 (YYYY-MM-DD): a browser's date input
+    reads nothing else, so a localised "01/12/2026" shows empty and saves as missing."""
+
     input_type = "date"
+
+    def __init__(self, attrs=None, format=None):  # noqa: A002 (Django's argument name)
+        super().__init__(attrs=attrs, format=format or "%Y-%m-%d")
 
 
 class AgreementForm(forms.Form):
@@ -193,6 +200,18 @@ class AgreementForm(forms.Form):
         initial["parties"] = list(agreement.parties.all())
         initial["auditors"] = list(agreement.auditors.all())
         return initial
+
+    def clean(self):
+        """Say everything at once (issue 17): beside what did not parse, every domain rule the
+        parsed values already break, as the service words it (agreement_terms_problems)."""
+        data = super().clean()
+        parties = data.get("parties") if "parties" in data else None
+        for name, messages in agreement_terms_problems(terms=data, parties=parties).items():
+            if name in self.errors:
+                continue
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)
+        return data
 
     def terms(self) -> dict:
         data = self.cleaned_data
