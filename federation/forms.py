@@ -362,7 +362,9 @@ class LedgerFilterForm(forms.Form):
     )
 
     kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
-    round = forms.IntegerField(required=False, min_value=1, label="Round id")
+    round = forms.IntegerField(
+        required=False, min_value=1, label="Round number", help_text="The round's number in its plan, as in the Round column (#1)."
+    )
 
 
 class EventFilterForm(forms.Form):

@@ -1,10 +1,10 @@
 """fedgov's URLs: the web UI, the REST API under /api/v1/, its schema and docs, the admin."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from federation.views import SignOutView
 from fedgov.throttles import ThrottledAdminAuthenticationForm, ThrottledLoginView, locked_out_is_429
 
 # Both login pages refuse a client or username after repeated wrong passwords (fedgov.throttles).
@@ -19,7 +19,7 @@ urlpatterns = [
     path("admin/login/", admin_login),  # before admin.site.urls, which it answers for
     path("admin/", admin.site.urls),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", SignOutView.as_view(), name="logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's bootstrap as a script file of its own (?script=), so
     # the page runs under a script-src 'self' policy: no inline script, no CDN.
