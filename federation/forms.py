@@ -4,7 +4,9 @@ A form here checks only what a browser could get wrong (a missing value, text wh
 belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
 quorum larger than the number of parties?) is the service's business: the view calls the
 service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
-to its field, so the web UI and the API say the same thing.
+to its field, so the web UI and the API say the same thing. The agreement form also asks the
+service's own rule list (`agreement_terms_problems`) about the values that did parse, so one
+submit reports every problem, not the parse errors first and the domain rules on the next try.
 """
 
 from __future__ import annotations

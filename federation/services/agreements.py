@@ -36,7 +36,7 @@ TERM_INPUTS = TERM_FIELDS  # every term the model serialises for signing, and no
 # outright, and a mechanism with delta >= 1/n may publish one of n records in the clear; the rule
 # of thumb is delta well below 1/n. A ceiling of 1e-3 refuses the values that are wrong for every
 # dataset of a thousand records or more (0.5, 0.1, 0.01); each dataset's own delta is then set
-# for its size, within this ceiling (ARCHITECTURE.md, Privacy accounting).
+# for its size, within this ceiling (ARCHITECTURE.md, Privacy model 1).
 MAX_DELTA_CEILING = 1e-3
 MSG_DELTA_RANGE = "The maximum delta must be between 0 and 1e-3: delta is the chance that the guarantee fails, and must stay well below 1/records."
 MSG_ROUND_OVER_BUDGET = "The maximum epsilon per round ({per_round:g}) exceeds the maximum epsilon budget ({budget:g}): no dataset could run one round."
@@ -172,9 +172,7 @@ def agreement_update_terms(*, actor, agreement: Agreement, parties=None, auditor
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.terms_frozen:
         raise InvalidState(MSG_TERMS_FROZEN.format(title=agreement.title))
-    before = agreement.terms()
-    parties_before = sorted(agreement.party_links.values_list("organisation__slug", flat=True))
-    auditors_before = sorted(agreement.auditors.values_list("username", flat=True))
+    before = agreement.terms()  # with the parties' slugs and the auditors' usernames
     _apply_terms(agreement, terms)
     _validate_terms(agreement, _parties_for_check(agreement, parties))
     agreement.save()
@@ -186,22 +184,12 @@ def agreement_update_terms(*, actor, agreement: Agreement, parties=None, auditor
     # is governance history too (issue 17).
     after = agreement.terms()
     changed = sorted(k for k in after if before.get(k) != after.get(k))
-    parties_after = sorted(agreement.party_links.values_list("organisation__slug", flat=True))
-    auditors_after = sorted(agreement.auditors.values_list("username", flat=True))
-    if parties_after != parties_before:
-        changed.append("parties")
-    if auditors_after != auditors_before:
-        changed.append("auditors")
     event_record(
         kind=GovernanceEvent.Kind.AGREEMENT_EDITED,
         message=f"Draft '{agreement.title}' edited ({', '.join(changed) or 'no term changed'}).",
         actor=actor,
         agreement=agreement,
-        details={
-            "changed": changed,
-            "before": {**before, "parties": parties_before, "auditors": auditors_before},
-            "after": {**after, "parties": parties_after, "auditors": auditors_after},
-        },
+        details={"changed": changed, "before": before, "after": after},
     )
     return agreement
 
