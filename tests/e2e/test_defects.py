@@ -146,7 +146,7 @@ def test_the_ledger_table_scrolls_at_768px_and_phone_pages_stay_readable(page, c
     login(page, "auditor")
     page.set_viewport_size({"width": 768, "height": 1000})
     page.goto(f"/datasets/{cast.dataset_a.slug}/ledger/")
-    # Every column is on screen, or its wrapper scrolls sideways to it.
+    # Every column is on screen, without a sideways scroll a touch screen does not show.
     reach = page.evaluate(
         """() => {
           const table = document.getElementById("ledger-entries");
@@ -158,7 +158,7 @@ def test_the_ledger_table_scrolls_at_768px_and_phone_pages_stay_readable(page, c
           return {fits: right <= edge + 1, scrolls, pageOverflow: document.documentElement.scrollWidth > window.innerWidth};
         }"""
     )
-    assert (reach["fits"] or reach["scrolls"]) and not reach["pageOverflow"], reach
+    assert reach["fits"] and not reach["pageOverflow"], reach
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"/plans/{cast.plan.pk}/")
