@@ -4,7 +4,9 @@ A form here checks only what a browser could get wrong (a missing value, text wh
 belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
 quorum larger than the number of parties?) is the service's business: the view calls the
 service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
-to its field, so the web UI and the API say the same thing.
+to its field, so the web UI and the API say the same thing. The agreement form also asks the
+service's own rule list (`agreement_terms_problems`) about the values that did parse, so one
+submit reports every problem, not the parse errors first and the domain rules on the next try.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.contrib.auth.password_validation import validate_password
 from fedgov.errors import ApplicationError
 
 from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
+from .services.agreements import agreement_terms_problems
 
 User = get_user_model()
 
@@ -151,7 +154,13 @@ class ExistingMemberForm(forms.Form):
 
 
 class DateInput(forms.DateInput):
+    """An HTML date field. Its value must be ISO 8601 (YYYY-MM-DD): a browser's date input
+    reads nothing else, so a localised "01/12/2026" shows empty and saves as missing."""
+
     input_type = "date"
+
+    def __init__(self, attrs=None, format=None):  # noqa: A002 (Django's argument name)
+        super().__init__(attrs=attrs, format=format or "%Y-%m-%d")
 
 
 class AgreementForm(forms.Form):
@@ -194,6 +203,18 @@ class AgreementForm(forms.Form):
         initial["parties"] = list(agreement.parties.all())
         initial["auditors"] = list(agreement.auditors.all())
         return initial
+
+    def clean(self):
+        """Say everything at once (issue 17): beside what did not parse, every domain rule the
+        parsed values already break, as the service words it (agreement_terms_problems)."""
+        data = super().clean()
+        parties = data.get("parties") if "parties" in data else None
+        for name, messages in agreement_terms_problems(terms=data, parties=parties).items():
+            if name in self.errors:
+                continue
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)
+        return data
 
     def terms(self) -> dict:
         data = self.cleaned_data
@@ -410,7 +431,9 @@ class LedgerFilterForm(forms.Form):
     )
 
     kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
-    round = forms.IntegerField(required=False, min_value=1, label="Round id")
+    round = forms.IntegerField(
+        required=False, min_value=1, label="Round number", help_text="The round's number in its plan, as in the Round column (#1)."
+    )
 
 
 class EventFilterForm(forms.Form):

@@ -705,6 +705,7 @@ class GovernanceEvent(models.Model):
 
     class Kind(models.TextChoices):
         AGREEMENT_CREATED = "agreement_created", "Agreement created"
+        AGREEMENT_EDITED = "agreement_edited", "Draft edited"
         AGREEMENT_SUBMITTED = "agreement_submitted", "Agreement sent for signature"
         AGREEMENT_SIGNED = "agreement_signed", "Agreement signed"
         AGREEMENT_ACTIVATED = "agreement_activated", "Agreement active"

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
@@ -85,6 +86,21 @@ def _refused(request, exc: ApplicationError, to: str):
     """A POST-only action the service refused (wrong state, say): say why, go back."""
     messages.error(request, exc.message)
     return redirect(to)
+
+
+class SignOutView(auth_views.LogoutView):
+    """Log out and say so on the login page (issue 17: a silent logout leaves people unsure)."""
+
+    def post(self, request, *args, **kwargs):
+        was_signed_in = request.user.is_authenticated
+        response = super().post(request, *args, **kwargs)
+        if was_signed_in:
+            # The session is flushed by now; the message storage falls back to its cookie.
+            messages.info(request, MSG_SIGNED_OUT)
+        return response
+
+
+MSG_SIGNED_OUT = "You have signed out."
 
 
 # --- Dashboard and inbox ----------------------------------------------------------------------
@@ -604,11 +620,14 @@ def ledger(request, slug):
     user = request.user
     dataset = selectors.ledger_dataset_for(user, slug)
     form = forms.LedgerFilterForm(request.GET or None)
-    kind = round_id = None
+    kind = round_number = None
     if form.is_bound and form.is_valid():
         kind = form.cleaned_data.get("kind") or None
-        round_id = form.cleaned_data.get("round")
-    entries = selectors.ledger_entries(dataset, kind=kind, round_id=round_id)
+        round_number = form.cleaned_data.get("round")
+    entries = selectors.ledger_entries(dataset, kind=kind)
+    if round_number:
+        # The number the page shows (#1 of its plan), not the internal id (issue 17).
+        entries = entries.filter(round__number=round_number)
     page = Paginator(entries, LEDGER_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -879,6 +898,45 @@ def round_progress(request, pk):
     return render(request, "federation/_round_live.html", {**_round_live_context(request.user, round), "oob": True})
 
 
+def _round_costs(round) -> list[dict]:
+    """What the ledger will record for each dataset if this round runs (issue 17): the composed
+    increase epsilon(spent + round) - epsilon(spent) at the dataset's delta, and the composed
+    total after it, from the accountant's own budget check. A round's stand-alone epsilon
+    overstates the cost of every round after the first: RDP composes sub-additively. A round
+    already holding its reservation shows what that RESERVE entry recorded."""
+    from accounting import chain
+    from accounting import selectors as acct
+    from accounting import services as accounting
+
+    reserves = {e.dataset_id: e for e in acct.ledger_entries(round=round).filter(kind=chain.RESERVE)}
+    rows = []
+    for check in accounting.budget_check(round=round):
+        dataset, spent, budget = check.dataset, float(check.spent), float(check.budget)
+        entry = reserves.get(dataset.pk)
+        if check.reserved and entry is not None:
+            before = acct.ledger_entries(dataset=dataset).filter(seq__lt=entry.seq).order_by("-seq").first()
+            after = float(entry.epsilon_spent_after)
+            cost = after - float(before.epsilon_spent_after if before else 0.0)
+            spent = after - cost
+        else:
+            cost = float(check.requested)
+            after = spent + cost
+        rows.append(
+            {
+                "dataset": dataset,
+                "cost": cost,
+                "spent": spent,
+                "budget": budget,
+                "remaining": budget - spent,
+                "after": after,
+                "left_after": budget - after,
+                "fits": check.ok,
+                "reserved": check.reserved,
+            }
+        )
+    return rows
+
+
 def _approval_context(user, round, org, *, approve_form=None, reject_form=None, standing_form=None) -> dict:
     decision = RoundApproval.objects.filter(round=round, organisation=org).select_related("decided_by").first()
     return {
@@ -887,7 +945,7 @@ def _approval_context(user, round, org, *, approve_form=None, reject_form=None, 
         "organisation": org,
         "checks": selectors.report_checks(round),
         "report": round.governance_report or {},
-        "costs": selectors.round_costs(round),
+        "costs": _round_costs(round),
         "progress": selectors.plan_progress(round.plan),
         "decisions": selectors.round_decisions(round),
         "needed": selectors.approvals_needed(round),

@@ -305,6 +305,24 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Tags from the first path segment after /api/v1/ (agreements, datasets, plans, rounds,
+    # agent, ...): one group per resource in the docs, not every operation under "v1".
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "TAGS": [
+        {"name": "index", "description": "The list of the API's resources."},
+        {"name": "health", "description": "Liveness of the control plane."},
+        {"name": "auth", "description": "Obtain an API token with a username and password."},
+        {"name": "tokens", "description": "Your API tokens: list, revoke."},
+        {"name": "organisations", "description": "Partner organisations."},
+        {"name": "memberships", "description": "Who holds which role at which organisation."},
+        {"name": "agreements", "description": "Agreements: draft, submit, sign, amend, exit notice."},
+        {"name": "datasets", "description": "Registered datasets, their budgets and hash-chained ledgers."},
+        {"name": "plans", "description": "Training plans and their rounds."},
+        {"name": "rounds", "description": "Rounds: participants, approvals and rejections."},
+        {"name": "events", "description": "The governance history."},
+        {"name": "model-versions", "description": "Model versions produced by completed rounds."},
+        {"name": "agent", "description": "The partner agent's protocol endpoints."},
+    ],
 }
 
 # --- fedgov ---------------------------------------------------------------------------------
@@ -313,14 +331,28 @@ FEDGOV_MODEL_DIR = Path(env_str("FEDGOV_MODEL_DIR", str(VAR_DIR / "models")))
 FEDGOV_MAX_UPLOAD_BYTES = env_int("FEDGOV_MAX_UPLOAD_BYTES", 64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FEDGOV_MAX_UPLOAD_BYTES
 
+class _ExpectedForbidden:
+    """A 403 is an answer, not a fault: someone opened a page their role does not allow. Django
+    logs it as a WARNING with the whole traceback; log it as one INFO line instead."""
+
+    def filter(self, record) -> bool:
+        if getattr(record, "status_code", None) == 403:
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = 20, "INFO"  # logging.INFO
+        return True
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"expected_forbidden": {"()": _ExpectedForbidden}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["expected_forbidden"]},
         # dp-accounting logs every RDP order whose series does not converge (it excludes
         # them, correctly); one line per order per event is noise in an operator's log.
         "absl": {"level": "ERROR"},

@@ -8,6 +8,7 @@ from . import agreements, datasets, events, ledger, model_versions, organisation
 app_name = "api"
 
 urlpatterns = [
+    path("", views.IndexView.as_view(), name="index"),
     path("health/", views.HealthView.as_view(), name="health"),
     path("auth/token/", tokens.ObtainTokenView.as_view(), name="auth-token"),
     path("tokens/", tokens.TokenListView.as_view(), name="tokens"),

@@ -161,6 +161,7 @@ ADMIN_ACTION = (200, 403, 403, 403, 404, 403, 404, 401)  # on an object the role
 REP_DECISION = (403, 200, 200, 403, 404, 403, 404, 401)  # a representative of a party concerned
 
 TABLE: dict[tuple[str, str], Row] = {
+    ("", "GET"): Row((200, 200, 200, 200, 200, 200, 200, 200)),  # the index names URLs, never data
     ("health/", "GET"): Row((200, 200, 200, 200, 200, 200, 200, 200)),
     ("auth/token/", "POST"): Row((201, 201, 201, 201, 201, 201, 201, 201), body="obtain_token"),
     ("tokens/", "GET"): Row(ALL_READ),
