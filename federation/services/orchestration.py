@@ -160,12 +160,17 @@ def secagg_round_id(round: TrainingRound) -> str:
 
 
 def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
-    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent),
+    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent,
+    less those left out at the start because their agent was offline: services/agents.py),
     the threshold and the global model, and open AdvertiseKeys. Called under the round lock."""
     from .rounds import round_abort
 
     plan = round.plan
-    links = list(round.participant_links.select_related("dataset__organisation").order_by("dataset__organisation__slug"))
+    links = list(
+        round.participant_links.exclude(status=RoundParticipant.Status.LEFT_OUT)
+        .select_related("dataset__organisation")
+        .order_by("dataset__organisation__slug")
+    )
     identities = {
         a.organisation_id: a for a in AgentIdentity.objects.filter(organisation__in=[p.dataset.organisation_id for p in links], revoked_at__isnull=True)
     }
@@ -334,14 +339,18 @@ def agent_enrol(*, user, public_key_hex: str) -> AgentIdentity:
         from fedgov.errors import ValidationFailed
 
         raise ValidationFailed("public_key must be a raw Ed25519 public key in hex (64 characters).", fields={"public_key": ["Invalid key."]}) from None
+    from .agents import agent_status_enrolled
+
     with transaction.atomic():
         current = AgentIdentity.objects.select_for_update().filter(organisation=organisation, revoked_at__isnull=True).first()
         if current and current.public_key == raw.hex():
+            agent_status_enrolled(organisation=organisation, identity=current)
             return current
         if current:
             current.revoked_at = timezone.now()
             current.save(update_fields=["revoked_at"])
         identity = AgentIdentity.objects.create(organisation=organisation, user=user, public_key=raw.hex())
+        agent_status_enrolled(organisation=organisation, identity=identity)
         event_record(
             kind=GovernanceEvent.Kind.AGENT_ENROLLED,
             message=f"Partner agent of {organisation.name} enrolled key {raw.hex()[:16]}…",
@@ -369,6 +378,18 @@ def agent_terms(organisation: Organisation) -> list[dict]:
             }
         )
     return out
+
+
+def agent_poll(*, user, user_agent: str = "") -> list[dict]:
+    """A poll begins: record that the agent is alive (and its software version), and hand it
+    the terms of every active agreement its organisation is party to, so that an agreement
+    signed or amended after it enrolled is known on its next poll, without re-enrolling."""
+    from .agents import agent_poll_record, agent_version
+
+    organisation = agent_organisation(user)
+    terms = agent_terms(organisation)
+    agent_poll_record(organisation=organisation, version=agent_version(user_agent), terms=terms)
+    return terms
 
 
 def _b64(data: bytes) -> str:
