@@ -3,7 +3,7 @@
 An agent is *online* when it polled within `FEDGOV_AGENT_ONLINE_SECONDS` (twice the longest
 long-poll wait and a margin). The poll is the hot path (every partner, every few seconds, and
 bench/rounds.py measures its overhead), so the last poll is written at most every
-`SEEN_EVERY` per agent, and the terms only when the agreements it holds change.
+`seen_every()` per agent, and the terms only when the agreements it holds change.
 
 A round starts with the partners whose agents are online (`round_roster_choose`, called by
 round_start before the budget is reserved): an offline partner is left out, nothing is reserved
@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from ..models import AgentIdentity, AgentStatus, Organisation, RoundParticipant, TrainingRound
 
-SEEN_EVERY = timedelta(seconds=5)
+SEEN_EVERY = timedelta(seconds=5)  # at most; a quarter of a shorter online window
 VERSION_MAX = 64
 _USER_AGENT = re.compile(r"^fedgov-agent/([A-Za-z0-9][A-Za-z0-9.+_-]{0,63})(?:\s|$)")  # at most VERSION_MAX characters
 
@@ -52,6 +52,10 @@ REFUSAL_WORDS = {
 
 def online_window() -> timedelta:
     return timedelta(seconds=settings.FEDGOV_AGENT_ONLINE_SECONDS)
+
+
+def seen_every() -> timedelta:
+    return min(SEEN_EVERY, online_window() / 4)
 
 
 def agent_version(user_agent: str | None) -> str:
@@ -99,7 +103,7 @@ def agent_poll_record(*, organisation: Organisation, version: str, terms: list[d
         except IntegrityError:  # a concurrent poll created it
             status = AgentStatus.objects.get(organisation=organisation)
     changes: dict = {}
-    if status.last_seen_at is None or status.last_seen_at < now - SEEN_EVERY:
+    if status.last_seen_at is None or status.last_seen_at < now - seen_every():
         changes["last_seen_at"] = now
     if version and status.software_version != version:
         changes["software_version"] = version[:VERSION_MAX]
