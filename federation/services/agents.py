@@ -113,6 +113,13 @@ def agent_poll_record(*, organisation: Organisation, version: str, terms: list[d
         AgentStatus.objects.filter(pk=status.pk).update(**changes)
 
 
+def agent_seen(*, organisation: Organisation, now: datetime | None = None) -> None:
+    """The agent sent a message (a long computation can keep it from polling for a while):
+    it is alive. One conditional UPDATE that matches nothing when its last poll is recent."""
+    now = now or timezone.now()
+    AgentStatus.objects.filter(organisation=organisation, last_seen_at__lt=now - seen_every()).update(last_seen_at=now)
+
+
 def round_roster_choose(*, round: TrainingRound, now: datetime | None = None) -> str:
     """Before the budget is reserved (round_start, under the round's lock): leave out the
     participants whose organisation's agent is offline or not enrolled, recording why in

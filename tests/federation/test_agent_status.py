@@ -218,3 +218,15 @@ def test_partners_online_counts_the_organisations_of_the_rounds_datasets():
     online = agent_services.partners_online(round)
     assert str(online) == "2 of 3 partners online"
     assert [org.slug for org, _ in online.offline] == ["org-b"]
+
+
+def test_a_message_from_the_agent_counts_as_a_sign_of_life():
+    """Training can keep an agent from polling for a while; its messages keep it online."""
+    cast = build_cast()
+    _enrol_all(cast)
+    with transaction.atomic():
+        round = round_start(round_id=_approved_round(cast).pk)
+    _go_offline(cast.org_a, minutes=2)
+    assert not agent_services.is_online(AgentStatus.objects.get(organisation=cast.org_a))
+    orch.agent_refuse(user=cast.agent_a, round_id=round.pk, code="outside_terms", reason="noise below the floor")
+    assert agent_services.is_online(AgentStatus.objects.get(organisation=cast.org_a))
