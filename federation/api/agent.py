@@ -98,7 +98,7 @@ class TasksView(AgentView):
             {
                 "tasks": serializers.ListField(child=serializers.DictField()),
                 "terms": serializers.ListField(
-                    child=serializers.DictField(), help_text="The terms of every active agreement the organisation is party to, as at enrolment."
+                    child=serializers.DictField(), help_text="The terms of every active agreement the organisation is party to (the fields of the enrolment answer's terms)."
                 ),
             },
         ),
