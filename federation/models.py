@@ -559,7 +559,10 @@ class TrainingRound(GuardedModel):
                 )
 
     def participating_datasets(self):
-        return self.participants.order_by("id")
+        """The round's datasets, less those left out at its start (their agent was offline):
+        what the budget reserves and the protocol runs with."""
+        taking_part = [s for s in RoundParticipant.Status.values if s != RoundParticipant.Status.LEFT_OUT]
+        return Dataset.objects.filter(round_links__round=self, round_links__status__in=taking_part).order_by("id")
 
     @property
     def is_live(self) -> bool:
@@ -572,6 +575,9 @@ class RoundParticipant(models.Model):
         ACTIVE = "active", "Taking part"
         DROPPED = "dropped", "Dropped out"
         FINISHED = "finished", "Finished"
+        # Not taken into the round at its start (its agent was offline or not enrolled):
+        # nothing reserved on its dataset; why is in round.metrics["left_out"].
+        LEFT_OUT = "left_out", "Left out"
 
     round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="participant_links")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="round_links")
@@ -849,6 +855,23 @@ class AgentIdentity(models.Model):
                 fields=["organisation"], condition=Q(revoked_at__isnull=True), name="one_live_agent_key_per_organisation"
             ),
         ]
+
+
+class AgentStatus(models.Model):
+    """What the coordinator knows of an organisation's partner agent: when it enrolled, when
+    it last polled (written at most every few seconds: the poll is the hot path), the software
+    it runs (its User-Agent), and the agreements whose terms it holds ({agreement id: terms
+    hash}, as handed out on its last poll). Its refusals are on the round participants."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="agent_status")
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    software_version = models.CharField(max_length=64, blank=True)
+    terms_held = models.JSONField(default=dict, blank=True)
+    terms_updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "agent statuses"
 
 
 class RoundProtocol(models.Model):

@@ -15,6 +15,8 @@ urlpatterns = [
     path("organisations/<slug:slug>/", views.organisation_detail, name="organisation_detail"),
     path("organisations/<slug:slug>/members/new/", views.member_create, name="member_create"),
     path("organisations/<slug:slug>/members/<int:pk>/remove/", views_accounts.member_remove, name="member_remove"),
+    # Partner agents.
+    path("agents/", views.agent_list, name="agent_list"),
     # Agreements.
     path("agreements/", views.agreement_list, name="agreement_list"),
     path("agreements/new/", views.agreement_create, name="agreement_create"),

@@ -41,6 +41,7 @@ from .access import (
     visible_datasets,
 )
 from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
+from .services import agents as agent_services
 from .services import agreements as agreement_services
 from .services import datasets as dataset_services
 from .services import organisations as organisation_services
@@ -179,6 +180,29 @@ def organisation_detail(request, slug):
             "memberships": selectors.memberships_of(org) if access.may_see_members(user, org) else [],
             "agreements": visible_agreements(user).filter(parties=org),
             "datasets": visible_datasets(user).filter(organisation=org),
+            "agents": agent_services.agents_overview(access.agent_organisations(user).filter(pk=org.pk), refusals=None)
+            if access.may_see_agent(user, org)
+            else None,
+        },
+    )
+
+
+@web_view
+@require_GET
+def agent_list(request):
+    """The partner agents: administrators see every organisation's, a representative its own
+    organisations'. Enrolment, last poll (online or not), software, terms held, refusals."""
+    user = request.user
+    organisations = access.agent_organisations(user)
+    if not is_administrator(user) and not organisations.exists():
+        raise DjangoPermissionDenied("Only administrators and organisations' representatives see partner agents.")
+    return render(
+        request,
+        "federation/agent_list.html",
+        {
+            **_role_context(user),
+            "agents": agent_services.agents_overview(organisations),
+            "online_seconds": int(agent_services.online_window().total_seconds()),
         },
     )
 
@@ -867,6 +891,7 @@ def _round_live_context(user, round) -> dict:
         ],
         "reservations": selectors.round_reservations(round),
         **selectors.round_progress(round),
+        "partners_online": agent_services.partners_online(round),
     }
 
 
@@ -949,6 +974,7 @@ def _approval_context(user, round, org, *, approve_form=None, reject_form=None, 
         "progress": selectors.plan_progress(round.plan),
         "decisions": selectors.round_decisions(round),
         "needed": selectors.approvals_needed(round),
+        "partners_online": agent_services.partners_online(round),
         "decision": decision,
         "open": round.status == TrainingRound.Status.AWAITING_APPROVAL and decision is None,
         "reject_form": reject_form or forms.RejectForm(),

@@ -248,6 +248,9 @@ if NUM_PROXIES < 0:
 # per username before both are refused, even the right password, until the lockout ends.
 FEDGOV_LOGIN_FAILURE_LIMIT = env_int("FEDGOV_LOGIN_FAILURE_LIMIT", 10)
 FEDGOV_LOGIN_LOCKOUT_MINUTES = env_int("FEDGOV_LOGIN_LOCKOUT_MINUTES", 15)
+# A partner agent is online when it polled within this many seconds: twice the longest
+# long-poll wait (25 s) and a margin. An offline partner is left out of a round at its start.
+FEDGOV_AGENT_ONLINE_SECONDS = env_int("FEDGOV_AGENT_ONLINE_SECONDS", 60)
 if FEDGOV_LOGIN_FAILURE_LIMIT < 1 or FEDGOV_LOGIN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("FEDGOV_LOGIN_FAILURE_LIMIT and FEDGOV_LOGIN_LOCKOUT_MINUTES must be 1 or more")
 

@@ -332,7 +332,7 @@ class Agent:
         end = time.monotonic() + max_seconds if max_seconds else None
         while not self._stop and (end is None or time.monotonic() < end):
             try:
-                tasks = self.http.tasks(wait=self.config.poll_wait)
+                answer = self.http.poll(wait=self.config.poll_wait)
             except ApiError as exc:
                 if exc.status in (401, 403):
                     logger.error("coordinator refused this agent: %s", exc)
@@ -340,9 +340,24 @@ class Agent:
                 logger.warning("polling failed: %s", exc)
                 time.sleep(1)
                 continue
-            for task in tasks:
+            self.learn_terms(answer.get("terms"))
+            for task in answer.get("tasks", []):
                 self.handle(task)
             self._forget_stale_work()
+
+    def learn_terms(self, terms: list[dict] | None) -> None:
+        """Adopt the terms the coordinator hands out on each poll: an agreement signed or
+        amended since enrolment is then known (its rounds are still checked against them)."""
+        if terms is None:  # a coordinator that does not send them: keep the enrolment's
+            return
+        old = {t["agreement"]: t.get("terms_hash") for t in self.terms}
+        new = {t["agreement"]: t.get("terms_hash") for t in terms}
+        if old != new:
+            logger.info(
+                "terms updated: %d agreement(s) in force (%s)", len(terms),
+                ", ".join(f"#{t['agreement']} v{t.get('version')}" for t in terms) or "none",
+            )
+        self.terms = list(terms)
 
     def _forget_stale_work(self) -> None:
         now = time.monotonic()

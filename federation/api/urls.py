@@ -3,7 +3,7 @@ federation/api/agent_urls.py)."""
 
 from django.urls import path
 
-from . import agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens, views
+from . import agents, agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens, views
 
 app_name = "api"
 
@@ -17,6 +17,8 @@ urlpatterns = [
     path("organisations/<int:pk>/", organisations.OrganisationDetailView.as_view(), name="organisation"),
     path("memberships/", organisations.MembershipListView.as_view(), name="memberships"),
     path("memberships/<int:pk>/", organisations.MembershipDetailView.as_view(), name="membership"),
+    path("agents/", agents.AgentListView.as_view(), name="agents"),
+    path("agents/<int:pk>/", agents.AgentDetailView.as_view(), name="agent"),
     path("agreements/", agreements.AgreementListView.as_view(), name="agreements"),
     path("agreements/<int:pk>/", agreements.AgreementDetailView.as_view(), name="agreement"),
     path("agreements/<int:pk>/submit/", agreements.AgreementSubmitView.as_view(), name="agreement-submit"),

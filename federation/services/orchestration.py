@@ -58,6 +58,7 @@ from ..models import (
     TrainingPlan,
     TrainingRound,
 )
+from . import agents
 from .common import event_record
 
 logger = logging.getLogger(__name__)
@@ -160,12 +161,17 @@ def secagg_round_id(round: TrainingRound) -> str:
 
 
 def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
-    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent),
+    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent,
+    less those left out at the start because their agent was offline: services/agents.py),
     the threshold and the global model, and open AdvertiseKeys. Called under the round lock."""
     from .rounds import round_abort
 
     plan = round.plan
-    links = list(round.participant_links.select_related("dataset__organisation").order_by("dataset__organisation__slug"))
+    links = list(
+        round.participant_links.exclude(status=RoundParticipant.Status.LEFT_OUT)
+        .select_related("dataset__organisation")
+        .order_by("dataset__organisation__slug")
+    )
     identities = {
         a.organisation_id: a for a in AgentIdentity.objects.filter(organisation__in=[p.dataset.organisation_id for p in links], revoked_at__isnull=True)
     }
@@ -337,11 +343,13 @@ def agent_enrol(*, user, public_key_hex: str) -> AgentIdentity:
     with transaction.atomic():
         current = AgentIdentity.objects.select_for_update().filter(organisation=organisation, revoked_at__isnull=True).first()
         if current and current.public_key == raw.hex():
+            agents.agent_status_enrolled(organisation=organisation, identity=current)
             return current
         if current:
             current.revoked_at = timezone.now()
             current.save(update_fields=["revoked_at"])
         identity = AgentIdentity.objects.create(organisation=organisation, user=user, public_key=raw.hex())
+        agents.agent_status_enrolled(organisation=organisation, identity=identity)
         event_record(
             kind=GovernanceEvent.Kind.AGENT_ENROLLED,
             message=f"Partner agent of {organisation.name} enrolled key {raw.hex()[:16]}…",
@@ -369,6 +377,16 @@ def agent_terms(organisation: Organisation) -> list[dict]:
             }
         )
     return out
+
+
+def agent_poll(*, user, user_agent: str = "") -> list[dict]:
+    """A poll begins: record that the agent is alive (and its software version), and hand it
+    the terms of every active agreement its organisation is party to, so that an agreement
+    signed or amended after it enrolled is known on its next poll, without re-enrolling."""
+    organisation = agent_organisation(user)
+    terms = agent_terms(organisation)
+    agents.agent_poll_record(organisation=organisation, version=agents.agent_version(user_agent), terms=terms)
+    return terms
 
 
 def _b64(data: bytes) -> str:
@@ -486,6 +504,7 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
     """Take one partner message for the round's current phase. A refused message changes
     nothing and does not disturb the round for the others."""
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     if phase not in AGENT_PHASES:
         raise NotFound(f"Unknown phase {phase!r}.")
     with transaction.atomic():
@@ -572,6 +591,7 @@ def agent_refuse(*, user, round_id: int, code: str, reason: str) -> dict:
     from fedgov.errors import ValidationFailed
 
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     code, reason = (code or "").strip(), (reason or "").strip()
     if not code or len(code) > REFUSAL_CODE_MAX or not all(c.isascii() and (c.isalnum() or c == "_") for c in code):
         raise ValidationFailed(
@@ -618,6 +638,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
     import json
 
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     try:
         receipt = json.loads(body)
     except (ValueError, UnicodeDecodeError):

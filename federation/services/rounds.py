@@ -362,6 +362,22 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
 
         plan_continue(plan=round.plan)
         return round
+    # Who takes part is decided before anything is reserved: a partner whose agent is offline
+    # is left out (nothing reserved on its dataset) while enough partners remain.
+    from .agents import round_roster_choose
+
+    too_few = round_roster_choose(round=round)
+    if too_few:
+        _set_status(round, Status.BLOCKED, reason=too_few)
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_BLOCKED,
+            message=f"Round {round.number} of '{round.plan.name}' blocked at start: {too_few}",
+            actor=actor,
+            agreement=round.plan.agreement,
+            round=round,
+            details={"failed": ["agents_online"]},
+        )
+        return round
     try:
         # The check above and this reservation share one transaction; budget_reserve locks
         # every dataset's budget row, so a concurrent round cannot slip in between.
@@ -381,9 +397,11 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
     round = round_open_protocol(round=round)
     if round.status != Status.RUNNING:
         return round
+    left_out = (round.metrics or {}).get("left_out") or {}
     event_record(
         kind=GovernanceEvent.Kind.ROUND_STARTED,
-        message=f"Round {round.number} of '{round.plan.name}' started; budget reserved.",
+        message=f"Round {round.number} of '{round.plan.name}' started; budget reserved."
+        + "".join(f" {slug} left out: {r['reason']}." for slug, r in sorted(left_out.items())),
         actor=actor,
         agreement=round.plan.agreement,
         round=round,

@@ -261,3 +261,11 @@ def is_representative(user) -> bool:
     from federation.models import Membership
 
     return organisations_of(user, Membership.Role.REPRESENTATIVE).exists()
+
+
+@register.filter
+def refusal_words(code: str) -> str:
+    """What an agent's refusal code means, in plain words ('' when unknown)."""
+    from federation.services.agents import refusal_words as words
+
+    return words(code or "")

@@ -174,6 +174,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("memberships/", "POST"): Row(ADMIN_CREATE, body="membership"),
     ("memberships/<int:pk>/", "GET"): Row((200, 200, 404, 404, 404, 404, 404, 401), obj="membership"),
     ("memberships/<int:pk>/", "DELETE"): Row((204, 403, 404, 404, 404, 404, 404, 401), obj="membership"),
+    # Everyone may list; the list holds the agents the role may see (administrators: all;
+    # representatives: their own organisations'; others: none).
+    ("agents/", "GET"): Row(ALL_READ),
+    ("agents/<int:pk>/", "GET"): Row((200, 200, 403, 403, 404, 403, 404, 401), obj="org_a"),
     ("agreements/", "GET"): Row(ALL_READ),
     ("agreements/", "POST"): Row(ADMIN_CREATE, body="agreement"),
     ("agreements/<int:pk>/", "GET"): Row(PARTY_READ, obj="agreement"),
