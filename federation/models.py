@@ -704,11 +704,17 @@ class StandingApproval(models.Model):
         ]
 
     def rounds_used(self) -> int:
-        """Rounds this approval let run. A round that never ran (blocked by a governance
-        check, or rejected by another party) trained nothing and spent no budget, so it does
-        not use up an approval given for "up to N rounds"."""
-        never_ran = (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)
-        return self.uses.exclude(round__status__in=never_ran).count()
+        """Rounds this approval let use the organisation's data. A round that never ran
+        (blocked by a governance check, rejected by another party) and a try aborted before
+        any update could leave (its budget released: ARCHITECTURE.md, Ledger 2) trained
+        nothing and spent nothing, so they do not use up an approval given for "up to N
+        rounds". A try aborted or failed once the masked input opened spent its budget: it
+        counts, like a completed round (and its epsilon counts against `max_epsilon`)."""
+        released_phases = ("", "advertise_keys", "share_keys")
+        ended_unspent = Q(round__status__in=(TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)) | Q(
+            round__status__in=(TrainingRound.Status.ABORTED, TrainingRound.Status.FAILED), round__phase__in=released_phases
+        )
+        return self.uses.exclude(ended_unspent).count()
 
 
 class GovernanceEvent(models.Model):
