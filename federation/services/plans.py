@@ -63,6 +63,8 @@ def plan_create(
     eval_noise_multiplier: float | None = None,
     secagg_threshold: int | None = None,
     phase_timeout_seconds: int = 120,
+    max_consecutive_failures: int = 3,
+    retry_backoff_seconds: int = 30,
     feature_names: list[str] | None = None,
     label_name: str | None = None,
     label_classes: list | None = None,
@@ -98,6 +100,7 @@ def plan_create(
         raise field_error("eval_noise_multiplier", "The evaluation noise multiplier must be greater than 0, or empty to disable.")
     if secagg_threshold is not None and not (2 <= secagg_threshold <= len(datasets)):
         raise field_error("secagg_threshold", f"The threshold must be between 2 and the number of datasets ({len(datasets)}).")
+    clean_retry_policy(max_consecutive_failures, retry_backoff_seconds)
     spec = clean_model_spec(model_spec, n_features=len(feature_names), n_classes=len(label_classes))
     try:
         server_optimizer = ServerOptimizer.from_dict(server_optimizer).to_dict() if server_optimizer else {}
@@ -124,6 +127,8 @@ def plan_create(
         eval_noise_multiplier=eval_noise_multiplier,
         secagg_threshold=secagg_threshold,
         phase_timeout_seconds=phase_timeout_seconds,
+        max_consecutive_failures=max_consecutive_failures,
+        retry_backoff_seconds=retry_backoff_seconds,
         created_by=actor,
     )
     validated(plan)
