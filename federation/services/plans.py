@@ -353,16 +353,20 @@ def plan_blocked(*, plan: TrainingPlan, round: TrainingRound, permanent: bool = 
 def plans_sweep_retries(*, now=None) -> int:
     """Beat safety net: a retry whose countdown task was lost (Redis restarted) is enqueued
     again a few seconds after it fell due; the task itself is idempotent."""
+    from .. import tasks
+
+    n = 0
+    for plan_id in plans_retry_overdue(now=now):
+        tasks.plan_retry_task.delay(plan_id)
+        n += 1
+    return n
+
+
+def plans_retry_overdue(*, now=None) -> list[int]:
+    """Active plans whose retry fell due more than a few seconds ago and was not made."""
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from .. import tasks
-
     now = now or timezone.now()
-    due = TrainingPlan.objects.filter(status=TrainingPlan.Status.ACTIVE, retry_at__lt=now - timedelta(seconds=5))
-    n = 0
-    for plan_id in due.values_list("pk", flat=True):
-        tasks.plan_retry_task.delay(plan_id)
-        n += 1
-    return n
+    return list(TrainingPlan.objects.filter(status=TrainingPlan.Status.ACTIVE, retry_at__lt=now - timedelta(seconds=5)).values_list("pk", flat=True))
