@@ -280,3 +280,23 @@ def test_the_plan_api_takes_the_policy_at_creation_and_refuses_bad_values():
     response = api.post("/api/v1/plans/", {**base, "max_consecutive_failures": 5, "retry_backoff_seconds": 2}, format="json")
     assert response.status_code == 201, response.content
     assert (response.json()["max_consecutive_failures"], response.json()["retry_backoff_seconds"]) == (5, 2)
+
+
+def test_the_plan_page_says_why_it_is_paused_and_resumes_it():
+    from django.test import Client
+
+    cast = build_cast()
+    plan_pause(actor=cast.admin, plan=cast.plan, reason="data refresh at org B")
+    rep = Client()
+    rep.force_login(cast.rep_a)
+    page = rep.get(f"/plans/{cast.plan.pk}/").content.decode()
+    assert 'id="plan-paused"' in page and "data refresh at org B" in page and 'id="resume-plan"' in page
+    auditor = Client()
+    auditor.force_login(cast.auditor)
+    page = auditor.get(f"/plans/{cast.plan.pk}/").content.decode()
+    assert "data refresh at org B" in page and 'id="resume-plan"' not in page  # sees why, cannot resume
+    assert auditor.post(f"/plans/{cast.plan.pk}/resume/").status_code == 403
+    response = rep.post(f"/plans/{cast.plan.pk}/resume/")
+    assert response.status_code == 302
+    cast.plan.refresh_from_db()
+    assert cast.plan.status == PlanStatus.ACTIVE and cast.plan.rounds.count() == 1
