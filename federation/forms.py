@@ -294,11 +294,11 @@ class PlanForm(forms.Form):
     phase_timeout_seconds = forms.IntegerField(initial=120, min_value=1)
     # The retry policy (not a DP parameter): shown with its defaults.
     max_consecutive_failures = forms.IntegerField(
-        initial=3, min_value=1, max_value=1000, label="Pause after failed tries in a row",
+        required=False, initial=3, min_value=1, max_value=1000, label="Pause after failed tries in a row",
         help_text="A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry).",
     )
     retry_backoff_seconds = forms.IntegerField(
-        initial=30, min_value=0, max_value=86_400, label="Retry backoff (seconds)", help_text="Wait before the next try of an aborted round."
+        required=False, initial=30, min_value=0, max_value=86_400, label="Retry backoff (seconds)", help_text="Wait before the next try of an aborted round."
     )
 
     ERROR_FIELDS = {"model_spec": "hidden"}
@@ -324,6 +324,9 @@ class PlanForm(forms.Form):
         hidden = data.pop("hidden") or []
         data["model_spec"] = {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
         data["datasets"] = list(data["datasets"])
+        for name in ("max_consecutive_failures", "retry_backoff_seconds"):  # empty: the default shown
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
         return data
 
 

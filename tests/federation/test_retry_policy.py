@@ -300,3 +300,28 @@ def test_the_plan_page_says_why_it_is_paused_and_resumes_it():
     assert response.status_code == 302
     cast.plan.refresh_from_db()
     assert cast.plan.status == PlanStatus.ACTIVE and cast.plan.rounds.count() == 1
+
+
+def test_the_plan_form_shows_the_policy_defaults_and_takes_or_refuses_values():
+    from django.test import Client
+
+    cast = build_cast()
+    admin = Client()
+    admin.force_login(cast.admin)
+    page = admin.get("/plans/new/").content.decode()
+    assert 'name="max_consecutive_failures" value="3"' in page and 'name="retry_backoff_seconds" value="30"' in page
+    post = {
+        "agreement": cast.agreement.pk, "name": "Policy plan", "purpose": cast.plan.purpose, "datasets": [d.pk for d in cast.datasets],
+        "model_kind": "logreg", "rounds_total": "3", "noise_multiplier": "1.2", "clip_norm": "1.0", "batch_size": "32",
+        "local_steps": "5", "learning_rate": "0.5", "momentum": "0", "server_learning_rate": "1", "phase_timeout_seconds": "60",
+    }
+    before = TrainingPlan.objects.count()
+    response = admin.post("/plans/new/", {**post, "max_consecutive_failures": "0"})
+    assert response.status_code == 200 and TrainingPlan.objects.count() == before
+    assert "greater than or equal to 1" in response.content.decode()
+    assert admin.post("/plans/new/", {**post, "max_consecutive_failures": "4", "retry_backoff_seconds": "5"}).status_code == 302
+    plan = TrainingPlan.objects.get(name="Policy plan")
+    assert (plan.max_consecutive_failures, plan.retry_backoff_seconds) == (4, 5)
+    assert admin.post("/plans/new/", {**post, "name": "Default policy"}).status_code == 302
+    plan = TrainingPlan.objects.get(name="Default policy")
+    assert (plan.max_consecutive_failures, plan.retry_backoff_seconds) == (3, 30)
