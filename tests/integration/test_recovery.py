@@ -41,9 +41,16 @@ def test_an_agent_away_for_two_tries_pauses_the_plan_which_resumes_and_completes
     from federation.services.plans import plan_resume
     from federation.services.rounds import round_request
 
+    # The noise pays for four tries, not two: the coordinator releases the aborted tries, but a
+    # partner's own ledger never hears of the abort and keeps their reservations open (counted
+    # as spent, docs/PARTNER-LEDGER.md), so two rounds after two aborted tries must fit there too.
+    d = simulation.DEFAULT_PLAN
+    z = simulation.calibrate_noise(
+        q=simulation.SAMPLING_RATE, K=d["local_steps"], rounds=4, epsilon=8.0, delta=1e-5, eval_sigma=d["eval_noise_multiplier"]
+    )
     fed = make_federation(
         tmp_path, partners=3, rounds=2,
-        overrides={"secagg_threshold": 3, "max_consecutive_failures": 2, "retry_backoff_seconds": 1},
+        overrides={"noise_multiplier": z, "secagg_threshold": 3, "max_consecutive_failures": 2, "retry_backoff_seconds": 1},
     )
     TrainingPlan.objects.filter(pk=fed.plan.pk).update(phase_timeout_seconds=10)  # a try waits 10 s for the absent agent
     with local_stack(log_dir=tmp_path / "logs") as stack:
