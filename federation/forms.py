@@ -331,6 +331,14 @@ class PlanForm(forms.Form):
     # Set once the proposal is on the form: from then on an empty optional value means none
     # (no fixed sampling rate, no evaluation release, FedAvg), not the planner's.
     proposed = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    # The retry policy (not a DP parameter): shown with its defaults.
+    max_consecutive_failures = forms.IntegerField(
+        required=False, initial=3, min_value=1, max_value=1000, label="Pause after failed tries in a row",
+        help_text="A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry).",
+    )
+    retry_backoff_seconds = forms.IntegerField(
+        required=False, initial=30, min_value=0, max_value=86_400, label="Retry backoff (seconds)", help_text="Wait before the next try of an aborted round."
+    )
 
     ERROR_FIELDS = {"model_spec": "hidden", "feature_names": "datasets", "label_name": "datasets", "label_classes": "datasets"}
     #: Empty after a proposal means None, not the planner's value.
@@ -396,6 +404,9 @@ class PlanForm(forms.Form):
         data["datasets"] = list(data["datasets"])
         for name in planned_fields:
             data.pop(name, None)
+        for name in ("max_consecutive_failures", "retry_backoff_seconds"):  # empty: the default shown
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
         return data
 
     @staticmethod

@@ -809,6 +809,8 @@ def plan_detail(request, pk):
             "series": series,
             "rounds": series["rounds"],
             "can_request": plan.status == TrainingPlan.Status.ACTIVE and access.may_request_round(user, plan),
+            # Pause/resume: an administrator or a representative of a party with a dataset in it.
+            "can_steer": access.is_administrator(user) or bool(my_orgs),
             "standing_orgs": my_orgs,
             "standing": plan.standing_approvals.select_related("organisation").order_by("-given_at"),
         },
@@ -831,6 +833,37 @@ def round_request(request, pk):
     else:
         messages.success(request, f"Round {round.number} requested: {round.get_status_display().lower()}.")
     return redirect("web:round_detail", pk=round.pk)
+
+
+@web_view
+@require_POST
+def plan_pause(request, pk):
+    plan = selectors.plan_for(request.user, pk)
+    try:
+        plan_services.plan_pause(actor=request.user, plan=plan, reason=request.POST.get("reason", ""))
+    except (NotFound, PermissionDenied):
+        raise
+    except ApplicationError as exc:
+        return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
+    messages.success(request, "Plan paused: no round or retry is requested until it is resumed.")
+    return redirect("web:plan_detail", pk=pk)
+
+
+@web_view
+@require_POST
+def plan_resume(request, pk):
+    plan = selectors.plan_for(request.user, pk)
+    try:
+        plan, nxt = plan_services.plan_resume(actor=request.user, plan=plan)
+    except (NotFound, PermissionDenied):
+        raise
+    except ApplicationError as exc:
+        return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
+    if nxt is not None and nxt.status == TrainingRound.Status.BLOCKED:
+        messages.error(request, f"Plan resumed, but round {nxt.number} is blocked by governance: {nxt.reason}")
+    else:
+        messages.success(request, "Plan resumed" + (f"; round {nxt.number} requested." if nxt is not None else "."))
+    return redirect("web:plan_detail", pk=pk)
 
 
 @web_view

@@ -192,6 +192,7 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
             actor=None,
             round=round,
             reason=f"Only {n} participant(s) have an enrolled agent; secure aggregation needs {threshold}.",
+            retryable=True,
         )
     model = latest_model(plan)
     dim = model_params(model).size
@@ -744,7 +745,10 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
                     raise secagg.TooFewSurvivors(f"{len(server.responders)} unmasking answers, threshold is {server.config.threshold}")
         except secagg.SecAggError as exc:
             declined = refusals_summary(round)
-            round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined}." if declined else ""))
+            round_abort(
+                actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined}." if declined else ""),
+                retryable=True,
+            )
             return "aborted"
         protocol.state = server.to_dict(contributions=False)
         protocol.running_sum = server.running_sum_bytes()
@@ -877,12 +881,13 @@ def _complete(round: TrainingRound) -> None:
         agreement=round.plan.agreement,
         round=round,
     )
+    TrainingPlan.objects.filter(pk=round.plan_id).update(consecutive_failures=0, retry_at=None)
     plan_continue(plan=round.plan)
 
 
-def plan_continue(*, plan: TrainingPlan) -> TrainingRound | None:
-    """After a round: request the next one, or finish / stop the plan with the reason."""
-    from .plans import plan_stop
+def plan_continue(*, plan: TrainingPlan, actor=None) -> TrainingRound | None:
+    """After a round: request the next one, or finish the plan; a next round that is blocked
+    pauses or stops the plan, saying why (never "active with nothing live")."""
     from .rounds import round_request
 
     plan = TrainingPlan.objects.select_for_update().get(pk=plan.pk)
@@ -891,12 +896,13 @@ def plan_continue(*, plan: TrainingPlan) -> TrainingRound | None:
     if plan.rounds.filter(status=Status.COMPLETED).count() >= plan.rounds_total:
         plan.status = TrainingPlan.Status.COMPLETED
         plan.stopped_reason = f"All {plan.rounds_total} rounds completed."
-        plan.save(update_fields=["status", "stopped_reason"])
+        plan.retry_at = None
+        plan.save(update_fields=["status", "stopped_reason", "retry_at"])
         return None
-    nxt = round_request(actor=None, plan=plan, system=True)
-    if nxt.status == Status.BLOCKED:
-        plan_stop(actor=None, plan=plan, reason=nxt.reason)
-    return nxt
+    if plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
+        return None  # e.g. someone requested a round by hand during a retry's backoff
+    # A blocked request pauses or stops the plan itself (services.rounds, plans.plan_blocked).
+    return round_request(actor=actor, plan=plan, system=True)
 
 
 def rounds_sweep_deadlines(*, now=None) -> int:

@@ -88,6 +88,8 @@ def _bodies(w: World) -> dict:
         "sign": {"terms_hash": w.pending_agreement.terms_hash},
         "amend": {"title": "Amended terms"},
         "empty": {},
+        "pause": {"reason": "matrix"},
+        "retry_policy": {"retry_backoff_seconds": 5},
         "dataset": {
             "organisation": c.org_a.pk,
             "agreement": c.agreement.pk,
@@ -199,6 +201,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("plans/<int:pk>/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "POST"): Row((201, 201, 201, 403, 404, 403, 404, 401), obj="idle_plan"),
+    # Pause/resume/retry policy: an administrator or a representative of a party with a dataset
+    # in the plan. The matrix's plan is active: resuming it is refused (409) after the check.
+    ("plans/<int:pk>/pause/", "POST"): Row((200, 200, 200, 403, 404, 403, 404, 401), obj="plan", body="pause"),
+    ("plans/<int:pk>/resume/", "POST"): Row((409, 409, 409, 403, 404, 403, 404, 401), obj="plan", body="empty"),
+    ("plans/<int:pk>/retry-policy/", "POST"): Row((200, 200, 200, 403, 404, 403, 404, 401), obj="plan", body="retry_policy"),
     ("rounds/", "GET"): Row(ALL_READ),
     ("rounds/<int:pk>/", "GET"): Row(PARTY_READ, obj="round"),
     ("rounds/<int:pk>/participants/", "GET"): Row(PARTY_READ, obj="round"),
