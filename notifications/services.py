@@ -199,44 +199,50 @@ BUDGET_WARNING_FRACTION = 0.8
 
 def budget_notices(round: TrainingRound) -> list[Notice]:
     """Budget at 80% and budget exhausted, for each dataset of `round`, told once per dataset
-    and budget (a raised budget can warn again). Exhausted means the plan's next round no
-    longer fits in what is left (ARCHITECTURE.md, Ledger 1: open reservations count as spent)."""
-    from accounting.selectors import datasets_budget_figures
-    from federation.governance import round_epsilon
+    and budget (a raised budget can warn again). Exhausted: another round of this plan would
+    no longer fit, by the ledger's own composition (ARCHITECTURE.md, Ledger 1; open
+    reservations count as spent)."""
+    from accounting import accountant as acc
+    from accounting.ledger import project
+    from accounting.models import DatasetBudget
+    from accounting.services import effective_budget, round_dp_event
 
     datasets = list(round.participating_datasets().select_related("organisation"))
-    if not datasets:
-        return []
-    figures = datasets_budget_figures(datasets=datasets)
-    admins = _admin_ids()
+    rows = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}
+    admins = None
     out = []
     for dataset in datasets:
-        fig = figures[dataset.pk]
-        total = fig.epsilon_spent + fig.epsilon_remaining
-        if total <= 0 or fig.epsilon_spent <= 0:
+        row = rows.get(dataset.pk)
+        if row is None or row.entry_count == 0:
             continue
-        base = dict(
+        limit, spent = effective_budget(row, dataset), row.epsilon_spent
+        key, event = round_dp_event(round=round, dataset=dataset)
+        after_next = project(row, dataset, add=(f"{key}:next", acc.rdp_vector(event))).epsilon_spent
+        exhausted = after_next > limit + 1e-12
+        if not exhausted and spent < BUDGET_WARNING_FRACTION * limit:
+            continue
+        admins = _admin_ids() if admins is None else admins
+        common = dict(
+            subject_key=f"dataset:{dataset.pk}:budget:{limit!r}",
             link=reverse("web:dataset_detail", args=[dataset.slug]),
             organisations={dataset.organisation_id},
             users=admins,
-            data={"dataset": dataset.slug, "epsilon_spent": fig.epsilon_spent, "epsilon_budget": total},
+            data={"dataset": dataset.slug, "epsilon_spent": spent, "epsilon_budget": limit},
         )
-        key = f"dataset:{dataset.pk}:budget:{total!r}"
-        next_round = round_epsilon(round.plan, dataset)
-        if fig.epsilon_remaining < next_round - 1e-12:
+        if exhausted:
             out.append(Notice(
-                kind=Kind.BUDGET_EXHAUSTED, subject_key=key,
+                kind=Kind.BUDGET_EXHAUSTED,
                 title=f"Budget of {dataset.name} exhausted",
-                body=(f"Dataset {dataset.slug} has spent {fig.epsilon_spent:.3g} of its epsilon budget {total:.3g}; "
-                      f"the next round of '{round.plan.name}' needs {next_round:.3g} and will not run unless the budget is raised."),
-                **base,
+                body=(f"Dataset {dataset.slug} has spent {spent:.3g} of its epsilon budget {limit:.3g}; another round of "
+                      f"'{round.plan.name}' would bring it to {after_next:.3g}, so none runs unless the budget is raised."),
+                **common,
             ))
-        elif fig.epsilon_spent >= BUDGET_WARNING_FRACTION * total:
+        else:
             out.append(Notice(
-                kind=Kind.BUDGET_80, subject_key=key,
-                title=f"Budget of {dataset.name} is {100 * fig.epsilon_spent / total:.0f}% spent",
-                body=f"Dataset {dataset.slug} has spent {fig.epsilon_spent:.3g} of its epsilon budget {total:.3g}.",
-                **base,
+                kind=Kind.BUDGET_80,
+                title=f"Budget of {dataset.name} is {100 * spent / limit:.0f}% spent",
+                body=f"Dataset {dataset.slug} has spent {spent:.3g} of its epsilon budget {limit:.3g}.",
+                **common,
             ))
     return out
 
