@@ -283,6 +283,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One named enum for the notification kinds, wherever a field carries them.
+    "ENUM_NAME_OVERRIDES": {"NotificationKindEnum": "notifications.models.Kind.values"},
 }
 
 # --- fedgov ---------------------------------------------------------------------------------
