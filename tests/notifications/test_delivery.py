@@ -174,3 +174,22 @@ def test_webhooks_to_private_addresses_are_refused_when_not_allowed(cast, settin
     [delivery] = Delivery.objects.filter(channel=Delivery.Channel.WEBHOOK)
     assert delivery_send(delivery_id=delivery.pk).startswith("retry:")
     assert "private, loopback" in Delivery.objects.get(pk=delivery.pk).last_error
+
+
+def test_a_broker_that_is_down_at_commit_loses_nothing(cast, django_capture_on_commit_callbacks, settings):
+    """Enqueueing fails (no Redis listens): the request still succeeds, the outbox rows stay
+    pending, and the sweep hands them out once they are overdue."""
+    from federation.localstack import free_port, use_broker
+    from fedgov.celery import app
+
+    settings.FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS = 0
+    previous = app.conf.broker_url
+    use_broker(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            round = request_round(cast)
+    finally:
+        use_broker(previous)
+    pending = list(Delivery.objects.filter(status=Delivery.Status.PENDING).values_list("id", flat=True))
+    assert round.pk and len(pending) == 2
+    assert set(pending) <= set(deliveries_due(now=timezone.now() + timedelta(seconds=1)))
