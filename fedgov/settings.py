@@ -306,11 +306,12 @@ if EMAIL_USE_TLS and EMAIL_USE_SSL:
     raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one")
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fedgov <fedgov@localhost>")
+# Production without EMAIL_HOST hands mail to the machine's own MTA (localhost:25, Django's
+# default); a refused send is retried and shows in the delivery log, never dropped.
 EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
     "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST or PRODUCTION else "django.core.mail.backends.console.EmailBackend"
 )
-if PRODUCTION and EMAIL_BACKEND.endswith("smtp.EmailBackend") and not EMAIL_HOST:
-    raise ImproperlyConfigured("EMAIL_HOST must be set when FEDGOV_ENV=production (or set EMAIL_BACKEND)")
+EMAIL_HOST = EMAIL_HOST or "localhost"
 # Links in emails and webhook bodies are absolute: the address people reach fedgov at.
 FEDGOV_PUBLIC_URL = env_str("FEDGOV_PUBLIC_URL", "http://127.0.0.1:8000")
 FEDGOV_EMAIL_MESSAGE_ID_DOMAIN = env_str("FEDGOV_EMAIL_MESSAGE_ID_DOMAIN", "fedgov.invalid")
