@@ -449,7 +449,9 @@ def _withdraw(w: Withdrawal) -> None:
     notifications = Notification.objects.filter(kind=w.kind, subject_key=w.subject_key, read_at__isnull=True)
     if w.organisations is not None:
         user_ids = [u for u, _ in selectors.representatives_of(w.organisations)]
-        deliveries = deliveries.filter(Q(recipient_id__in=user_ids) | Q(webhook__organisation_id__in=w.organisations))
+        # A subquery, not a join: PostgreSQL refuses FOR UPDATE on the nullable side of an outer join.
+        hooks = Webhook.objects.filter(organisation_id__in=w.organisations).values("id")
+        deliveries = deliveries.filter(Q(recipient_id__in=user_ids) | Q(webhook_id__in=hooks))
         notifications = notifications.filter(recipient_id__in=user_ids)
     ids = list(deliveries.values_list("id", flat=True))
     if ids:
