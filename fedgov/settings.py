@@ -106,6 +106,7 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_totp",
     "federation",
     "accounting",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -224,6 +225,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fedgov.deadlines.sweep",
         "schedule": float(env_int("FEDGOV_DEADLINE_SWEEP_SECONDS", 5)),
     },
+    # Notifications whose task was lost, or whose worker died mid-send (notifications/tasks.py).
+    "notifications-sweep": {
+        "task": "fedgov.notifications.sweep",
+        "schedule": float(env_int("FEDGOV_NOTIFY_SWEEP_SECONDS", 15)),
+    },
+    "notifications-verify-ledgers": {
+        "task": "fedgov.notifications.verify_ledgers",
+        "schedule": float(env_int("FEDGOV_LEDGER_CHECK_SECONDS", 3600)),
+    },
 }
 
 # --- Cache, trusted proxies, login throttles -------------------------------------------------
@@ -255,22 +265,8 @@ if FEDGOV_LOGIN_FAILURE_LIMIT < 1 or FEDGOV_LOGIN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("FEDGOV_LOGIN_FAILURE_LIMIT and FEDGOV_LOGIN_LOCKOUT_MINUTES must be 1 or more")
 
 # --- Email, passwords, second factor ---------------------------------------------------------
-# Django's standard EMAIL_* names (password reset mails, notifications). Development prints
-# mails on the console; production names an SMTP server (EMAIL_HOST, EMAIL_PORT, ...).
-EMAIL_BACKEND = env_str(
-    "EMAIL_BACKEND",
-    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
-)
-EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
-EMAIL_PORT = env_int("EMAIL_PORT", 25)
-EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
-EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
-EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
-EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
-DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fedgov <fedgov@localhost>")
-if EMAIL_USE_TLS and EMAIL_USE_SSL:
-    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive; set one")
+# Django's standard EMAIL_* names, for password reset mails and notifications: set with the
+# notification settings below.
 # A password reset link is valid this long (Django's default is three days).
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)
 # true: an administrator (the administrators group, or a superuser) signs in with a time-based
@@ -326,6 +322,8 @@ SPECTACULAR_SETTINGS = {
         {"name": "model-versions", "description": "Model versions produced by completed rounds."},
         {"name": "agent", "description": "The partner agent's protocol endpoints."},
     ],
+    # One named enum for the notification kinds, wherever a field carries them.
+    "ENUM_NAME_OVERRIDES": {"NotificationKindEnum": "notifications.models.Kind.values"},
 }
 
 # --- fedgov ---------------------------------------------------------------------------------
@@ -333,6 +331,47 @@ FEDGOV_LEDGER_KEY_FILE = Path(env_str("FEDGOV_LEDGER_KEY_FILE", str(VAR_DIR / "l
 FEDGOV_MODEL_DIR = Path(env_str("FEDGOV_MODEL_DIR", str(VAR_DIR / "models")))
 FEDGOV_MAX_UPLOAD_BYTES = env_int("FEDGOV_MAX_UPLOAD_BYTES", 64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FEDGOV_MAX_UPLOAD_BYTES
+
+# --- Notifications: email and webhooks -------------------------------------------------------
+# SMTP when EMAIL_HOST is set (or in production, which then requires it); otherwise the
+# console backend prints each message (development). The test runner swaps in its own.
+EMAIL_HOST = env_str("EMAIL_HOST", "") or ""
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fedgov <fedgov@localhost>")
+# Production without EMAIL_HOST hands mail to the machine's own MTA (localhost:25, Django's
+# default); a refused send is retried and shows in the delivery log, never dropped.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST or PRODUCTION else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_HOST = EMAIL_HOST or "localhost"
+# Links in emails and webhook bodies are absolute: the address people reach fedgov at.
+FEDGOV_PUBLIC_URL = env_str("FEDGOV_PUBLIC_URL", "http://127.0.0.1:8000")
+FEDGOV_EMAIL_MESSAGE_ID_DOMAIN = env_str("FEDGOV_EMAIL_MESSAGE_ID_DOMAIN", "fedgov.invalid")
+FEDGOV_WEBHOOK_CONNECT_TIMEOUT = env_int("FEDGOV_WEBHOOK_CONNECT_TIMEOUT", 5)
+FEDGOV_WEBHOOK_TIMEOUT = env_int("FEDGOV_WEBHOOK_TIMEOUT", 10)
+# Webhooks to private, loopback or link-local addresses: refused in production.
+FEDGOV_WEBHOOK_ALLOW_PRIVATE = env_bool("FEDGOV_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
+FEDGOV_NOTIFY_MAX_ATTEMPTS = env_int("FEDGOV_NOTIFY_MAX_ATTEMPTS", 8)
+FEDGOV_NOTIFY_BACKOFF_SECONDS = env_int("FEDGOV_NOTIFY_BACKOFF_SECONDS", 30)
+FEDGOV_NOTIFY_BACKOFF_MAX_SECONDS = env_int("FEDGOV_NOTIFY_BACKOFF_MAX_SECONDS", 3600)
+FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS = env_int("FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS", 10)
+# A claimed delivery belongs to its worker for this long. It must outlast the longest send
+# (the timeouts bound it), so that only a dead worker's claim ever runs out.
+FEDGOV_NOTIFY_LEASE_SECONDS = env_int("FEDGOV_NOTIFY_LEASE_SECONDS", 120)
+if FEDGOV_NOTIFY_LEASE_SECONDS <= max(FEDGOV_WEBHOOK_CONNECT_TIMEOUT + FEDGOV_WEBHOOK_TIMEOUT, EMAIL_TIMEOUT):
+    raise ImproperlyConfigured(
+        "FEDGOV_NOTIFY_LEASE_SECONDS must exceed the send timeouts (FEDGOV_WEBHOOK_CONNECT_TIMEOUT + "
+        "FEDGOV_WEBHOOK_TIMEOUT, and EMAIL_TIMEOUT), or a live worker could lose its claim mid-send"
+    )
+if FEDGOV_NOTIFY_MAX_ATTEMPTS < 1 or FEDGOV_NOTIFY_BACKOFF_SECONDS < 0:
+    raise ImproperlyConfigured("FEDGOV_NOTIFY_MAX_ATTEMPTS must be 1 or more, FEDGOV_NOTIFY_BACKOFF_SECONDS 0 or more")
 
 class _ExpectedForbidden:
     """A 403 is an answer, not a fault: someone opened a page their role does not allow. Django

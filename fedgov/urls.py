@@ -38,6 +38,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/agent/", include("federation.api.agent_urls")),
     path("api/v1/", include("federation.api.urls")),
+    path("notifications/", include("notifications.urls")),
     path("", include("federation.urls")),
 ]
 

@@ -1,7 +1,7 @@
 """REST API routes under /api/v1/ (the partner agent's routes, /api/v1/agent/, are in
 federation/api/agent_urls.py)."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import agents, agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens, views
 
@@ -46,4 +46,5 @@ urlpatterns = [
     path("model-versions/", model_versions.ModelVersionListView.as_view(), name="model-versions"),
     path("model-versions/<int:pk>/", model_versions.ModelVersionDetailView.as_view(), name="model-version"),
     path("model-versions/<int:pk>/params/", model_versions.ModelVersionParamsView.as_view(), name="model-version-params"),
+    path("", include("notifications.api_urls")),
 ]

@@ -24,6 +24,7 @@ import pytest
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from notifications.models import Notification, Webhook
 from tests.api.conftest import ROLES, World
 
 API_PREFIX = "api/v1/"
@@ -125,6 +126,8 @@ def _bodies(w: World) -> dict:
         },
         "propose": {"agreement": c.agreement.pk, "datasets": [d.pk for d in c.datasets], "rounds_total": 3},
         "reject": {"reason": "Not this quarter."},
+        "preferences": {"preferences": [{"kind": "approval_waiting", "email": False}]},
+        "webhook": {"url": "https://hooks.example.org/fedgov"},
     }
 
 
@@ -151,6 +154,9 @@ def _objects(w: World) -> dict:
         "idle_plan": w.idle_plan,
         "round": w.round,
         "model_version": w.model_version,
+        # notifications: rep A's "approval waiting" for the world's round, and a webhook of org A.
+        "notification": Notification.objects.get(recipient=w.cast.rep_a, kind="approval_waiting"),
+        "webhook": Webhook.objects.get_or_create(organisation=w.cast.org_a, url="https://hooks.example.org/a", secret="s")[0],
     }
 
 
@@ -161,6 +167,7 @@ LEDGER_READ = (200, 200, 403, 200, 404, 403, 404, 401)  # admins, owning reps, i
 ADMIN_CREATE = (201, 403, 403, 403, 403, 403, 404, 401)  # require_administrator, before the body
 ADMIN_ACTION = (200, 403, 403, 403, 404, 403, 404, 401)  # on an object the role may or may not see
 REP_DECISION = (403, 200, 200, 403, 404, 403, 404, 401)  # a representative of a party concerned
+WEBHOOK_MANAGE = (200, 200, 403, 403, 404, 403, 404, 401)  # admins and the organisation's representatives
 
 TABLE: dict[tuple[str, str], Row] = {
     ("", "GET"): Row((200, 200, 200, 200, 200, 200, 200, 200)),  # the index names URLs, never data
@@ -216,6 +223,17 @@ TABLE: dict[tuple[str, str], Row] = {
     ("model-versions/<int:pk>/", "GET"): Row(PARTY_READ, obj="model_version"),
     # Parameters go to the parties only: not to administrators or auditors.
     ("model-versions/<int:pk>/params/", "GET"): Row((403, 200, 200, 403, 404, 200, 404, 401), obj="model_version"),
+    # Notifications: everyone their own; an organisation's webhooks, its representatives and the administrators.
+    ("notifications/", "GET"): Row(ALL_READ),
+    ("notifications/read-all/", "POST"): Row(ALL_READ, body="empty"),
+    ("notifications/<int:pk>/read/", "POST"): Row((404, 200, 404, 404, 404, 404, 404, 401), obj="notification", body="empty"),
+    ("notification-preferences/", "GET"): Row(ALL_READ),
+    ("notification-preferences/", "PUT"): Row(ALL_READ, body="preferences"),
+    ("organisations/<int:pk>/webhooks/", "GET"): Row(WEBHOOK_MANAGE, obj="org_a"),
+    ("organisations/<int:pk>/webhooks/", "POST"): Row((201, 201, 403, 403, 404, 403, 404, 401), obj="org_a", body="webhook"),
+    ("webhooks/<int:pk>/", "GET"): Row(WEBHOOK_MANAGE, obj="webhook"),
+    ("webhooks/<int:pk>/", "DELETE"): Row(WEBHOOK_MANAGE, obj="webhook"),
+    ("webhooks/<int:pk>/deliveries/", "GET"): Row(WEBHOOK_MANAGE, obj="webhook"),
 }
 
 
