@@ -148,6 +148,10 @@ def test_a_bundle_re_signed_with_another_key_fails_when_the_key_is_pinned(export
                     dataset=h["dataset"], seq=h["seq"], head_hash=h["head_hash"], key_id=kid, signed_at=h["signed_at"]
                 )
             ).hex()
+    m = data["manifest"]
+    data["manifest"] = bundle.sign_manifest(
+        private_key=other, key_id=kid, exported_at=m["exported_at"], agents=m["agents"], chains=m["chains"]
+    )
     bundle.verify(data)  # self-consistent ...
     with pytest.raises(bundle.BundleError, match="signed by key"):
         bundle.verify(data, pinned_key_id=ledger.key_id())  # ... but not by the coordinator
