@@ -493,8 +493,8 @@ def verify(
             )
         if manifest is not None and (manifest[slug]["head_seq"], manifest[slug]["head_hash"]) != (state.seq, state.head_hash):
             raise BundleError(
-                f"dataset {slug}: the chain ends at entry #{state.seq}, the coordinator's signed manifest at "
-                f"#{manifest[slug]['head_seq']}",
+                f"dataset {slug}: the chain ends at entry #{state.seq} ({state.head_hash[:16]}...), the coordinator's signed "
+                f"manifest at #{manifest[slug]['head_seq']} ({str(manifest[slug]['head_hash'])[:16]}...)",
                 dataset=slug,
                 seq=state.seq,
             )

@@ -98,3 +98,21 @@ def test_a_bad_agent_keys_file_is_a_usage_error(receipted, tmp_path):
     pins.write_text(json.dumps({"org-a": ["nothex"]}))
     result = run_cli(str(receipted.path), "--public-key", pinned(), "--agent-keys", str(pins))
     assert result.returncode == 2 and "must be a list of 64 lowercase hex digits" in result.stderr
+
+
+def test_a_chain_cut_back_under_a_fresh_head_fails_against_the_manifest(receipted, tmp_path):
+    """The manifest binds each chain's head at export: a bundle whose chain is cut back (its
+    last entries dropped) under a head signed for the shorter chain does not pass."""
+    data = receipted.data()
+    c = data["chains"][0]
+    seq = max(e["seq"] for e in c["entries"] if e["kind"] == "RESERVE")  # before the last round's COMMIT
+    c["entries"] = c["entries"][:seq]
+    c["receipts"] = [r for r in c["receipts"] if r["round"] != c["entries"][-1]["round"]]
+    head = {**c["signed_heads"][-1], "seq": seq, "head_hash": c["entries"][-1]["entry_hash"]}
+    head["signature"] = ledger.signing_key().sign(
+        bundle.head_message(dataset=head["dataset"], seq=seq, head_hash=head["head_hash"], key_id=head["key_id"], signed_at=head["signed_at"])
+    ).hex()
+    c["signed_heads"] = [h for h in c["signed_heads"] if h["seq"] < seq] + [head]
+    last = data["manifest"]["chains"][0]["head_seq"]
+    both_fail(data, tmp_path, f"dataset org-a-records: the chain ends at entry #{seq} ({head['head_hash'][:16]}...), "
+              f"the coordinator's signed manifest at #{last}")
