@@ -352,3 +352,19 @@ def wait_for_agents(fed: Federation, *, timeout: float) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"agents of {sorted(slugs - enrolled)} did not enrol within {timeout:.0f}s")
+
+
+def partner_epsilon_spent(state_dir: Path, data: Path) -> float | None:
+    """The spent epsilon a partner's own ledger records for its data file (docs/PARTNER-LEDGER.md),
+    read from the agent's state directory after replaying and verifying the file; None when
+    the agent kept no ledger. Raises LedgerCorrupt if the file does not verify."""
+    from .agent.ledger import default_data_id, read_ledger
+
+    try:
+        view = read_ledger(state_dir, verify=True)
+    except FileNotFoundError:
+        return None
+    if view.error is not None:
+        raise view.error
+    figures = view.by_data().get(default_data_id(data))
+    return None if figures is None else float(figures["spent"])

@@ -46,6 +46,9 @@ def test_simulate_runs_a_federation_and_prints_the_json_contract(tmp_path):
     assert len(report["datasets"]) == 3
     for d in report["datasets"]:
         assert 0 < d["epsilon_spent"] <= d["epsilon_budget"] == 8.0 and d["delta"] == 1e-5
+        # Both sides of the trust boundary agree: the partner's own ledger charged what the
+        # coordinator's did, evaluation releases included.
+        assert d["partner_epsilon_spent"] == pytest.approx(d["epsilon_spent"], rel=1e-9, abs=1e-12), d
     with np.load(out) as final:
         assert final["params"].size == 31 * 2 and len(str(final["sha256"])) == 64
 

@@ -12,6 +12,8 @@ policy); since the masked-input phase was open, the aborted try is charged in fu
 (ARCHITECTURE.md, Ledger 2), so the budget is calibrated for the rounds plus the expected
 retries (simulation.planned_tries: enough tries for every round to complete with 99% chance).
 Aborted tries are listed with their reasons; "completed_rounds" counts the completed ones.
+With --json, each dataset reports "epsilon_spent" (the coordinator's ledger) and
+"partner_epsilon_spent" (the partner agent's own ledger in its state directory).
 """
 
 from __future__ import annotations
@@ -116,9 +118,11 @@ class Command(BaseCommand):
                 f"dropout {o['dropout']}: the budget pays for {fed.tries} tries (aborted tries after the masked input are charged), "
                 f"so that {o['rounds']} rounds complete with 99% chance"
             )
+        # Each agent's state directory (its identity key and its own privacy ledger), by organisation.
+        self.agent_state = {slug: (work / "agents" / slug, partitions[i]) for i, slug in enumerate(fed.tokens)}
         with local_stack(log_dir=work / "logs", redis_url=o["redis_url"] or None) as stack:
             for i, (slug, token) in enumerate(fed.tokens.items()):
-                stack.agent(name=f"agent-{i + 1}", token=token, data=partitions[i], state_dir=work / "agents" / slug, dropout=o["dropout"])
+                stack.agent(name=f"agent-{i + 1}", token=token, data=partitions[i], state_dir=self.agent_state[slug][0], dropout=o["dropout"])
             self.say(f"stack up: web {stack.server}, Redis {stack.redis_url}")
             try:
                 simulation.wait_for_agents(fed, timeout=120)
@@ -201,10 +205,18 @@ class Command(BaseCommand):
             why = f"  {r.reason}" if r.status != TrainingRound.Status.COMPLETED and r.reason else ""
             self.say(f"{r.number:>5}  {r.status:<10} {participants:>8}  {fmt(acc):>8}  {fmt(test_acc):>8}{band}{why}")
         datasets = []
-        for d in plan.datasets.order_by("slug"):
+        for d in plan.datasets.select_related("organisation").order_by("slug"):
             spent = dataset_epsilon_spent(dataset=d)
-            datasets.append({"slug": d.slug, "epsilon_budget": d.epsilon_budget, "epsilon_spent": spent, "delta": d.delta})
-            self.say(f"dataset {d.slug}: epsilon {spent:.3f} of {d.epsilon_budget:.3f} spent (delta {d.delta:g})")
+            # Both sides: the coordinator's ledger, and the partner's own (read from its agent's
+            # state directory, after the agents stopped).
+            state_dir, data = self.agent_state[d.organisation.slug]
+            partner = simulation.partner_epsilon_spent(state_dir, data)
+            datasets.append({
+                "slug": d.slug, "epsilon_budget": d.epsilon_budget, "epsilon_spent": spent, "partner_epsilon_spent": partner,
+                "delta": d.delta,
+            })
+            shown = f"{partner:.3f}" if partner is not None else "-"
+            self.say(f"dataset {d.slug}: epsilon {spent:.3f} of {d.epsilon_budget:.3f} spent (delta {d.delta:g}); the partner's own ledger: {shown}")
         completed = [r for r in rounds if r["status"] == TrainingRound.Status.COMPLETED]
         aborted = [r for r in rounds if r["status"] == TrainingRound.Status.ABORTED]
         stopped = plan.stopped_reason if plan.status == plan.Status.STOPPED else None
