@@ -166,6 +166,12 @@ class AgentIdentityAdmin(ReadOnlyAdmin):
     search_fields = ("organisation__name", "public_key")
 
 
+@admin.register(models.AgentStatus)
+class AgentStatusAdmin(ReadOnlyAdmin):
+    list_display = ("organisation", "enrolled_at", "last_seen_at", "software_version", "terms_updated_at")
+    search_fields = ("organisation__name",)
+
+
 @admin.register(models.GovernanceEvent)
 class GovernanceEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "kind", "actor_name", "agreement", "message")

@@ -4,7 +4,9 @@ A form here checks only what a browser could get wrong (a missing value, text wh
 belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
 quorum larger than the number of parties?) is the service's business: the view calls the
 service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
-to its field, so the web UI and the API say the same thing.
+to its field, so the web UI and the API say the same thing. The agreement form also asks the
+service's own rule list (`agreement_terms_problems`) about the values that did parse, so one
+submit reports every problem, not the parse errors first and the domain rules on the next try.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.utils.translation import gettext_lazy as _
 from fedgov.errors import ApplicationError
 
 from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
+from .services.agreements import agreement_terms_problems
 
 User = get_user_model()
 
@@ -155,7 +158,13 @@ class ExistingMemberForm(forms.Form):
 
 
 class DateInput(forms.DateInput):
+    """An HTML date field. Its value must be ISO 8601 (YYYY-MM-DD): a browser's date input
+    reads nothing else, so a localised "01/12/2026" shows empty and saves as missing."""
+
     input_type = "date"
+
+    def __init__(self, attrs=None, format=None):  # noqa: A002 (Django's argument name)
+        super().__init__(attrs=attrs, format=format or "%Y-%m-%d")
 
 
 class AgreementForm(forms.Form):
@@ -201,6 +210,18 @@ class AgreementForm(forms.Form):
         initial["parties"] = list(agreement.parties.all())
         initial["auditors"] = list(agreement.auditors.all())
         return initial
+
+    def clean(self):
+        """Say everything at once (issue 17): beside what did not parse, every domain rule the
+        parsed values already break, as the service words it (agreement_terms_problems)."""
+        data = super().clean()
+        parties = data.get("parties") if "parties" in data else None
+        for name, messages in agreement_terms_problems(terms=data, parties=parties).items():
+            if name in self.errors:
+                continue
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)
+        return data
 
     def terms(self) -> dict:
         data = self.cleaned_data
@@ -323,6 +344,14 @@ class PlanForm(forms.Form):
     # Set once the proposal is on the form: from then on an empty optional value means none
     # (no fixed sampling rate, no evaluation release, FedAvg), not the planner's.
     proposed = forms.BooleanField(label=_("Proposed"), required=False, widget=forms.HiddenInput)
+    # The retry policy (not a DP parameter): shown with its defaults.
+    max_consecutive_failures = forms.IntegerField(
+        required=False, initial=3, min_value=1, max_value=1000, label=_("Pause after failed tries in a row"),
+        help_text=_("A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry)."),
+    )
+    retry_backoff_seconds = forms.IntegerField(
+        required=False, initial=30, min_value=0, max_value=86_400, label=_("Retry backoff (seconds)"), help_text=_("Wait before the next try of an aborted round.")
+    )
 
     ERROR_FIELDS = {"model_spec": "hidden", "feature_names": "datasets", "label_name": "datasets", "label_classes": "datasets"}
     #: Empty after a proposal means None, not the planner's value.
@@ -388,6 +417,9 @@ class PlanForm(forms.Form):
         data["datasets"] = list(data["datasets"])
         for name in planned_fields:
             data.pop(name, None)
+        for name in ("max_consecutive_failures", "retry_backoff_seconds"):  # empty: the default shown
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
         return data
 
     @staticmethod
@@ -423,7 +455,9 @@ class LedgerFilterForm(forms.Form):
     )
 
     kind = forms.ChoiceField(label=_("Kind"), choices=KIND_CHOICES, required=False)
-    round = forms.IntegerField(required=False, min_value=1, label=_("Round id"))
+    round = forms.IntegerField(
+        required=False, min_value=1, label=_("Round number"), help_text=_("The round's number in its plan, as in the Round column (#1).")
+    )
 
 
 class EventFilterForm(forms.Form):

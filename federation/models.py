@@ -360,6 +360,7 @@ class Dataset(GuardedModel):
 class TrainingPlan(GuardedModel):
     class Status(models.TextChoices):
         ACTIVE = "active", _("Active")
+        PAUSED = "paused", _("Paused")
         STOPPED = "stopped", _("Stopped")
         COMPLETED = "completed", _("Completed")
 
@@ -397,8 +398,20 @@ class TrainingPlan(GuardedModel):
     explanation = models.TextField(
         blank=True, default="", help_text="Why the schedule is what it is: the planner's reasons, and the values set by hand."
     )
+    # The retry policy (ARCHITECTURE.md, Rounds): a try aborted for dropouts below the threshold
+    # or a missed deadline is followed by a new try after the backoff; after this many failed
+    # tries in a row the plan is paused, saying why, until someone resumes it. Not a DP
+    # parameter: it changes only through plan_retry_policy_set, which records an event.
+    max_consecutive_failures = models.PositiveIntegerField(
+        default=3, help_text="Failed tries in a row after which the plan is paused (1 = no retry)."
+    )
+    retry_backoff_seconds = models.PositiveIntegerField(default=30, help_text="Wait before retrying an aborted round.")
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next try of an aborted round is requested.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Why the plan is paused, stopped or completed.
     stopped_reason = models.TextField(blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -416,6 +429,7 @@ class TrainingPlan(GuardedModel):
             models.CheckConstraint(condition=Q(local_steps__gte=1), name="plan_steps_positive"),
             models.CheckConstraint(condition=Q(rounds_total__gte=1), name="plan_rounds_positive"),
             models.CheckConstraint(condition=Q(learning_rate__gt=0), name="plan_lr_positive"),
+            models.CheckConstraint(condition=Q(max_consecutive_failures__gte=1), name="plan_failures_limit_positive"),
             models.CheckConstraint(
                 condition=Q(eval_noise_multiplier__isnull=True) | Q(eval_noise_multiplier__gt=0),
                 name="plan_eval_noise_positive",
@@ -560,7 +574,10 @@ class TrainingRound(GuardedModel):
                 )
 
     def participating_datasets(self):
-        return self.participants.order_by("id")
+        """The round's datasets, less those left out at its start (their agent was offline):
+        what the budget reserves and the protocol runs with."""
+        taking_part = [s for s in RoundParticipant.Status.values if s != RoundParticipant.Status.LEFT_OUT]
+        return Dataset.objects.filter(round_links__round=self, round_links__status__in=taking_part).order_by("id")
 
     @property
     def is_live(self) -> bool:
@@ -573,6 +590,9 @@ class RoundParticipant(models.Model):
         ACTIVE = "active", _("Taking part")
         DROPPED = "dropped", _("Dropped out")
         FINISHED = "finished", _("Finished")
+        # Not taken into the round at its start (its agent was offline or not enrolled):
+        # nothing reserved on its dataset; why is in round.metrics["left_out"].
+        LEFT_OUT = "left_out", _("Left out")
 
     round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="participant_links")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="round_links")
@@ -694,11 +714,17 @@ class StandingApproval(models.Model):
         ]
 
     def rounds_used(self) -> int:
-        """Rounds this approval let run. A round that never ran (blocked by a governance
-        check, or rejected by another party) trained nothing and spent no budget, so it does
-        not use up an approval given for "up to N rounds"."""
-        never_ran = (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)
-        return self.uses.exclude(round__status__in=never_ran).count()
+        """Rounds this approval let use the organisation's data. A round that never ran
+        (blocked by a governance check, rejected by another party) and a try aborted before
+        any update could leave (its budget released: ARCHITECTURE.md, Ledger 2) trained
+        nothing and spent nothing, so they do not use up an approval given for "up to N
+        rounds". A try aborted or failed once the masked input opened spent its budget: it
+        counts, like a completed round (and its epsilon counts against `max_epsilon`)."""
+        released_phases = ("", "advertise_keys", "share_keys")
+        ended_unspent = Q(round__status__in=(TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)) | Q(
+            round__status__in=(TrainingRound.Status.ABORTED, TrainingRound.Status.FAILED), round__phase__in=released_phases
+        )
+        return self.uses.exclude(ended_unspent).count()
 
 
 class GovernanceEvent(models.Model):
@@ -706,6 +732,7 @@ class GovernanceEvent(models.Model):
 
     class Kind(models.TextChoices):
         AGREEMENT_CREATED = "agreement_created", _("Agreement created")
+        AGREEMENT_EDITED = "agreement_edited", _("Draft edited")
         AGREEMENT_SUBMITTED = "agreement_submitted", _("Agreement sent for signature")
         AGREEMENT_SIGNED = "agreement_signed", _("Agreement signed")
         AGREEMENT_ACTIVATED = "agreement_activated", _("Agreement active")
@@ -720,6 +747,10 @@ class GovernanceEvent(models.Model):
         BUDGET_CHANGED = "budget_changed", _("Budget changed")
         PLAN_CREATED = "plan_created", _("Training plan created")
         PLAN_STOPPED = "plan_stopped", _("Training plan stopped")
+        PLAN_PAUSED = "plan_paused", _("Training plan paused")
+        PLAN_RESUMED = "plan_resumed", _("Training plan resumed")
+        PLAN_RETRY_SCHEDULED = "plan_retry_scheduled", _("Round retry scheduled")
+        PLAN_POLICY_CHANGED = "plan_policy_changed", _("Retry policy changed")
         ROUND_REQUESTED = "round_requested", _("Round requested")
         ROUND_BLOCKED = "round_blocked", _("Round blocked")
         ROUND_APPROVED = "round_approved", _("Round approved")
@@ -849,6 +880,23 @@ class AgentIdentity(models.Model):
                 fields=["organisation"], condition=Q(revoked_at__isnull=True), name="one_live_agent_key_per_organisation"
             ),
         ]
+
+
+class AgentStatus(models.Model):
+    """What the coordinator knows of an organisation's partner agent: when it enrolled, when
+    it last polled (written at most every few seconds: the poll is the hot path), the software
+    it runs (its User-Agent), and the agreements whose terms it holds ({agreement id: terms
+    hash}, as handed out on its last poll). Its refusals are on the round participants."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="agent_status")
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    software_version = models.CharField(max_length=64, blank=True)
+    terms_held = models.JSONField(default=dict, blank=True)
+    terms_updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "agent statuses"
 
 
 class RoundProtocol(models.Model):

@@ -15,6 +15,8 @@ urlpatterns = [
     path("organisations/<slug:slug>/", views.organisation_detail, name="organisation_detail"),
     path("organisations/<slug:slug>/members/new/", views.member_create, name="member_create"),
     path("organisations/<slug:slug>/members/<int:pk>/remove/", views_accounts.member_remove, name="member_remove"),
+    # Partner agents.
+    path("agents/", views.agent_list, name="agent_list"),
     # Agreements.
     path("agreements/", views.agreement_list, name="agreement_list"),
     path("agreements/new/", views.agreement_create, name="agreement_create"),
@@ -44,6 +46,8 @@ urlpatterns = [
     path("plans/new/", views.plan_create, name="plan_create"),
     path("plans/<int:pk>/", views.plan_detail, name="plan_detail"),
     path("plans/<int:pk>/rounds/new/", views.round_request, name="round_request"),
+    path("plans/<int:pk>/pause/", views.plan_pause, name="plan_pause"),
+    path("plans/<int:pk>/resume/", views.plan_resume, name="plan_resume"),
     path("plans/<int:pk>/standing-approval/<slug:org_slug>/", views.standing_approval, name="standing_approval"),
     path("rounds/", views.round_list, name="round_list"),
     path("rounds/<int:pk>/", views.round_detail, name="round_detail"),

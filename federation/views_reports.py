@@ -21,6 +21,7 @@ from datetime import UTC, datetime, time, timedelta
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
 from . import access, selectors
@@ -132,7 +133,7 @@ def event_csv(request):
             try:
                 visible = selectors.agreement_for(user, int(request.GET["agreement"]))
             except ValueError:
-                raise Http404("Agreement not found.") from None
+                raise Http404(_("Agreement not found.")) from None
             access.require_history_reader(user, visible)
         return _form_errors(form)
     data = form.cleaned_data

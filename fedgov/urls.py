@@ -1,11 +1,11 @@
 """fedgov's URLs: the web UI, the REST API under /api/v1/, its schema and docs, the admin."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from federation import i18n, views_accounts
+from federation.views import SignOutView
 from fedgov.throttles import ThrottledAdminAuthenticationForm
 
 # Both login pages refuse a client or username after repeated wrong passwords (fedgov.throttles).
@@ -22,7 +22,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", views_accounts.TwoFactorLoginView.as_view(), name="login"),
     path("accounts/login/code/", views_accounts.login_verify, name="account_login_verify"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", SignOutView.as_view(), name="logout"),
     path("accounts/password/change/", views_accounts.password_change, name="password_change"),
     path("accounts/password/change/done/", views_accounts.password_change_done, name="password_change_done"),
     path("accounts/password/reset/", views_accounts.password_reset, name="password_reset"),
@@ -40,6 +40,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/agent/", include("federation.api.agent_urls")),
     path("api/v1/", include("federation.api.urls")),
+    path("notifications/", include("notifications.urls")),
     path("", include("federation.urls")),
 ]
 

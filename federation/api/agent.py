@@ -107,13 +107,24 @@ class TasksView(AgentView):
 
     @extend_schema(
         parameters=[OpenApiParameter("wait", int, description=f"seconds to wait for work (0-{MAX_WAIT_SECONDS})")],
-        responses=inline_serializer("AgentTasks", {"tasks": serializers.ListField(child=serializers.DictField())}),
+        responses=inline_serializer(
+            "AgentTasks",
+            {
+                "tasks": serializers.ListField(child=serializers.DictField()),
+                "terms": serializers.ListField(
+                    child=serializers.DictField(), help_text="The terms of every active agreement the organisation is party to (the fields of the enrolment answer's terms)."
+                ),
+            },
+        ),
     )
     def get(self, request):
         try:
             wait = min(MAX_WAIT_SECONDS, max(0.0, float(request.query_params.get("wait", 0))))
         except ValueError:
             raise ValidationFailed("wait must be a number of seconds.", fields={"wait": ["Enter a number."]}) from None
+        # Recorded once per poll (the agent is alive, runs this version) and answered with the
+        # terms it must hold: an agreement signed after it enrolled is known from this poll on.
+        terms = orchestration.agent_poll(user=request.user, user_agent=request.META.get("HTTP_USER_AGENT", ""))
         deadline = time.monotonic() + wait
         while True:
             # The generation is read before the tasks: work announced in between wakes the
@@ -122,7 +133,7 @@ class TasksView(AgentView):
             tasks = orchestration.agent_tasks(user=request.user)
             remaining = deadline - time.monotonic()
             if tasks or remaining <= 0:
-                return Response({"tasks": tasks})
+                return Response({"tasks": tasks, "terms": terms})
             close_old_connections()
             wakeup.waiters.wait(seen, timeout=min(remaining, wakeup.FALLBACK_SECONDS))
 

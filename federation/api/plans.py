@@ -7,7 +7,15 @@ from rest_framework import serializers, status
 
 from ..access import require_administrator, visible_agreements, visible_datasets, visible_plans
 from ..models import TrainingPlan
-from ..services.plans import PLANNED_FIELDS, plan_create, plan_fill, plan_propose_with_projection
+from ..services.plans import (
+    PLANNED_FIELDS,
+    plan_create,
+    plan_fill,
+    plan_pause,
+    plan_propose_with_projection,
+    plan_resume,
+    plan_retry_policy_set,
+)
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import PlanFilter
@@ -46,6 +54,11 @@ class PlanOutput(serializers.ModelSerializer):
             "secagg_threshold",
             "phase_timeout_seconds",
             "explanation",
+            "max_consecutive_failures",
+            "retry_backoff_seconds",
+            "consecutive_failures",
+            "retry_at",
+            "paused_at",
             "created_at",
         ]
         ref_name = "TrainingPlan"
@@ -136,6 +149,12 @@ class PlanListView(ApiView):
         allow_partial = serializers.BooleanField(
             default=False, help_text="Accept a plan whose rounds the remaining budgets cannot all cover (the later rounds are blocked)."
         )
+        max_consecutive_failures = serializers.IntegerField(
+            min_value=1, max_value=1000, default=3, help_text="Failed tries in a row after which the plan is paused (1: no retry)."
+        )
+        retry_backoff_seconds = serializers.IntegerField(
+            min_value=0, max_value=86_400, default=30, help_text="Wait before a round aborted for dropouts is tried again."
+        )
 
         class Meta:
             ref_name = "TrainingPlanInput"
@@ -187,3 +206,69 @@ class PlanDetailView(ApiView):
     @extend_schema(operation_id="plans_retrieve", responses=PlanOutput)
     def get(self, request, pk: int):
         return self.output(PlanOutput, self.get_object())
+
+
+class PlanPauseView(ApiView):
+    """Pause an active plan, saying why (an administrator, or a representative of an
+    organisation with a dataset in it): no round or retry is requested until it is resumed."""
+
+    object_name = "Training plan"
+    required_scope = "trigger"
+
+    class InputSerializer(Input):
+        reason = serializers.CharField(max_length=2000, allow_blank=True, default="", trim_whitespace=False)
+
+        class Meta:
+            ref_name = "TrainingPlanPauseInput"
+
+    def object_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_pause", request=InputSerializer, responses=PlanOutput)
+    def post(self, request, pk: int):
+        plan = self.get_object()
+        data = self.validated_input(self.InputSerializer)
+        plan_pause(actor=request.user, plan=plan, reason=data["reason"])
+        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))
+
+
+class PlanResumeView(ApiView):
+    """Resume a paused plan: its count of failed tries starts again from 0 and the next round
+    is requested at once (with the same checks and approvals as any round)."""
+
+    object_name = "Training plan"
+    required_scope = "trigger"
+
+    def object_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_resume", request=None, responses=PlanOutput)
+    def post(self, request, pk: int):
+        plan = self.get_object()
+        plan_resume(actor=request.user, plan=plan)
+        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))
+
+
+class PlanRetryPolicyView(ApiView):
+    """Change the plan's retry policy (not a DP parameter: allowed while rounds run; recorded
+    as a governance event)."""
+
+    object_name = "Training plan"
+    required_scope = "trigger"
+
+    class InputSerializer(Input):
+        max_consecutive_failures = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+        retry_backoff_seconds = serializers.IntegerField(min_value=0, max_value=86_400, required=False)
+
+        class Meta:
+            ref_name = "TrainingPlanRetryPolicyInput"
+
+    def object_queryset(self):
+        return plans_for(self.request.user)
+
+    @extend_schema(operation_id="plans_retry_policy", request=InputSerializer, responses=PlanOutput)
+    def post(self, request, pk: int):
+        plan = self.get_object()
+        data = self.validated_input(self.InputSerializer)
+        plan_retry_policy_set(actor=request.user, plan=plan, **data)
+        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from fedgov.errors import ValidationFailed
+from fedgov.errors import InvalidState, ValidationFailed
 
 from .. import governance
 from ..access import require_administrator
 from ..learning import DPParameterError, LearningError
 from ..learning.planner import plan_schedule
 from ..learning.server import ServerOptimizer
-from ..models import Agreement, GovernanceEvent, TrainingPlan
+from ..models import Agreement, GovernanceEvent, TrainingPlan, TrainingRound
 from .common import event_record, field_error, validated
 
 MSG_PURPOSE_NOT_PERMITTED = "Purpose {purpose!r} is not among the agreement's permitted purposes: {allowed}."
@@ -112,6 +112,8 @@ def plan_check(
     eval_noise_multiplier: float | None = None,
     secagg_threshold: int | None = None,
     phase_timeout_seconds: int = 120,
+    max_consecutive_failures: int = 3,
+    retry_backoff_seconds: int = 30,
     feature_names: list[str] | None = None,
     label_name: str | None = None,
     label_classes: list | None = None,
@@ -166,6 +168,12 @@ def plan_check(
             for message in messages:
                 errors.add(field, message)
     try:
+        clean_retry_policy(max_consecutive_failures, retry_backoff_seconds)
+    except ValidationFailed as exc:
+        for field, messages in exc.details["fields"].items():
+            for message in messages:
+                errors.add(field, message)
+    try:
         server_optimizer = ServerOptimizer.from_dict(server_optimizer).to_dict() if server_optimizer else {}
     except LearningError as exc:
         errors.add("server_optimizer", str(exc))
@@ -191,6 +199,8 @@ def plan_check(
         secagg_threshold=secagg_threshold,
         phase_timeout_seconds=phase_timeout_seconds,
         explanation=explanation,
+        max_consecutive_failures=max_consecutive_failures,
+        retry_backoff_seconds=retry_backoff_seconds,
         created_by=actor,
     )
     try:
@@ -369,10 +379,213 @@ def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
 @transaction.atomic
 def plan_stop(*, actor, plan: TrainingPlan, reason: str) -> TrainingPlan:
     plan = TrainingPlan.objects.select_for_update().get(pk=plan.pk)
-    if plan.status != TrainingPlan.Status.ACTIVE:
+    if plan.status not in (TrainingPlan.Status.ACTIVE, TrainingPlan.Status.PAUSED):
         return plan
     plan.status = TrainingPlan.Status.STOPPED
     plan.stopped_reason = reason
-    plan.save(update_fields=["status", "stopped_reason"])
+    plan.retry_at = None
+    plan.save(update_fields=["status", "stopped_reason", "retry_at"])
     event_record(kind=GovernanceEvent.Kind.PLAN_STOPPED, message=f"Plan '{plan.name}' stopped: {reason}", actor=actor, agreement=plan.agreement)
     return plan
+
+
+# --- the retry policy, pausing and resuming (ARCHITECTURE.md, Rounds) --------------------------
+
+MSG_NOT_PAUSABLE = "Plan '{plan}' is {status}; only an active plan can be paused."
+MSG_NOT_PAUSED = "Plan '{plan}' is {status}; only a paused plan can be resumed."
+MSG_REASON_REQUIRED = "Say why you pause the plan."
+
+#: Governance checks whose failure no waiting mends: the plan stops rather than pauses.
+PERMANENT_CHECKS = (governance.BUDGET, governance.AGREEMENT_DATES)
+
+
+def require_plan_steward(actor, plan: TrainingPlan, action: str) -> None:
+    """An administrator, or a representative of an organisation with a dataset in the plan."""
+    from ..access import is_administrator, is_representative_of, require_representative
+
+    if is_administrator(actor):
+        return
+    organisations = [d.organisation for d in plan.datasets.select_related("organisation").order_by("id")]
+    if any(is_representative_of(actor, org) for org in organisations):
+        return
+    require_representative(actor, organisation=organisations[0], agreement=plan.agreement, action=action)
+
+
+def clean_retry_policy(max_consecutive_failures, retry_backoff_seconds) -> None:
+    if max_consecutive_failures is not None and not (1 <= max_consecutive_failures <= 1000):
+        raise field_error("max_consecutive_failures", "The limit of failed tries in a row must be between 1 and 1000.")
+    if retry_backoff_seconds is not None and not (0 <= retry_backoff_seconds <= 86_400):
+        raise field_error("retry_backoff_seconds", "The retry backoff must be between 0 and 86400 seconds.")
+
+
+def _pause(plan: TrainingPlan, *, actor, reason: str) -> TrainingPlan:
+    from django.utils import timezone
+
+    plan.status = TrainingPlan.Status.PAUSED
+    plan.stopped_reason = reason
+    plan.paused_at = timezone.now()
+    plan.retry_at = None
+    plan.save(update_fields=["status", "stopped_reason", "paused_at", "retry_at"])
+    event_record(kind=GovernanceEvent.Kind.PLAN_PAUSED, message=f"Plan '{plan.name}' paused: {reason}", actor=actor, agreement=plan.agreement)
+    return plan
+
+
+@transaction.atomic
+def plan_pause(*, actor, plan: TrainingPlan, reason: str) -> TrainingPlan:
+    """Pause an active plan: no next round (or retry) is requested until it is resumed. A
+    round already live runs to its end."""
+    require_plan_steward(actor, plan, "pause this plan")
+    reason = (reason or "").strip()
+    if not reason:
+        raise field_error("reason", MSG_REASON_REQUIRED)
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        raise InvalidState(MSG_NOT_PAUSABLE.format(plan=plan.name, status=plan.get_status_display().lower()))
+    name = getattr(actor, "username", "") or "someone"
+    return _pause(plan, actor=actor, reason=f"Paused by {name}: {reason}")
+
+
+@transaction.atomic
+def plan_resume(*, actor, plan: TrainingPlan):
+    """PAUSED -> ACTIVE, the count of failed tries starting again from 0, and the next round
+    requested at once (it needs the same approvals and checks as any round). Returns the
+    plan and that round (None when a round is still live); a round that blocks again
+    pauses or stops the plan again, saying why."""
+    from .orchestration import plan_continue
+
+    require_plan_steward(actor, plan, "resume this plan")
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.PAUSED:
+        raise InvalidState(MSG_NOT_PAUSED.format(plan=plan.name, status=plan.get_status_display().lower()))
+    was = plan.stopped_reason
+    plan.status = TrainingPlan.Status.ACTIVE
+    plan.stopped_reason = ""
+    plan.paused_at = None
+    plan.retry_at = None
+    plan.consecutive_failures = 0
+    plan.save(update_fields=["status", "stopped_reason", "paused_at", "retry_at", "consecutive_failures"])
+    event_record(
+        kind=GovernanceEvent.Kind.PLAN_RESUMED, message=f"Plan '{plan.name}' resumed (was paused: {was})", actor=actor, agreement=plan.agreement
+    )
+    if plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
+        return plan, None
+    nxt = plan_continue(plan=plan, actor=actor)
+    plan.refresh_from_db()
+    return plan, nxt
+
+
+@transaction.atomic
+def plan_retry_policy_set(*, actor, plan: TrainingPlan, max_consecutive_failures: int | None = None, retry_backoff_seconds: int | None = None) -> TrainingPlan:
+    """Change the retry policy (not a DP parameter: allowed while rounds run), recording who did."""
+    require_plan_steward(actor, plan, "change this plan's retry policy")
+    clean_retry_policy(max_consecutive_failures, retry_backoff_seconds)
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    old = (plan.max_consecutive_failures, plan.retry_backoff_seconds)
+    if max_consecutive_failures is not None:
+        plan.max_consecutive_failures = max_consecutive_failures
+    if retry_backoff_seconds is not None:
+        plan.retry_backoff_seconds = retry_backoff_seconds
+    new = (plan.max_consecutive_failures, plan.retry_backoff_seconds)
+    if new != old:
+        plan.save(update_fields=["max_consecutive_failures", "retry_backoff_seconds"])
+        event_record(
+            kind=GovernanceEvent.Kind.PLAN_POLICY_CHANGED,
+            message=f"Plan '{plan.name}' retry policy: pause after {new[0]} failed tries in a row (was {old[0]}), "
+            f"retry after {new[1]}s (was {old[1]}s).",
+            actor=actor,
+            agreement=plan.agreement,
+        )
+    return plan
+
+
+def plan_round_failed(*, round: TrainingRound, retryable: bool, actor=None) -> None:
+    """After a try ended without completing (under the caller's transaction): schedule the
+    next try after the backoff, or pause the plan saying why. Retryable: aborted for dropouts
+    below the threshold or a missed deadline. Anything else (an error while unmasking, an
+    abort by hand) pauses at once: a person looks before more budget is spent."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=round.plan_id)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        return
+    plan.consecutive_failures += 1
+    what = f"round {round.number} {round.get_status_display().lower()}: {round.reason}"
+    if not retryable:
+        plan.save(update_fields=["consecutive_failures"])
+        _pause(plan, actor=actor, reason=f"Not retried automatically; {what}")
+        return
+    if plan.consecutive_failures >= plan.max_consecutive_failures:
+        plan.save(update_fields=["consecutive_failures"])
+        _pause(plan, actor=actor, reason=f"{plan.consecutive_failures} tries in a row failed; the last, {what}")
+        return
+    plan.retry_at = timezone.now() + timedelta(seconds=plan.retry_backoff_seconds)
+    plan.save(update_fields=["consecutive_failures", "retry_at"])
+    event_record(
+        kind=GovernanceEvent.Kind.PLAN_RETRY_SCHEDULED,
+        message=f"Plan '{plan.name}': {what}. Try {plan.consecutive_failures + 1} requested in {plan.retry_backoff_seconds}s "
+        f"(paused after {plan.max_consecutive_failures} failed tries in a row).",
+        actor=actor,
+        agreement=plan.agreement,
+        round=round,
+    )
+    from .. import tasks
+
+    plan_id, countdown = plan.pk, plan.retry_backoff_seconds
+    transaction.on_commit(lambda: tasks.plan_retry_task.apply_async((plan_id,), countdown=countdown))
+
+
+@transaction.atomic
+def plan_retry(*, plan_id: int, now=None) -> TrainingRound | None:
+    """The retry task (and the beat sweep, if the task was lost): request the next try once
+    the backoff is over. Idempotent: a second delivery finds retry_at cleared."""
+    from django.utils import timezone
+
+    from .orchestration import plan_continue
+
+    plan = TrainingPlan.objects.select_for_update().filter(pk=plan_id).first()
+    now = now or timezone.now()
+    if plan is None or plan.status != TrainingPlan.Status.ACTIVE or plan.retry_at is None or plan.retry_at > now:
+        return None
+    plan.retry_at = None
+    plan.save(update_fields=["retry_at"])
+    return plan_continue(plan=plan)
+
+
+def plan_blocked(*, plan: TrainingPlan, round: TrainingRound, permanent: bool = False) -> None:
+    """A round of the plan was blocked and the plan cannot go on without it: stop the plan if
+    waiting mends nothing (budget exhausted, agreement over), otherwise pause it (an approval
+    missing, a party suspended, too few participants); either way saying why."""
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        return
+    failed = {c["name"] for c in (round.governance_report or {}).get("checks", []) if not c.get("passed")}
+    agreement_over = plan.agreement.status in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED)
+    reason = f"Round {round.number} blocked: {round.reason}"
+    if permanent or failed & set(PERMANENT_CHECKS) or agreement_over:
+        plan_stop(actor=None, plan=plan, reason=reason)
+    else:
+        _pause(plan, actor=None, reason=reason)
+
+
+def plans_sweep_retries(*, now=None) -> int:
+    """Beat safety net: a retry whose countdown task was lost (Redis restarted) is enqueued
+    again a few seconds after it fell due; the task itself is idempotent."""
+    from .. import tasks
+
+    n = 0
+    for plan_id in plans_retry_overdue(now=now):
+        tasks.plan_retry_task.delay(plan_id)
+        n += 1
+    return n
+
+
+def plans_retry_overdue(*, now=None) -> list[int]:
+    """Active plans whose retry fell due more than a few seconds ago and was not made."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    return list(TrainingPlan.objects.filter(status=TrainingPlan.Status.ACTIVE, retry_at__lt=now - timedelta(seconds=5)).values_list("pk", flat=True))

@@ -64,6 +64,26 @@ def ledger_kind(value: str) -> str:
         return str(value)
 
 
+# The secure-aggregation protocol's step names, in words for people who never read the paper
+# (issue 17); the protocol name stays in a tooltip for those who did.
+PHASE_LABELS = {
+    "advertise_keys": gettext_lazy("exchanging keys"),
+    "share_keys": gettext_lazy("sharing key shares"),
+    "masked_input": gettext_lazy("sending masked updates"),
+    "unmask": gettext_lazy("unmasking the sum"),
+    "unmask_response": gettext_lazy("unmasking the sum"),
+    "aggregate": gettext_lazy("aggregating"),
+    "evaluate": gettext_lazy("evaluating the model"),
+}
+
+
+@register.filter
+def phase_label(name) -> str:
+    if not name:
+        return ""
+    return str(PHASE_LABELS.get(str(name), str(name).replace("_", " ")))
+
+
 @register.filter
 def eps(value, digits: int = 3) -> str:
     """An epsilon (or any float) with a few significant digits; a dash for nothing."""
@@ -279,3 +299,12 @@ def is_representative(user) -> bool:
     from federation.models import Membership
 
     return organisations_of(user, Membership.Role.REPRESENTATIVE).exists()
+
+
+@register.filter
+def refusal_words(code: str) -> str:
+    """What an agent's refusal code means, in plain words ('' when unknown)."""
+    from federation.services.agents import refusal_words as words
+
+    text = words(code or "")
+    return _(text) if text else ""

@@ -8,6 +8,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.test import Client
 
 from federation import simulation
@@ -77,6 +78,17 @@ def test_a_plan_changed_after_reservation_is_refused_by_every_agent_and_nobody_t
 
     assert sorted(LedgerEntry.objects.filter(round=rnd).values_list("kind", flat=True)) == ["RELEASE"] * 3 + ["RESERVE"] * 3
     assert_ledger_sound(fed)
+    assert_bundle_verifies(tmp_path)
+
+
+def assert_bundle_verifies(tmp_path):
+    """The ledger and the partners' receipts agree: the exported bundle passes the auditor's
+    verifier against the pinned coordinator key."""
+    from accounting import ledger
+
+    path = tmp_path / "bundle.json"
+    call_command("export_ledger", out=str(path), sign_pending=True)
+    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
 
 
 def test_an_agent_pinning_another_coordinator_key_refuses_every_ticket_and_the_others_complete_with_receipts(tmp_path):

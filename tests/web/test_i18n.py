@@ -140,8 +140,9 @@ def visible_texts(html: str) -> list[str]:
 
 
 def data_strings() -> list[str]:
-    """Every string stored in the database (names, titles, purposes, stored event messages and
-    governance reasons, usernames...): data, shown as entered or as recorded, not UI text."""
+    """Every string stored in the database (names, titles, purposes, stored event messages,
+    governance reasons and notifications, usernames...): data, shown as entered or as recorded,
+    not UI text."""
     values: set[str] = set()
 
     def collect(value):
@@ -156,7 +157,7 @@ def data_strings() -> list[str]:
             for v in value:
                 collect(v)
 
-    models = [*apps.get_app_config("federation").get_models(), *apps.get_app_config("accounting").get_models()]
+    models = [m for app in ("federation", "accounting", "notifications") for m in apps.get_app_config(app).get_models()]
     models.append(get_user_model())
     for model in models:
         fields = [f.attname for f in model._meta.concrete_fields]
@@ -186,6 +187,8 @@ EXTRA_PAGES = {
     "agreement_report": lambda c, r: reverse("web:agreement_report", args=[c.agreement.pk]),
     "round_detail_waiting": lambda c, r: reverse("web:round_detail", args=[r.pk]),
     "unknown_page": lambda c, r: "/no-such-page/",
+    "notifications": lambda c, r: reverse("notifications:list"),
+    "notification_preferences": lambda c, r: reverse("notifications:preferences"),
 }
 ROLES = {"admin": "admin", "representative": "rep_a", "auditor": "auditor"}
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('federation', '0011_plan_explanation'),
+        ('federation', '0015_event_kinds_union'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
