@@ -683,6 +683,60 @@ def suite_table(rows, seeds, validation) -> str:
     return "\n".join(lines)
 
 
+def suite_read(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """{(data set, split, method): (mean, spread)} from a table ``suite_table`` wrote."""
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    methods = [c.strip() for c in lines[0].strip("|").split("|")][2:]
+    out = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for method, cell in zip(methods, cells[2:]):
+            if "±" in cell:
+                mean, spread = (float(v) for v in cell.split("±"))
+                out[(cells[0], cells[1], method)] = (mean, spread)
+    return out
+
+
+def suite_plot(table: Path, path: Path) -> None:
+    """Accuracy against epsilon, one panel per (data set, split): the DP rows of each model
+    with their spread as a band, the no-DP FedAvg and centralised LR as dashed levels and the
+    random-forest vote. SVG from the project's own server-side chart builder (no matplotlib
+    in the project's environment)."""
+    from federation.templatetags import svgchart
+
+    data = suite_read(table)
+    cells = list(dict.fromkeys((n, s) for n, s, _ in data))
+    panels = []
+    for n, s in cells:
+        series = []
+        eps = sorted({float(m.split()[-1]) for (dn, ds, m) in data if (dn, ds) == (n, s) and " eps " in m})
+        if not eps:
+            continue
+        for model in ("logreg", "mlp"):
+            pts = [(e, data[(n, s, f"{model} eps {e:g}")]) for e in eps if (n, s, f"{model} eps {e:g}") in data]
+            if pts:
+                series.append(svgchart.Series(f"{model} DP-FedAvg (± spread)", [(e, m) for e, (m, _) in pts],
+                                              band=[(e, m - sd, m + sd) for e, (m, sd) in pts]))
+        for method, name in (("centralised LR", "centralised LR"), ("logreg FedAvg no DP", "logreg FedAvg, no DP"),
+                             ("RF per partner, vote", "RF per partner, vote")):
+            if (n, s, method) in data:
+                series.append(svgchart.Series(name, [(eps[0], data[(n, s, method)][0]), (eps[-1], data[(n, s, method)][0])], dashed=True))
+        chart = svgchart.Chart(title=f"{n}, {s}", series=series, x_label=f"epsilon per dataset ({n}, {s})", y_label="accuracy (%)",
+                               y_min=None, x_format=lambda v: f"{v:g}")
+        panels.append(svgchart.render(chart))
+    w, h = svgchart.WIDTH, svgchart.HEIGHT
+    body = "".join(
+        f'<g transform="translate({(i % 2) * w} {(i // 2) * h})"><svg width="{w}" height="{h}"{p[4:]}</g>' for i, p in enumerate(panels)
+    )
+    rows = (len(panels) + 1) // 2
+    path.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{rows * h}" viewBox="0 0 {2 * w} {rows * h}">'
+        f'<rect width="100%" height="100%" fill="white"/>{body}</svg>\n',
+        encoding="utf-8",
+    )
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="report on validation splits (seeds 100-109) instead")
@@ -695,6 +749,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="suite: number of seeds")
     parser.add_argument("--models", default="logreg,mlp", help="suite: logreg,mlp")
     parser.add_argument("--epsilons", default="1,3,8", help="suite: comma-separated epsilons")
+    parser.add_argument("--plot", action="store_true", help="suite: redraw bench/results/quality_suite.svg from quality_suite.md")
     args = parser.parse_args()
     if args.suite:
         seeds = (TUNE_SEEDS if args.tune else SEEDS)[: args.seeds]
@@ -708,6 +763,10 @@ def main() -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / "quality_suite.md").write_text(text + "\n", encoding="utf-8")
             print(f"wrote {(RESULTS / 'quality_suite.md').relative_to(ROOT)}")
+            suite_plot(RESULTS / "quality_suite.md", RESULTS / "quality_suite.svg")
+        return
+    if args.plot:
+        suite_plot(RESULTS / "quality_suite.md", RESULTS / "quality_suite.svg")
         return
     if args.search:
         search(args.search, args.jobs)
