@@ -28,3 +28,9 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 class SignedHeadAdmin(ReadOnlyAdmin):
     list_display = ("dataset_slug", "seq", "head_hash", "key_id", "signed_at")
     search_fields = ("dataset_slug", "head_hash")
+
+
+@admin.register(models.Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ("dataset_slug", "seq", "round", "organisation_slug", "receipt_hash", "received_at")
+    search_fields = ("dataset_slug", "receipt_hash")

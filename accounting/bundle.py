@@ -9,7 +9,16 @@ A bundle is one JSON object:
      "exported_at": ISO-8601,
      "public_key": {"algorithm": "Ed25519", "hex": ..., "pem": ..., "key_id": sha256(raw key)},
      "accountant": {"rdp_orders": [...], "pld_value_discretization_interval": ..., ...},
-     "chains": [{"dataset": SLUG, "entries": [...], "signed_heads": [...]}]}
+     "agents": [{"organisation": SLUG, "public_key": HEX, "enrolled_at": ISO}, ...],
+     "chains": [{"dataset": SLUG, "organisation": SLUG, "entries": [...], "signed_heads": [...],
+                 "receipts": [...]}],
+     "manifest": {"type": MANIFEST_TYPE, "key_id", "exported_at", "agents": [...],
+                  "chains": [{"dataset", "organisation", "head_seq", "head_hash"}], "signature"}}
+
+The manifest is what the coordinator signs at export (with the ledger key, writing nothing):
+the agent keys receipts are checked against and which organisation each chain belongs to,
+neither of which the chains' signed heads cover. A bundle whose receipts are checked must
+carry it (docs/TRUST.md).
 
 Verification of each chain: every entry through `chain.ChainVerifier` (hash links, formats,
 two-phase semantics, recomputed epsilon), every signed head's Ed25519 signature, each head
@@ -40,6 +49,10 @@ from . import receipts as receipts_mod
 
 BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
 HEAD_TYPE = "fedgov.ledger.head.v1"
+MANIFEST_TYPE = "fedgov.audit-bundle.manifest.v1"
+MANIFEST_DOMAIN = b"fedgov.audit-bundle.manifest.v1\n"
+MANIFEST_FIELDS = {"type", "key_id", "exported_at", "agents", "chains", "signature"}
+MANIFEST_CHAIN_FIELDS = {"dataset", "organisation", "head_seq", "head_hash"}
 _HEX = re.compile(r"[0-9a-f]+")
 HEAD_FIELDS = ("dataset", "seq", "head_hash", "key_id", "signed_at", "signature")
 
@@ -57,6 +70,20 @@ def head_message(*, dataset: str, seq: int, head_hash: str, key_id: str, signed_
     return acc.canonical_json(
         {"type": HEAD_TYPE, "dataset": dataset, "seq": seq, "head_hash": head_hash, "key_id": key_id, "signed_at": signed_at}
     ).encode("utf-8")
+
+
+def manifest_message(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes the coordinator signs for a bundle's manifest (domain, then canonical JSON
+    of the manifest without its signature)."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return MANIFEST_DOMAIN + acc.canonical_json(body).encode("utf-8")
+
+
+def sign_manifest(*, private_key, key_id: str, exported_at: str, agents: list, chains: list) -> dict:
+    """The manifest of a bundle, signed by `private_key` (the coordinator's ledger key)."""
+    manifest = {"type": MANIFEST_TYPE, "key_id": key_id, "exported_at": exported_at, "agents": agents, "chains": chains}
+    manifest["signature"] = private_key.sign(manifest_message(manifest)).hex()
+    return manifest
 
 
 def key_id_of(raw_public_key: bytes) -> str:
@@ -195,6 +222,7 @@ def _accountant_settings(bundle: Mapping[str, Any]) -> tuple[tuple[float, ...], 
     return orders, float(interval)
 
 
+BUNDLE_KEYS = {"format", "exported_at", "public_key", "accountant", "agents", "chains", "manifest"}
 CHAIN_KEYS = {"dataset", "entries", "signed_heads"}
 CHAIN_OPTIONAL_KEYS = {"organisation", "receipts"}
 AGENT_FIELDS = {"organisation", "public_key", "enrolled_at"}
@@ -215,6 +243,71 @@ def _agents(bundle: Mapping[str, Any]) -> dict[str, set[str]]:
         if not isinstance(a["enrolled_at"], str):
             raise BundleError(f"agent of {a['organisation']!r}: enrolled_at must be an ISO-8601 timestamp")
         out.setdefault(a["organisation"], set()).add(key)
+    return out
+
+
+def _check_manifest(bundle: Mapping[str, Any], key: Ed25519PublicKey, kid: str) -> dict[str, Mapping[str, Any]] | None:
+    """The coordinator-signed manifest, checked against the bundle's agents and chains;
+    returns dataset slug -> its manifest line, or None when the bundle has no manifest."""
+    manifest = bundle.get("manifest")
+    if manifest is None:
+        return None
+    if not isinstance(manifest, Mapping) or set(manifest) != MANIFEST_FIELDS or manifest["type"] != MANIFEST_TYPE:
+        raise BundleError(f"manifest: fields or type differ from {MANIFEST_TYPE}")
+    if manifest["key_id"] != kid:
+        raise BundleError(f"manifest: signed by another key ({str(manifest['key_id'])[:16]}...)")
+    sig = manifest["signature"]
+    if not isinstance(sig, str) or len(sig) != 128 or not _HEX.fullmatch(sig):
+        raise BundleError("manifest: signature is not 128 lowercase hex digits")
+    try:
+        key.verify(bytes.fromhex(sig), manifest_message(manifest))
+    except (InvalidSignature, TypeError, ValueError):
+        raise BundleError("manifest: the coordinator's signature does not verify (agents or chain organisations altered?)") from None
+    if manifest["exported_at"] != bundle.get("exported_at"):
+        raise BundleError("manifest: exported_at differs from the bundle's")
+    signed_agents = {(a.get("organisation"), a.get("public_key")) for a in manifest["agents"] if isinstance(a, Mapping)}
+    listed = bundle.get("agents", [])
+    listed_agents = {(a.get("organisation"), a.get("public_key")) for a in listed if isinstance(a, Mapping)} if isinstance(listed, list) else set()
+    for org, hex_key in sorted(listed_agents - signed_agents, key=str):
+        raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org} is not in the coordinator's signed manifest")
+    for org, hex_key in sorted(signed_agents - listed_agents, key=str):
+        raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org}, in the signed manifest, is missing")
+    if acc.canonical_json(manifest["agents"]) != acc.canonical_json(listed):
+        raise BundleError("agents: the list differs from the coordinator's signed manifest")
+    lines: dict[str, Mapping[str, Any]] = {}
+    for line in manifest["chains"] if isinstance(manifest["chains"], list) else [None]:
+        if not isinstance(line, Mapping) or set(line) != MANIFEST_CHAIN_FIELDS or not isinstance(line["dataset"], str):
+            raise BundleError("manifest: a chain line has the wrong fields")
+        lines[line["dataset"]] = line
+    chains = bundle.get("chains") if isinstance(bundle.get("chains"), list) else []
+    present = {c.get("dataset") for c in chains if isinstance(c, Mapping)}
+    for slug in sorted(set(lines) - present):
+        raise BundleError(f"dataset {slug}: in the coordinator's signed manifest, missing from the bundle", dataset=slug)
+    for c in chains:
+        if not isinstance(c, Mapping):
+            continue
+        slug = c.get("dataset")
+        line = lines.get(slug)
+        if line is None:
+            raise BundleError(f"dataset {slug}: not in the coordinator's signed manifest", dataset=slug)
+        if c.get("organisation") != line["organisation"]:
+            raise BundleError(
+                f"dataset {slug}: the chain names organisation {c.get('organisation')!r}, the coordinator's signed manifest "
+                f"{line['organisation']!r}",
+                dataset=slug,
+            )
+    return lines
+
+
+def load_agent_keys(data: Any) -> dict[str, set[str]]:
+    """An auditor's own pins: {organisation slug: [64-hex Ed25519 agent keys]}."""
+    if not isinstance(data, Mapping) or not data:
+        raise BundleError("agent keys must be a JSON object {organisation: [hex keys]}")
+    out: dict[str, set[str]] = {}
+    for org, keys in data.items():
+        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) == 64 and _HEX.fullmatch(k) for k in keys):
+            raise BundleError(f"agent keys of {org!r} must be a list of 64 lowercase hex digits")
+        out[org] = set(keys)
     return out
 
 
@@ -260,9 +353,13 @@ def _replay(verifier: chain.ChainVerifier, entries: list, slug: str) -> tuple[ch
     return verifier.state, charged, legacy
 
 
-def _check_receipts(c: Mapping[str, Any], slug: str, charged: dict[int, _Charged], agents: dict[str, set[str]]) -> int:
+def _check_receipts(
+    c: Mapping[str, Any], slug: str, charged: dict[int, _Charged], agents: dict[str, set[str]], *, signed: bool, pinned: bool
+) -> int:
     """Every COMMIT naming a ticket has exactly one receipt, signed by a key enrolled for the
-    chain's organisation, naming that round, dataset, ticket and the charged event."""
+    chain's organisation (or pinned by the auditor), naming that round, dataset, ticket and
+    the charged event. `signed`: the coordinator's manifest covers the agents and the chain's
+    organisation; without it they could have been swapped, so no receipt is trusted."""
     receipts = c.get("receipts", [])
     if not isinstance(receipts, list):
         raise BundleError(f"dataset {slug}: receipts must be a list", dataset=slug)
@@ -271,7 +368,16 @@ def _check_receipts(c: Mapping[str, Any], slug: str, charged: dict[int, _Charged
     organisation = c.get("organisation")
     if not isinstance(organisation, str) or not organisation:
         raise BundleError(f"dataset {slug}: the chain names no organisation to check its receipts against", dataset=slug)
+    if not signed:
+        raise BundleError(
+            f"dataset {slug}: the bundle has no coordinator-signed manifest: its agent keys and organisations are "
+            "unauthenticated, so its receipts cannot be checked",
+            dataset=slug,
+        )
+    if pinned and organisation not in agents:
+        raise BundleError(f"dataset {slug}: organisation {organisation} has no agent keys pinned (--agent-keys)", dataset=slug)
     keys = agents.get(organisation, set())
+    enrolled = "pinned (--agent-keys)" if pinned else "enrolled"
     for i, r in enumerate(receipts):
         where = f"dataset {slug}: receipt {i + 1}"
         try:
@@ -289,7 +395,7 @@ def _check_receipts(c: Mapping[str, Any], slug: str, charged: dict[int, _Charged
             raise BundleError(f"{at}: the receipt names dataset {r['dataset']!r}", dataset=slug, seq=charge.seq)
         if r["agent_public_key"] not in keys:
             raise BundleError(
-                f"{at}: the receipt is signed by key {r['agent_public_key'][:16]}..., not one enrolled for organisation "
+                f"{at}: the receipt is signed by key {r['agent_public_key'][:16]}..., not one {enrolled} for organisation "
                 f"{organisation}",
                 dataset=slug,
                 seq=charge.seq,
@@ -318,12 +424,23 @@ def _check_receipts(c: Mapping[str, Any], slug: str, charged: dict[int, _Charged
     return len(receipts)
 
 
-def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None, datasets: list[str] | None = None) -> BundleReport:
+def verify(
+    bundle: Mapping[str, Any],
+    *,
+    pinned_key_id: str | None = None,
+    datasets: list[str] | None = None,
+    agent_keys: Mapping[str, set[str]] | None = None,
+) -> BundleReport:
     """Verify a parsed bundle (only the chains named in `datasets`, if given); raise
     BundleError naming the first problem. Pinning the key is the caller's choice here;
-    accounting/verify.py, the auditor's command, insists on it."""
+    accounting/verify.py, the auditor's command, insists on it. `agent_keys` (organisation
+    -> hex keys, see load_agent_keys) replaces the bundle's agents as the keys receipts must
+    be signed by: the auditor's own pins, so not even the coordinator can swap them."""
     if bundle.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"unknown bundle format {bundle.get('format')!r}")
+    unknown = set(bundle) - BUNDLE_KEYS
+    if unknown:  # e.g. a renamed "manifest": nothing in a bundle goes unread
+        raise BundleError(f"unknown bundle keys {sorted(map(str, unknown))}")
     key, kid = public_key_from(bundle.get("public_key"))
     if pinned_key_id is not None and kid != pinned_key_id:
         raise BundleError(f"the bundle is signed by key {fingerprint(kid)}, not the pinned {fingerprint(pinned_key_id)}")
@@ -334,6 +451,9 @@ def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None, datas
         raise BundleError("chains must be a list")
     if not chains:
         raise BundleError("the bundle holds no chains: there is nothing to verify")
+    manifest = _check_manifest(bundle, key, kid)
+    if agent_keys is not None:
+        agents = {org: set(keys) for org, keys in agent_keys.items()}
     seen: set[str] = set()
     summaries = []
     for c in chains:
@@ -371,7 +491,14 @@ def verify(bundle: Mapping[str, Any], *, pinned_key_id: str | None = None, datas
                 dataset=slug,
                 seq=last_seq + 1,
             )
-        n_receipts = _check_receipts(c, slug, charged, agents)
+        if manifest is not None and (manifest[slug]["head_seq"], manifest[slug]["head_hash"]) != (state.seq, state.head_hash):
+            raise BundleError(
+                f"dataset {slug}: the chain ends at entry #{state.seq} ({state.head_hash[:16]}...), the coordinator's signed "
+                f"manifest at #{manifest[slug]['head_seq']} ({str(manifest[slug]['head_hash'])[:16]}...)",
+                dataset=slug,
+                seq=state.seq,
+            )
+        n_receipts = _check_receipts(c, slug, charged, agents, signed=manifest is not None, pinned=agent_keys is not None)
         summaries.append(
             ChainSummary(
                 dataset=slug,

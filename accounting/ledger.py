@@ -559,9 +559,10 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
     if agents is None:  # the keys of the exported chains' organisations only
         agents = enrolled_agents(organisation_ids={d.organisation_id for d in datasets})
     kid = key_id()
+    exported_at = iso(timezone.now())
     header = {
         "format": bundle_mod.BUNDLE_FORMAT,
-        "exported_at": iso(timezone.now()),
+        "exported_at": exported_at,
         "public_key": public_key_block(),
         "accountant": acc.accountant_parameters(),
         "agents": agents,
@@ -569,6 +570,7 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
     head_text = json.dumps(header, sort_keys=True, indent=1)
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')
     summary = {"key_id": kid, "chains": {}, "unsigned": []}
+    manifest_chains: list[dict] = []  # what the signed heads do not cover: see the manifest below
     first_chain = True
     for dataset in datasets:
         head = SignedHead.objects.filter(dataset_id=dataset.pk, key_id=kid).order_by("-seq").first()
@@ -604,5 +606,13 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
                 first_receipt = False
         out.write("\n  ]}")
         summary["chains"][head.dataset_slug] = head.seq
-    out.write("\n ]\n}\n")
+        manifest_chains.append(
+            {"dataset": head.dataset_slug, "organisation": organisation, "head_seq": head.seq, "head_hash": head.head_hash}
+        )
+    # The coordinator signs the agents and each chain's organisation and head (docs/TRUST.md,
+    # the bundle): an export signature, not a ledger head, so exporting still writes nothing.
+    manifest = bundle_mod.sign_manifest(
+        private_key=signing_key(), key_id=kid, exported_at=exported_at, agents=agents, chains=manifest_chains
+    )
+    out.write('\n ],\n "manifest": ' + json.dumps(manifest, sort_keys=True) + "\n}\n")
     return summary

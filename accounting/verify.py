@@ -1,5 +1,5 @@
 """The auditor's verifier: `python -m accounting.verify BUNDLE [--since OLD] [--public-key KEY |
---trust-bundle-key] [--dataset SLUG]` (ARCHITECTURE.md, Trust between the coordinator and the
+--trust-bundle-key] [--agent-keys FILE] [--dataset SLUG]` (ARCHITECTURE.md, Trust between the coordinator and the
 partners 5; docs/TRUST-FORMATS.md).
 
 Needs numpy, dp-accounting and cryptography only: no Django, DRF or Celery, so an auditor
@@ -11,7 +11,9 @@ the partners' receipts of every committed round that names a ticket, and, with -
 the bundle extends an older one. It prints the fingerprint of the coordinator key it
 verified against and refuses to pass unless that key is pinned (--public-key, a PEM file,
 or 64 hex digits inline or in a file) or the auditor explicitly trusts the bundle's own key
-(--trust-bundle-key).
+(--trust-bundle-key). The agent keys receipts are checked against come from the bundle,
+covered by the coordinator's signed manifest, or, with --agent-keys FILE (JSON
+{organisation: [hex keys]}), from the auditor's own pins, which the coordinator cannot swap.
 
 Exit status: 0 verified; 1 the bundle does not verify (the message names the entry);
 2 usage (no pinned key, unreadable key).
@@ -74,6 +76,15 @@ def pinned_key_id(value: str) -> str:
     raise VerifyFailed(f"--public-key {value!r}: no such file, and not 64 hex digits", exit_code=EXIT_USAGE)
 
 
+def pinned_agent_keys(path: str) -> dict[str, set[str]]:
+    """--agent-keys FILE: the auditor's own {organisation: [64-hex Ed25519 keys]}."""
+    try:
+        data = bundle.load(path)
+        return bundle.load_agent_keys(data)
+    except bundle.BundleError as e:
+        raise VerifyFailed(f"--agent-keys {path}: {e}", exit_code=EXIT_USAGE) from None
+
+
 def verify_files(
     bundle_path: str,
     *,
@@ -81,11 +92,13 @@ def verify_files(
     public_key: str | None = None,
     trust_bundle_key: bool = False,
     dataset: str | None = None,
+    agent_keys: str | None = None,
 ) -> Verdict:
     """Verify the bundle at `bundle_path`; return the report lines, or raise VerifyFailed."""
     if public_key and trust_bundle_key:
         raise VerifyFailed("give either --public-key or --trust-bundle-key, not both", exit_code=EXIT_USAGE)
     pinned = pinned_key_id(public_key) if public_key else None
+    pinned_agents = pinned_agent_keys(agent_keys) if agent_keys else None
     try:
         new = bundle.load(bundle_path)
         if pinned is None and not trust_bundle_key:
@@ -96,9 +109,11 @@ def verify_files(
                 + ": pin the coordinator's key with --public-key KEY, or pass --trust-bundle-key",
                 exit_code=EXIT_USAGE,
             )
-        report = bundle.verify(new, pinned_key_id=pinned, datasets=[dataset] if dataset else None)
+        report = bundle.verify(new, pinned_key_id=pinned, datasets=[dataset] if dataset else None, agent_keys=pinned_agents)
         verdict = Verdict(lines=report.lines(), warnings=report.warnings())
         verdict.lines[0] += " (pinned)" if pinned else " (trusted from the bundle, not pinned)"
+        if pinned_agents is not None:
+            verdict.lines.insert(1, f"agent keys pinned from {agent_keys}: {', '.join(sorted(pinned_agents))}")
         if since:
             old = bundle.load(since)
             bundle.verify(old, pinned_key_id=report.key_id)
@@ -122,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--since", help="An older bundle the new one must extend.")
     parser.add_argument("--public-key", help="The coordinator's key to pin: a PEM file, or 64 hex digits (inline or in a file).")
     parser.add_argument("--trust-bundle-key", action="store_true", help="Verify against the key inside the bundle (no pinning).")
+    parser.add_argument(
+        "--agent-keys", help="JSON file {organisation: [hex keys]}: the partners' agent keys to check receipts against."
+    )
     parser.add_argument("--dataset", help="Only this dataset's chain (slug).")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             public_key=args.public_key,
             trust_bundle_key=args.trust_bundle_key,
             dataset=args.dataset,
+            agent_keys=args.agent_keys,
         )
     except VerifyFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)

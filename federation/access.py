@@ -238,6 +238,18 @@ def may_see_members(user, organisation: Organisation) -> bool:
     return is_administrator(user) or organisations_of(user).filter(pk=organisation.pk).exists()
 
 
+def agent_organisations(user) -> QuerySet[Organisation]:
+    """Whose partner agents `user` sees (enrolment, last poll, version, terms, refusals):
+    administrators every organisation's, a representative its own organisations'."""
+    if is_administrator(user):
+        return Organisation.objects.all()
+    return represented_organisations(user)
+
+
+def may_see_agent(user, organisation: Organisation) -> bool:
+    return is_administrator(user) or is_representative_of(user, organisation)
+
+
 # --- Auditors, ledgers, bundles ------------------------------------------------------------------
 
 

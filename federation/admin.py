@@ -166,6 +166,12 @@ class AgentIdentityAdmin(ReadOnlyAdmin):
     search_fields = ("organisation__name", "public_key")
 
 
+@admin.register(models.AgentStatus)
+class AgentStatusAdmin(ReadOnlyAdmin):
+    list_display = ("organisation", "enrolled_at", "last_seen_at", "software_version", "terms_updated_at")
+    search_fields = ("organisation__name",)
+
+
 @admin.register(models.GovernanceEvent)
 class GovernanceEventAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "kind", "actor_name", "agreement", "message")
@@ -190,3 +196,9 @@ class ApiTokenAdmin(ReadOnlyAdmin):
             except ApplicationError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
         self.message_user(request, f"{revoked} token(s) revoked.")
+
+
+@admin.register(models.RoundTicket)
+class RoundTicketAdmin(ReadOnlyAdmin):
+    list_display = ("participant", "ticket_hash", "key_id", "created_at", "receipt_at")
+    search_fields = ("ticket_hash",)

@@ -4,11 +4,14 @@ A form here checks only what a browser could get wrong (a missing value, text wh
 belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
 quorum larger than the number of parties?) is the service's business: the view calls the
 service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
-to its field, so the web UI and the API say the same thing.
+to its field, so the web UI and the API say the same thing. The agreement form also asks the
+service's own rule list (`agreement_terms_problems`) about the values that did parse, so one
+submit reports every problem, not the parse errors first and the domain rules on the next try.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from django import forms
@@ -18,6 +21,7 @@ from django.contrib.auth.password_validation import validate_password
 from fedgov.errors import ApplicationError
 
 from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
+from .services.agreements import agreement_terms_problems
 
 User = get_user_model()
 
@@ -150,7 +154,13 @@ class ExistingMemberForm(forms.Form):
 
 
 class DateInput(forms.DateInput):
+    """An HTML date field. Its value must be ISO 8601 (YYYY-MM-DD): a browser's date input
+    reads nothing else, so a localised "01/12/2026" shows empty and saves as missing."""
+
     input_type = "date"
+
+    def __init__(self, attrs=None, format=None):  # noqa: A002 (Django's argument name)
+        super().__init__(attrs=attrs, format=format or "%Y-%m-%d")
 
 
 class AgreementForm(forms.Form):
@@ -193,6 +203,18 @@ class AgreementForm(forms.Form):
         initial["parties"] = list(agreement.parties.all())
         initial["auditors"] = list(agreement.auditors.all())
         return initial
+
+    def clean(self):
+        """Say everything at once (issue 17): beside what did not parse, every domain rule the
+        parsed values already break, as the service words it (agreement_terms_problems)."""
+        data = super().clean()
+        parties = data.get("parties") if "parties" in data else None
+        for name, messages in agreement_terms_problems(terms=data, parties=parties).items():
+            if name in self.errors:
+                continue
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)
+        return data
 
     def terms(self) -> dict:
         data = self.cleaned_data
@@ -266,7 +288,14 @@ class RaiseBudgetForm(forms.Form):
 
 
 class PlanForm(forms.Form):
+    """A training plan in two steps: the agreement, datasets, purpose, rounds and model first;
+    then the planner's proposal fills the DP-SGD and FedAvg values (each editable), a preview
+    shows every failing rule next to its field and the whole plan's epsilon per dataset."""
+
     MODEL_CHOICES = (("logreg", "Logistic regression"), ("mlp", "Multi-layer perceptron"))
+    ACTION_PROPOSE, ACTION_PREVIEW, ACTION_CREATE = "propose", "preview", "create"
+    #: What the planner needs (step 1).
+    SCHEDULE_FIELDS = ("agreement", "datasets", "rounds_total", "model_kind", "hidden")
 
     agreement = forms.ModelChoiceField(queryset=Agreement.objects.all())
     name = forms.CharField(max_length=200)
@@ -277,23 +306,43 @@ class PlanForm(forms.Form):
     model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label="Model")
     hidden = forms.CharField(required=False, label="Hidden layers", help_text="MLP only: widths, e.g. 64, 32.")
     rounds_total = forms.IntegerField(initial=10, min_value=1)
-    noise_multiplier = forms.FloatField(help_text="z: Gaussian noise std as a multiple of the clip norm.")
-    clip_norm = forms.FloatField(help_text="C: per-example gradient clipping norm.")
+    # The planner's values (services.plans.PLANNED_FIELDS): empty takes the proposal's.
+    noise_multiplier = forms.FloatField(required=False, help_text="z: Gaussian noise std as a multiple of the clip norm.")
+    clip_norm = forms.FloatField(required=False, help_text="C: per-example gradient clipping norm.")
     batch_size = forms.IntegerField(initial=64, min_value=1, help_text="Expected batch; sampling rate q = batch / records.")
     sampling_rate = forms.FloatField(
         required=False, help_text="Or one sampling rate q in (0, 1] for every dataset (then the batch size is not used)."
     )
-    local_steps = forms.IntegerField(initial=10, min_value=1, help_text="K: DP-SGD steps per round at each partner.")
-    learning_rate = forms.FloatField(initial=0.5)
-    momentum = forms.FloatField(initial=0.0)
-    server_learning_rate = forms.FloatField(initial=1.0)
+    local_steps = forms.IntegerField(required=False, min_value=1, help_text="K: DP-SGD steps per round at each partner.")
+    learning_rate = forms.FloatField(required=False)
+    momentum = forms.FloatField(required=False)
+    server_learning_rate = forms.FloatField(required=False)
+    server_optimizer = forms.CharField(
+        required=False, help_text='JSON, e.g. {"kind": "adam", "lr": 0.05}; empty after a proposal: plain FedAvg.'
+    )
     eval_noise_multiplier = forms.FloatField(
-        required=False, help_text="Noise of the evaluation counts; empty disables the release."
+        required=False, help_text="Noise of the evaluation counts; empty after a proposal disables the release."
     )
     secagg_threshold = forms.IntegerField(required=False, help_text="Survivors needed to unmask; empty means two thirds.")
     phase_timeout_seconds = forms.IntegerField(initial=120, min_value=1)
+    allow_partial = forms.BooleanField(
+        required=False, label="Accept a plan the remaining budgets cannot pay for in full (its later rounds will be blocked)"
+    )
+    # Set once the proposal is on the form: from then on an empty optional value means none
+    # (no fixed sampling rate, no evaluation release, FedAvg), not the planner's.
+    proposed = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    # The retry policy (not a DP parameter): shown with its defaults.
+    max_consecutive_failures = forms.IntegerField(
+        required=False, initial=3, min_value=1, max_value=1000, label="Pause after failed tries in a row",
+        help_text="A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry).",
+    )
+    retry_backoff_seconds = forms.IntegerField(
+        required=False, initial=30, min_value=0, max_value=86_400, label="Retry backoff (seconds)", help_text="Wait before the next try of an aborted round."
+    )
 
-    ERROR_FIELDS = {"model_spec": "hidden"}
+    ERROR_FIELDS = {"model_spec": "hidden", "feature_names": "datasets", "label_name": "datasets", "label_classes": "datasets"}
+    #: Empty after a proposal means None, not the planner's value.
+    NONE_WHEN_EMPTY = ("sampling_rate", "eval_noise_multiplier", "server_optimizer")
 
     def __init__(self, *args, agreements=None, datasets=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -310,13 +359,63 @@ class PlanForm(forms.Form):
         except ValueError:
             raise forms.ValidationError("Write whole numbers separated by commas, e.g. 64, 32.") from None
 
-    def service_kwargs(self) -> dict:
+    def clean_server_optimizer(self):
+        text = (self.cleaned_data.get("server_optimizer") or "").strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise forms.ValidationError('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.') from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.')
+        return value
+
+    def model_spec(self, data: dict | None = None) -> dict:
+        data = self.cleaned_data if data is None else data
+        kind, hidden = data.get("model_kind") or "logreg", data.get("hidden") or []
+        return {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
+
+    def schedule_valid(self) -> bool:
+        """Whether step 1 (what the planner needs) is valid; errors of the other fields are
+        dropped, since they are not filled in yet."""
+        self.is_valid()
+        for name in list(self.errors):
+            if name not in self.SCHEDULE_FIELDS:
+                del self.errors[name]
+        return not any(name in self.errors for name in self.SCHEDULE_FIELDS)
+
+    def given_planned(self, planned_fields) -> dict:
+        """The planner's fields the administrator filled in (the others take the proposal)."""
+        data = self.cleaned_data
+        given = {name: data[name] for name in planned_fields if data.get(name) is not None}
+        if data.get("proposed"):
+            for name in self.NONE_WHEN_EMPTY:
+                given.setdefault(name, {} if name == "server_optimizer" else None)
+        return given
+
+    def service_kwargs(self, planned_fields=()) -> dict:
+        """Keyword arguments of plan_create, without the planner's fields left empty."""
         data = dict(self.cleaned_data)
-        kind = data.pop("model_kind")
-        hidden = data.pop("hidden") or []
-        data["model_spec"] = {"kind": kind, **({"hidden": hidden} if kind == "mlp" and hidden else {})}
+        data.pop("proposed", None)
+        data["model_spec"] = self.model_spec(data)
+        data.pop("model_kind")
+        data.pop("hidden")
         data["datasets"] = list(data["datasets"])
+        for name in planned_fields:
+            data.pop(name, None)
+        for name in ("max_consecutive_failures", "retry_backoff_seconds"):  # empty: the default shown
+            if data.get(name) is None:
+                data[name] = self.fields[name].initial
         return data
+
+    @staticmethod
+    def proposal_initial(values: dict) -> dict:
+        """Form values of the planner's proposal."""
+        out = {name: value for name, value in values.items() if name != "server_optimizer"}
+        out["server_optimizer"] = json.dumps(values.get("server_optimizer") or {}) if values.get("server_optimizer") else ""
+        out["proposed"] = True
+        return out
 
 
 class RejectForm(forms.Form):
@@ -343,7 +442,9 @@ class LedgerFilterForm(forms.Form):
     )
 
     kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
-    round = forms.IntegerField(required=False, min_value=1, label="Round id")
+    round = forms.IntegerField(
+        required=False, min_value=1, label="Round number", help_text="The round's number in its plan, as in the Round column (#1)."
+    )
 
 
 class EventFilterForm(forms.Form):

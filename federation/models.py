@@ -359,6 +359,7 @@ class Dataset(GuardedModel):
 class TrainingPlan(GuardedModel):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
         STOPPED = "stopped", "Stopped"
         COMPLETED = "completed", "Completed"
 
@@ -393,8 +394,23 @@ class TrainingPlan(GuardedModel):
         null=True, blank=True, help_text="Survivors needed to unmask; empty means two thirds of the participants."
     )
     phase_timeout_seconds = models.PositiveIntegerField(default=120)
+    explanation = models.TextField(
+        blank=True, default="", help_text="Why the schedule is what it is: the planner's reasons, and the values set by hand."
+    )
+    # The retry policy (ARCHITECTURE.md, Rounds): a try aborted for dropouts below the threshold
+    # or a missed deadline is followed by a new try after the backoff; after this many failed
+    # tries in a row the plan is paused, saying why, until someone resumes it. Not a DP
+    # parameter: it changes only through plan_retry_policy_set, which records an event.
+    max_consecutive_failures = models.PositiveIntegerField(
+        default=3, help_text="Failed tries in a row after which the plan is paused (1 = no retry)."
+    )
+    retry_backoff_seconds = models.PositiveIntegerField(default=30, help_text="Wait before retrying an aborted round.")
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next try of an aborted round is requested.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Why the plan is paused, stopped or completed.
     stopped_reason = models.TextField(blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -412,6 +428,7 @@ class TrainingPlan(GuardedModel):
             models.CheckConstraint(condition=Q(local_steps__gte=1), name="plan_steps_positive"),
             models.CheckConstraint(condition=Q(rounds_total__gte=1), name="plan_rounds_positive"),
             models.CheckConstraint(condition=Q(learning_rate__gt=0), name="plan_lr_positive"),
+            models.CheckConstraint(condition=Q(max_consecutive_failures__gte=1), name="plan_failures_limit_positive"),
             models.CheckConstraint(
                 condition=Q(eval_noise_multiplier__isnull=True) | Q(eval_noise_multiplier__gt=0),
                 name="plan_eval_noise_positive",
@@ -556,7 +573,10 @@ class TrainingRound(GuardedModel):
                 )
 
     def participating_datasets(self):
-        return self.participants.order_by("id")
+        """The round's datasets, less those left out at its start (their agent was offline):
+        what the budget reserves and the protocol runs with."""
+        taking_part = [s for s in RoundParticipant.Status.values if s != RoundParticipant.Status.LEFT_OUT]
+        return Dataset.objects.filter(round_links__round=self, round_links__status__in=taking_part).order_by("id")
 
     @property
     def is_live(self) -> bool:
@@ -569,6 +589,9 @@ class RoundParticipant(models.Model):
         ACTIVE = "active", "Taking part"
         DROPPED = "dropped", "Dropped out"
         FINISHED = "finished", "Finished"
+        # Not taken into the round at its start (its agent was offline or not enrolled):
+        # nothing reserved on its dataset; why is in round.metrics["left_out"].
+        LEFT_OUT = "left_out", "Left out"
 
     round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="participant_links")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="round_links")
@@ -690,11 +713,17 @@ class StandingApproval(models.Model):
         ]
 
     def rounds_used(self) -> int:
-        """Rounds this approval let run. A round that never ran (blocked by a governance
-        check, or rejected by another party) trained nothing and spent no budget, so it does
-        not use up an approval given for "up to N rounds"."""
-        never_ran = (TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)
-        return self.uses.exclude(round__status__in=never_ran).count()
+        """Rounds this approval let use the organisation's data. A round that never ran
+        (blocked by a governance check, rejected by another party) and a try aborted before
+        any update could leave (its budget released: ARCHITECTURE.md, Ledger 2) trained
+        nothing and spent nothing, so they do not use up an approval given for "up to N
+        rounds". A try aborted or failed once the masked input opened spent its budget: it
+        counts, like a completed round (and its epsilon counts against `max_epsilon`)."""
+        released_phases = ("", "advertise_keys", "share_keys")
+        ended_unspent = Q(round__status__in=(TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)) | Q(
+            round__status__in=(TrainingRound.Status.ABORTED, TrainingRound.Status.FAILED), round__phase__in=released_phases
+        )
+        return self.uses.exclude(ended_unspent).count()
 
 
 class GovernanceEvent(models.Model):
@@ -702,6 +731,7 @@ class GovernanceEvent(models.Model):
 
     class Kind(models.TextChoices):
         AGREEMENT_CREATED = "agreement_created", "Agreement created"
+        AGREEMENT_EDITED = "agreement_edited", "Draft edited"
         AGREEMENT_SUBMITTED = "agreement_submitted", "Agreement sent for signature"
         AGREEMENT_SIGNED = "agreement_signed", "Agreement signed"
         AGREEMENT_ACTIVATED = "agreement_activated", "Agreement active"
@@ -716,6 +746,10 @@ class GovernanceEvent(models.Model):
         BUDGET_CHANGED = "budget_changed", "Budget changed"
         PLAN_CREATED = "plan_created", "Training plan created"
         PLAN_STOPPED = "plan_stopped", "Training plan stopped"
+        PLAN_PAUSED = "plan_paused", "Training plan paused"
+        PLAN_RESUMED = "plan_resumed", "Training plan resumed"
+        PLAN_RETRY_SCHEDULED = "plan_retry_scheduled", "Round retry scheduled"
+        PLAN_POLICY_CHANGED = "plan_policy_changed", "Retry policy changed"
         ROUND_REQUESTED = "round_requested", "Round requested"
         ROUND_BLOCKED = "round_blocked", "Round blocked"
         ROUND_APPROVED = "round_approved", "Round approved"
@@ -727,6 +761,7 @@ class GovernanceEvent(models.Model):
         STANDING_APPROVAL = "standing_approval", "Standing approval given"
         AUDITOR_ASSIGNED = "auditor_assigned", "Auditor assigned"
         AGENT_ENROLLED = "agent_enrolled", "Partner agent enrolled"
+        MEMBER_REMOVED = "member_removed", "Member removed from an organisation"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     agreement = models.ForeignKey(Agreement, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
@@ -844,6 +879,23 @@ class AgentIdentity(models.Model):
                 fields=["organisation"], condition=Q(revoked_at__isnull=True), name="one_live_agent_key_per_organisation"
             ),
         ]
+
+
+class AgentStatus(models.Model):
+    """What the coordinator knows of an organisation's partner agent: when it enrolled, when
+    it last polled (written at most every few seconds: the poll is the hot path), the software
+    it runs (its User-Agent), and the agreements whose terms it holds ({agreement id: terms
+    hash}, as handed out on its last poll). Its refusals are on the round participants."""
+
+    organisation = models.OneToOneField(Organisation, on_delete=models.CASCADE, related_name="agent_status")
+    enrolled_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    software_version = models.CharField(max_length=64, blank=True)
+    terms_held = models.JSONField(default=dict, blank=True)
+    terms_updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "agent statuses"
 
 
 class RoundProtocol(models.Model):

@@ -112,6 +112,49 @@ def plan_summary(fed) -> dict:
     }
 
 
+def try_success_probability(*, partners: int, dropout: float, threshold: int) -> float:
+    """Chance that a try completes when each agent independently skips its masked input with
+    probability `dropout` (the agent's simulated dropout): at least `threshold` of `partners`
+    must send it."""
+    from math import comb
+
+    keep = 1.0 - dropout
+    return sum(comb(partners, k) * keep**k * dropout ** (partners - k) for k in range(threshold, partners + 1))
+
+
+def tries_needed(*, rounds: int, success: float, confidence: float = 0.99, limit: int = 1000) -> int:
+    """The fewest tries N for which `rounds` of them complete with probability `confidence`
+    when each completes with probability `success` (binomial tail)."""
+    from math import comb
+
+    if success >= 1.0:
+        return rounds
+    if success <= 0.0:
+        raise ValueError("no try can complete: lower --dropout or use more partners")
+    for n in range(rounds, limit + 1):
+        p_short = sum(comb(n, k) * success**k * (1 - success) ** (n - k) for k in range(rounds))
+        if 1.0 - p_short >= confidence:
+            return n
+    raise ValueError(f"{rounds} rounds need more than {limit} tries at a {success:.0%} chance of completing each")
+
+
+def planned_tries(*, rounds: int, partners: int, dropout: float, threshold: int | None = None) -> int:
+    """How many tries a simulated plan pays for, so that `rounds` complete with 99% chance.
+
+    Why tries and not rounds: the agent's simulated dropout happens once the masked-input
+    phase is open, and from then on an update may have left a partner, so an aborted try
+    is charged in full to every dataset (ARCHITECTURE.md, Ledger 2); nothing is released.
+    Calibrating the noise for `rounds` would let the budget run out after a few aborts and
+    the plan stop short. The threshold is the coordinator's (two thirds, at least a
+    majority)."""
+    if dropout <= 0:
+        return rounds
+    if threshold is None:
+        threshold = max(2, -(-2 * partners // 3), partners // 2 + 1)
+    success = try_success_probability(partners=partners, dropout=dropout, threshold=threshold)
+    return tries_needed(rounds=rounds, success=success)
+
+
 @dataclass
 class Table:
     """A labelled table read from a CSV (or the default data), kept as strings for writing
@@ -191,6 +234,7 @@ class Federation:
     tokens: dict[str, str]  # organisation slug -> agent token
     datasets: list = field(default_factory=list)
     schedule: object = None  # the planner's Plan, when the schedule came from it
+    tries: int = 0  # tries the budget is calibrated for (rounds, plus the expected retries)
 
 
 def setup_federation(
@@ -203,9 +247,14 @@ def setup_federation(
     prefix: str | None = None,
     plan_overrides: dict | None = None,
     phase_timeout: int = 60,
+    dropout: float = 0.0,
 ) -> Federation:
     """Organisations, users, an active signed agreement, a dataset per partition, a plan
-    and standing approvals for all of its rounds, through the services."""
+    and standing approvals for all of its rounds, through the services.
+
+    With a simulated `dropout`, the budget pays for the expected retries too (planned_tries):
+    the schedule is calibrated for that many tries, the standing approvals cover them, the
+    plan retries after 1 s and pauses only once the tries it was calibrated for are used up."""
     prefix = prefix or f"sim{int(time.time())}{secrets.token_hex(2)}"
     admin, _ = User.objects.get_or_create(username=f"{prefix}-admin")
     admin.groups.add(Group.objects.get_or_create(name=ADMINISTRATORS_GROUP)[0])
@@ -215,9 +264,12 @@ def setup_federation(
     for path in partitions:
         with path.open() as fh:
             sizes.append(sum(1 for _ in fh) - 1)
+    tries = planned_tries(rounds=rounds, partners=len(partitions), dropout=dropout, threshold=plan_kwargs.get("secagg_threshold"))
+    plan_kwargs.setdefault("retry_backoff_seconds", 1)
+    plan_kwargs.setdefault("max_consecutive_failures", max(3, tries - rounds + 1))
     schedule = None
     if "noise_multiplier" not in plan_kwargs:
-        schedule = plan_for(sizes=sizes, schema=schema, model_spec=plan_kwargs["model_spec"], rounds=rounds, epsilon=epsilon, delta=delta)
+        schedule = plan_for(sizes=sizes, schema=schema, model_spec=plan_kwargs["model_spec"], rounds=tries, epsilon=epsilon, delta=delta)
         plan_kwargs = {**schedule.plan_kwargs(), **plan_kwargs}
     else:
         # A caller that fixes the noise fixes the schedule: the rest is the fixed recipe, at
@@ -268,8 +320,9 @@ def setup_federation(
         rounds_total=rounds, phase_timeout_seconds=phase_timeout, **plan_kwargs,
     )
     for org, rep in zip(orgs, reps):
-        standing_approval_give(actor=rep, plan=plan, organisation=org, max_rounds=rounds)
-    return Federation(admin=admin, plan=plan, partitions=partitions, tokens=tokens, datasets=datasets, schedule=schedule)
+        # Tries that spent budget count against a standing approval: cover the planned ones.
+        standing_approval_give(actor=rep, plan=plan, organisation=org, max_rounds=tries)
+    return Federation(admin=admin, plan=plan, partitions=partitions, tokens=tokens, datasets=datasets, schedule=schedule, tries=tries)
 
 
 def partition(table: Table, parts: int, out_dir: Path, *, seed: int = 7) -> list[Path]:
@@ -288,7 +341,9 @@ FINAL = {TrainingRound.Status.COMPLETED, TrainingRound.Status.BLOCKED, TrainingR
 
 
 def wait_for_plan(plan: TrainingPlan, *, timeout: float, on_progress=None, poll: float = 0.2) -> TrainingPlan:
-    """Poll until the plan completes, is stopped, or a round fails; returns the plan."""
+    """Poll until the plan completes, is stopped or paused, or nothing more will happen (its
+    last round ended without completing and no retry is scheduled); returns the plan. An
+    aborted try with a retry scheduled is waited through."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         plan.refresh_from_db()
@@ -297,8 +352,11 @@ def wait_for_plan(plan: TrainingPlan, *, timeout: float, on_progress=None, poll:
             on_progress(plan, rounds)
         if plan.status != TrainingPlan.Status.ACTIVE:
             return plan
-        if rounds and rounds[-1].status in (TrainingRound.Status.FAILED, TrainingRound.Status.ABORTED, TrainingRound.Status.REJECTED):
-            return plan
+        ended = (TrainingRound.Status.FAILED, TrainingRound.Status.ABORTED, TrainingRound.Status.REJECTED)
+        if rounds and rounds[-1].status in ended and plan.retry_at is None:
+            plan.refresh_from_db()  # the abort and its retry are written in one transaction
+            if plan.retry_at is None and not plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
+                return plan
         time.sleep(poll)
     raise TimeoutError(f"plan {plan.name!r} still running after {timeout:.0f}s")
 
@@ -315,3 +373,19 @@ def wait_for_agents(fed: Federation, *, timeout: float) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"agents of {sorted(slugs - enrolled)} did not enrol within {timeout:.0f}s")
+
+
+def partner_epsilon_spent(state_dir: Path, data: Path) -> float | None:
+    """The spent epsilon a partner's own ledger records for its data file (docs/PARTNER-LEDGER.md),
+    read from the agent's state directory after replaying and verifying the file; None when
+    the agent kept no ledger. Raises LedgerCorrupt if the file does not verify."""
+    from .agent.ledger import default_data_id, read_ledger
+
+    try:
+        view = read_ledger(state_dir, verify=True)
+    except FileNotFoundError:
+        return None
+    if view.error is not None:
+        raise view.error
+    figures = view.by_data().get(default_data_id(data))
+    return None if figures is None else float(figures["spent"])

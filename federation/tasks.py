@@ -55,17 +55,33 @@ def round_aggregate_task(round_id: int) -> str:
     return outcome
 
 
+@shared_task(name="fedgov.rounds.retry", queue="fedgov.rounds", **COMMON)
+def plan_retry_task(plan_id: int) -> str:
+    """The next try of a plan whose round was aborted, once its backoff is over."""
+    from .services.plans import plan_retry
+
+    round = plan_retry(plan_id=plan_id)
+    if round is None:
+        logger.info("plan %s: no retry due (paused, stopped, already retried or not yet time)", plan_id)
+        return "skipped"
+    logger.info("plan %s: retried as round %s (%s)", plan_id, round.number, round.status)
+    return round.status
+
+
 @shared_task(name="fedgov.deadlines.sweep", queue="fedgov.deadlines", **COMMON)
 def deadlines_sweep() -> dict:
     """Beat, every few seconds: phases past their deadline, exits whose notice ran out,
-    expired agreements, work whose task was lost (e.g. Redis restarted), and ledger heads
+    expired agreements, work whose task was lost (e.g. Redis restarted: a phase close, an
+    aggregation, a start, a plan's retry), and ledger heads
     whose after-commit signature did not happen."""
     from accounting.ledger import sign_pending_heads
 
     from .services.agreements import agreements_apply_due_changes
     from .services.orchestration import rounds_sweep_deadlines
+    from .services.plans import plans_sweep_retries
 
     out = agreements_apply_due_changes()
     out["phases"] = rounds_sweep_deadlines()
+    out["retries"] = plans_sweep_retries()
     out["heads_signed"] = len(sign_pending_heads())
     return out

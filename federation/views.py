@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.paginator import Paginator
@@ -40,6 +41,7 @@ from .access import (
     visible_datasets,
 )
 from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
+from .services import agents as agent_services
 from .services import agreements as agreement_services
 from .services import datasets as dataset_services
 from .services import organisations as organisation_services
@@ -85,6 +87,21 @@ def _refused(request, exc: ApplicationError, to: str):
     """A POST-only action the service refused (wrong state, say): say why, go back."""
     messages.error(request, exc.message)
     return redirect(to)
+
+
+class SignOutView(auth_views.LogoutView):
+    """Log out and say so on the login page (issue 17: a silent logout leaves people unsure)."""
+
+    def post(self, request, *args, **kwargs):
+        was_signed_in = request.user.is_authenticated
+        response = super().post(request, *args, **kwargs)
+        if was_signed_in:
+            # The session is flushed by now; the message storage falls back to its cookie.
+            messages.info(request, MSG_SIGNED_OUT)
+        return response
+
+
+MSG_SIGNED_OUT = "You have signed out."
 
 
 # --- Dashboard and inbox ----------------------------------------------------------------------
@@ -163,6 +180,29 @@ def organisation_detail(request, slug):
             "memberships": selectors.memberships_of(org) if access.may_see_members(user, org) else [],
             "agreements": visible_agreements(user).filter(parties=org),
             "datasets": visible_datasets(user).filter(organisation=org),
+            "agents": agent_services.agents_overview(access.agent_organisations(user).filter(pk=org.pk), refusals=None)
+            if access.may_see_agent(user, org)
+            else None,
+        },
+    )
+
+
+@web_view
+@require_GET
+def agent_list(request):
+    """The partner agents: administrators see every organisation's, a representative its own
+    organisations'. Enrolment, last poll (online or not), software, terms held, refusals."""
+    user = request.user
+    organisations = access.agent_organisations(user)
+    if not is_administrator(user) and not organisations.exists():
+        raise DjangoPermissionDenied("Only administrators and organisations' representatives see partner agents.")
+    return render(
+        request,
+        "federation/agent_list.html",
+        {
+            **_role_context(user),
+            "agents": agent_services.agents_overview(organisations),
+            "online_seconds": int(agent_services.online_window().total_seconds()),
         },
     )
 
@@ -604,11 +644,14 @@ def ledger(request, slug):
     user = request.user
     dataset = selectors.ledger_dataset_for(user, slug)
     form = forms.LedgerFilterForm(request.GET or None)
-    kind = round_id = None
+    kind = round_number = None
     if form.is_bound and form.is_valid():
         kind = form.cleaned_data.get("kind") or None
-        round_id = form.cleaned_data.get("round")
-    entries = selectors.ledger_entries(dataset, kind=kind, round_id=round_id)
+        round_number = form.cleaned_data.get("round")
+    entries = selectors.ledger_entries(dataset, kind=kind)
+    if round_number:
+        # The number the page shows (#1 of its plan), not the internal id (issue 17).
+        entries = entries.filter(round__number=round_number)
     page = Paginator(entries, LEDGER_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -698,20 +741,54 @@ def plan_list(request):
 @web_view
 @require_http_methods(["GET", "POST"])
 def plan_create(request):
+    """Two steps on one page: "Propose" fills the planner's values from the agreement, datasets,
+    rounds and model; "Preview" runs every definition-time check and shows the whole plan's
+    epsilon per dataset against its remaining budget without saving; "Define" saves. Values
+    left empty take the planner's (services.plans.plan_fill, cached per inputs)."""
     user = request.user
     require_administrator(user, what="training plan", action="create")
     agreements = Agreement.objects.exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
     initial = {"agreement": request.GET.get("agreement")} if request.GET.get("agreement") else {}
     form = forms.PlanForm(_posted(request), agreements=agreements, initial=initial)
-    if request.method == "POST" and form.is_valid():
+    action = request.POST.get("action") or forms.PlanForm.ACTION_CREATE
+    context = {"agreements": agreements, "explanation": "", "projection": None, "previewed": False}
+    if request.method == "POST" and action == forms.PlanForm.ACTION_PROPOSE:
+        if form.schedule_valid():
+            data = form.cleaned_data
+            try:
+                proposal = plan_services.plan_propose_with_projection(
+                    agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"], model_spec=form.model_spec()
+                )
+            except ValidationFailed as exc:
+                forms.apply_service_errors(form, exc, forms.PlanForm.ERROR_FIELDS)
+            else:
+                posted = request.POST.copy()
+                for name, value in forms.PlanForm.proposal_initial(proposal["values"]).items():
+                    posted[name] = "on" if value is True else ("" if value is None else str(value))
+                form = forms.PlanForm(posted, agreements=agreements)
+                form.schedule_valid()  # shows the proposal; name and purpose may still be empty
+                context.update(explanation=proposal["explanation"], projection=proposal["projection"])
+    elif request.method == "POST" and form.is_valid():
+        data, kwargs = form.cleaned_data, {}
         try:
-            plan = plan_services.plan_create(actor=user, **form.service_kwargs())
+            filled, explanation = plan_services.plan_fill(
+                agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
+                model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
+            )
+            kwargs = {**form.service_kwargs(plan_services.PLANNED_FIELDS), **filled, "explanation": explanation}
+            if action == forms.PlanForm.ACTION_PREVIEW:
+                checked = plan_services.plan_check(actor=user, **kwargs)
+                context.update(
+                    explanation=checked.plan.explanation, projection=[p.to_dict() for p in checked.projection], previewed=True
+                )
+            else:
+                plan = plan_services.plan_create(actor=user, **kwargs)
+                messages.success(request, f"Plan '{plan.name}' defined: {plan.rounds_total} rounds.")
+                return redirect("web:plan_detail", pk=plan.pk)
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc, forms.PlanForm.ERROR_FIELDS)
-        else:
-            messages.success(request, f"Plan '{plan.name}' defined: {plan.rounds_total} rounds.")
-            return redirect("web:plan_detail", pk=plan.pk)
-    return render(request, "federation/plan_form.html", {"form": form, "agreements": agreements})
+            context.update(projection=(exc.details or {}).get("projection") or None, explanation=kwargs.get("explanation", ""))
+    return render(request, "federation/plan_form.html", {**context, "form": form})
 
 
 @web_view
@@ -732,6 +809,8 @@ def plan_detail(request, pk):
             "series": series,
             "rounds": series["rounds"],
             "can_request": plan.status == TrainingPlan.Status.ACTIVE and access.may_request_round(user, plan),
+            # Pause/resume: an administrator or a representative of a party with a dataset in it.
+            "can_steer": access.is_administrator(user) or bool(my_orgs),
             "standing_orgs": my_orgs,
             "standing": plan.standing_approvals.select_related("organisation").order_by("-given_at"),
         },
@@ -754,6 +833,37 @@ def round_request(request, pk):
     else:
         messages.success(request, f"Round {round.number} requested: {round.get_status_display().lower()}.")
     return redirect("web:round_detail", pk=round.pk)
+
+
+@web_view
+@require_POST
+def plan_pause(request, pk):
+    plan = selectors.plan_for(request.user, pk)
+    try:
+        plan_services.plan_pause(actor=request.user, plan=plan, reason=request.POST.get("reason", ""))
+    except (NotFound, PermissionDenied):
+        raise
+    except ApplicationError as exc:
+        return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
+    messages.success(request, "Plan paused: no round or retry is requested until it is resumed.")
+    return redirect("web:plan_detail", pk=pk)
+
+
+@web_view
+@require_POST
+def plan_resume(request, pk):
+    plan = selectors.plan_for(request.user, pk)
+    try:
+        plan, nxt = plan_services.plan_resume(actor=request.user, plan=plan)
+    except (NotFound, PermissionDenied):
+        raise
+    except ApplicationError as exc:
+        return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
+    if nxt is not None and nxt.status == TrainingRound.Status.BLOCKED:
+        messages.error(request, f"Plan resumed, but round {nxt.number} is blocked by governance: {nxt.reason}")
+    else:
+        messages.success(request, "Plan resumed" + (f"; round {nxt.number} requested." if nxt is not None else "."))
+    return redirect("web:plan_detail", pk=pk)
 
 
 @web_view
@@ -814,6 +924,7 @@ def _round_live_context(user, round) -> dict:
         ],
         "reservations": selectors.round_reservations(round),
         **selectors.round_progress(round),
+        "partners_online": agent_services.partners_online(round),
     }
 
 
@@ -845,6 +956,45 @@ def round_progress(request, pk):
     return render(request, "federation/_round_live.html", {**_round_live_context(request.user, round), "oob": True})
 
 
+def _round_costs(round) -> list[dict]:
+    """What the ledger will record for each dataset if this round runs (issue 17): the composed
+    increase epsilon(spent + round) - epsilon(spent) at the dataset's delta, and the composed
+    total after it, from the accountant's own budget check. A round's stand-alone epsilon
+    overstates the cost of every round after the first: RDP composes sub-additively. A round
+    already holding its reservation shows what that RESERVE entry recorded."""
+    from accounting import chain
+    from accounting import selectors as acct
+    from accounting import services as accounting
+
+    reserves = {e.dataset_id: e for e in acct.ledger_entries(round=round).filter(kind=chain.RESERVE)}
+    rows = []
+    for check in accounting.budget_check(round=round):
+        dataset, spent, budget = check.dataset, float(check.spent), float(check.budget)
+        entry = reserves.get(dataset.pk)
+        if check.reserved and entry is not None:
+            before = acct.ledger_entries(dataset=dataset).filter(seq__lt=entry.seq).order_by("-seq").first()
+            after = float(entry.epsilon_spent_after)
+            cost = after - float(before.epsilon_spent_after if before else 0.0)
+            spent = after - cost
+        else:
+            cost = float(check.requested)
+            after = spent + cost
+        rows.append(
+            {
+                "dataset": dataset,
+                "cost": cost,
+                "spent": spent,
+                "budget": budget,
+                "remaining": budget - spent,
+                "after": after,
+                "left_after": budget - after,
+                "fits": check.ok,
+                "reserved": check.reserved,
+            }
+        )
+    return rows
+
+
 def _approval_context(user, round, org, *, approve_form=None, reject_form=None, standing_form=None) -> dict:
     decision = RoundApproval.objects.filter(round=round, organisation=org).select_related("decided_by").first()
     return {
@@ -853,10 +1003,11 @@ def _approval_context(user, round, org, *, approve_form=None, reject_form=None, 
         "organisation": org,
         "checks": selectors.report_checks(round),
         "report": round.governance_report or {},
-        "costs": selectors.round_costs(round),
+        "costs": _round_costs(round),
         "progress": selectors.plan_progress(round.plan),
         "decisions": selectors.round_decisions(round),
         "needed": selectors.approvals_needed(round),
+        "partners_online": agent_services.partners_online(round),
         "decision": decision,
         "open": round.status == TrainingRound.Status.AWAITING_APPROVAL and decision is None,
         "reject_form": reject_form or forms.RejectForm(),

@@ -102,8 +102,11 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "federation",
     "accounting",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -114,6 +117,10 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): whether this session passed a one-time password.
+    "django_otp.middleware.OTPMiddleware",
+    # Sends a session that owes a second factor back to the login (federation.twofactor).
+    "federation.twofactor.SecondFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -218,6 +225,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "fedgov.deadlines.sweep",
         "schedule": float(env_int("FEDGOV_DEADLINE_SWEEP_SECONDS", 5)),
     },
+    # Notifications whose task was lost, or whose worker died mid-send (notifications/tasks.py).
+    "notifications-sweep": {
+        "task": "fedgov.notifications.sweep",
+        "schedule": float(env_int("FEDGOV_NOTIFY_SWEEP_SECONDS", 15)),
+    },
+    "notifications-verify-ledgers": {
+        "task": "fedgov.notifications.verify_ledgers",
+        "schedule": float(env_int("FEDGOV_LEDGER_CHECK_SECONDS", 3600)),
+    },
 }
 
 # --- Cache, trusted proxies, login throttles -------------------------------------------------
@@ -242,8 +258,23 @@ if NUM_PROXIES < 0:
 # per username before both are refused, even the right password, until the lockout ends.
 FEDGOV_LOGIN_FAILURE_LIMIT = env_int("FEDGOV_LOGIN_FAILURE_LIMIT", 10)
 FEDGOV_LOGIN_LOCKOUT_MINUTES = env_int("FEDGOV_LOGIN_LOCKOUT_MINUTES", 15)
+# A partner agent is online when it polled within this many seconds: twice the longest
+# long-poll wait (25 s) and a margin. An offline partner is left out of a round at its start.
+FEDGOV_AGENT_ONLINE_SECONDS = env_int("FEDGOV_AGENT_ONLINE_SECONDS", 60)
 if FEDGOV_LOGIN_FAILURE_LIMIT < 1 or FEDGOV_LOGIN_LOCKOUT_MINUTES < 1:
     raise ImproperlyConfigured("FEDGOV_LOGIN_FAILURE_LIMIT and FEDGOV_LOGIN_LOCKOUT_MINUTES must be 1 or more")
+
+# --- Email, passwords, second factor ---------------------------------------------------------
+# Django's standard EMAIL_* names, for password reset mails and notifications: set with the
+# notification settings below.
+# A password reset link is valid this long (Django's default is three days).
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 3600)
+# true: an administrator (the administrators group, or a superuser) signs in with a time-based
+# one-time password after the password, on /accounts/login/ and /admin/login/, and enrols a
+# device at the first sign-in. Anyone who enrolled a device is asked for its code regardless.
+# API tokens are not affected: a token is its own credential (docs/ACCOUNTS.md).
+FEDGOV_REQUIRE_ADMIN_2FA = env_bool("FEDGOV_REQUIRE_ADMIN_2FA", False)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "fedgov")
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -273,6 +304,26 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Tags from the first path segment after /api/v1/ (agreements, datasets, plans, rounds,
+    # agent, ...): one group per resource in the docs, not every operation under "v1".
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "TAGS": [
+        {"name": "index", "description": "The list of the API's resources."},
+        {"name": "health", "description": "Liveness of the control plane."},
+        {"name": "auth", "description": "Obtain an API token with a username and password."},
+        {"name": "tokens", "description": "Your API tokens: list, revoke."},
+        {"name": "organisations", "description": "Partner organisations."},
+        {"name": "memberships", "description": "Who holds which role at which organisation."},
+        {"name": "agreements", "description": "Agreements: draft, submit, sign, amend, exit notice."},
+        {"name": "datasets", "description": "Registered datasets, their budgets and hash-chained ledgers."},
+        {"name": "plans", "description": "Training plans and their rounds."},
+        {"name": "rounds", "description": "Rounds: participants, approvals and rejections."},
+        {"name": "events", "description": "The governance history."},
+        {"name": "model-versions", "description": "Model versions produced by completed rounds."},
+        {"name": "agent", "description": "The partner agent's protocol endpoints."},
+    ],
+    # One named enum for the notification kinds, wherever a field carries them.
+    "ENUM_NAME_OVERRIDES": {"NotificationKindEnum": "notifications.models.Kind.values"},
 }
 
 # --- fedgov ---------------------------------------------------------------------------------
@@ -281,14 +332,69 @@ FEDGOV_MODEL_DIR = Path(env_str("FEDGOV_MODEL_DIR", str(VAR_DIR / "models")))
 FEDGOV_MAX_UPLOAD_BYTES = env_int("FEDGOV_MAX_UPLOAD_BYTES", 64 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FEDGOV_MAX_UPLOAD_BYTES
 
+# --- Notifications: email and webhooks -------------------------------------------------------
+# SMTP when EMAIL_HOST is set (or in production, which then requires it); otherwise the
+# console backend prints each message (development). The test runner swaps in its own.
+EMAIL_HOST = env_str("EMAIL_HOST", "") or ""
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "fedgov <fedgov@localhost>")
+# Production without EMAIL_HOST hands mail to the machine's own MTA (localhost:25, Django's
+# default); a refused send is retried and shows in the delivery log, never dropped.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST or PRODUCTION else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_HOST = EMAIL_HOST or "localhost"
+# Links in emails and webhook bodies are absolute: the address people reach fedgov at.
+FEDGOV_PUBLIC_URL = env_str("FEDGOV_PUBLIC_URL", "http://127.0.0.1:8000")
+FEDGOV_EMAIL_MESSAGE_ID_DOMAIN = env_str("FEDGOV_EMAIL_MESSAGE_ID_DOMAIN", "fedgov.invalid")
+FEDGOV_WEBHOOK_CONNECT_TIMEOUT = env_int("FEDGOV_WEBHOOK_CONNECT_TIMEOUT", 5)
+FEDGOV_WEBHOOK_TIMEOUT = env_int("FEDGOV_WEBHOOK_TIMEOUT", 10)
+# Webhooks to private, loopback or link-local addresses: refused in production.
+FEDGOV_WEBHOOK_ALLOW_PRIVATE = env_bool("FEDGOV_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
+FEDGOV_NOTIFY_MAX_ATTEMPTS = env_int("FEDGOV_NOTIFY_MAX_ATTEMPTS", 8)
+FEDGOV_NOTIFY_BACKOFF_SECONDS = env_int("FEDGOV_NOTIFY_BACKOFF_SECONDS", 30)
+FEDGOV_NOTIFY_BACKOFF_MAX_SECONDS = env_int("FEDGOV_NOTIFY_BACKOFF_MAX_SECONDS", 3600)
+FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS = env_int("FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS", 10)
+# A claimed delivery belongs to its worker for this long. It must outlast the longest send
+# (the timeouts bound it), so that only a dead worker's claim ever runs out.
+FEDGOV_NOTIFY_LEASE_SECONDS = env_int("FEDGOV_NOTIFY_LEASE_SECONDS", 120)
+if FEDGOV_NOTIFY_LEASE_SECONDS <= max(FEDGOV_WEBHOOK_CONNECT_TIMEOUT + FEDGOV_WEBHOOK_TIMEOUT, EMAIL_TIMEOUT):
+    raise ImproperlyConfigured(
+        "FEDGOV_NOTIFY_LEASE_SECONDS must exceed the send timeouts (FEDGOV_WEBHOOK_CONNECT_TIMEOUT + "
+        "FEDGOV_WEBHOOK_TIMEOUT, and EMAIL_TIMEOUT), or a live worker could lose its claim mid-send"
+    )
+if FEDGOV_NOTIFY_MAX_ATTEMPTS < 1 or FEDGOV_NOTIFY_BACKOFF_SECONDS < 0:
+    raise ImproperlyConfigured("FEDGOV_NOTIFY_MAX_ATTEMPTS must be 1 or more, FEDGOV_NOTIFY_BACKOFF_SECONDS 0 or more")
+
+class _ExpectedForbidden:
+    """A 403 is an answer, not a fault: someone opened a page their role does not allow. Django
+    logs it as a WARNING with the whole traceback; log it as one INFO line instead."""
+
+    def filter(self, record) -> bool:
+        if getattr(record, "status_code", None) == 403:
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = 20, "INFO"  # logging.INFO
+        return True
+
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"expected_forbidden": {"()": _ExpectedForbidden}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["expected_forbidden"]},
         # dp-accounting logs every RDP order whose series does not converge (it excludes
         # them, correctly); one line per order per event is noise in an operator's log.
         "absl": {"level": "ERROR"},

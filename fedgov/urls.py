@@ -1,31 +1,44 @@
 """fedgov's URLs: the web UI, the REST API under /api/v1/, its schema and docs, the admin."""
 
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from fedgov.throttles import ThrottledAdminAuthenticationForm, ThrottledLoginView, locked_out_is_429
+from federation import views_accounts
+from federation.views import SignOutView
+from fedgov.throttles import ThrottledAdminAuthenticationForm
 
 # Both login pages refuse a client or username after repeated wrong passwords (fedgov.throttles).
 admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 def admin_login(request, extra_context=None):
-    return locked_out_is_429(admin.site.login(request, extra_context))
+    # The throttled admin login with the one-time-code step (federation.views_accounts).
+    return views_accounts.admin_login(request, extra_context)
 
 
 urlpatterns = [
     path("admin/login/", admin_login),  # before admin.site.urls, which it answers for
     path("admin/", admin.site.urls),
-    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/login/", views_accounts.TwoFactorLoginView.as_view(), name="login"),
+    path("accounts/login/code/", views_accounts.login_verify, name="account_login_verify"),
+    path("accounts/logout/", SignOutView.as_view(), name="logout"),
+    path("accounts/password/change/", views_accounts.password_change, name="password_change"),
+    path("accounts/password/change/done/", views_accounts.password_change_done, name="password_change_done"),
+    path("accounts/password/reset/", views_accounts.password_reset, name="password_reset"),
+    path("accounts/password/reset/sent/", views_accounts.password_reset_done, name="password_reset_done"),
+    path("accounts/reset/<uidb64>/<token>/", views_accounts.password_reset_confirm, name="password_reset_confirm"),
+    path("accounts/reset/done/", views_accounts.password_reset_complete, name="password_reset_complete"),
+    path("account/two-factor/", views_accounts.two_factor, name="account_two_factor"),
+    path("account/tokens/", views_accounts.token_list, name="account_tokens"),
+    path("account/tokens/<int:pk>/revoke/", views_accounts.token_revoke, name="account_token_revoke"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's bootstrap as a script file of its own (?script=), so
     # the page runs under a script-src 'self' policy: no inline script, no CDN.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/agent/", include("federation.api.agent_urls")),
     path("api/v1/", include("federation.api.urls")),
+    path("notifications/", include("notifications.urls")),
     path("", include("federation.urls")),
 ]
 

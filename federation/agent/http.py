@@ -17,6 +17,11 @@ import requests
 
 logger = logging.getLogger("fedgov.agent")
 
+# The agent software's version, sent as `User-Agent: fedgov-agent/<version>` on every request:
+# the coordinator's agents page shows which partner runs what.
+VERSION = "0.2.0"
+USER_AGENT = f"fedgov-agent/{VERSION}"
+
 
 @dataclass
 class ApiError(Exception):
@@ -39,7 +44,7 @@ class CoordinatorClient:
     def __init__(self, server: str, token: str, *, timeout: float = 60.0, max_backoff: float = 10.0) -> None:
         self.base = server.rstrip("/") + "/api/v1/agent/"
         self.session = requests.Session()
-        self.session.headers.update({"Authorization": f"Token {token}", "User-Agent": "fedgov-agent/1"})
+        self.session.headers.update({"Authorization": f"Token {token}", "User-Agent": USER_AGENT})
         self.timeout = timeout
         self.max_backoff = max_backoff
 
@@ -72,7 +77,11 @@ class CoordinatorClient:
         return self._request("POST", "enrol/", json={"public_key": public_key_hex})
 
     def tasks(self, wait: float = 10.0) -> list[dict]:
-        return self._request("GET", "tasks/", params={"wait": wait})["tasks"]
+        return self.poll(wait)["tasks"]
+
+    def poll(self, wait: float = 10.0) -> dict:
+        """The long poll's whole answer: the tasks, and the terms the organisation holds now."""
+        return self._request("GET", "tasks/", params={"wait": wait})
 
     def submit(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False, retry_for: float = 60.0) -> dict:
         content_type = "application/octet-stream" if binary else "application/json"

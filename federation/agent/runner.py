@@ -101,6 +101,21 @@ class RoundWork:
 
 WORK_TTL = 24 * 3600.0  # a round's keys and update are forgotten a day after it began
 
+#: Test hook: FEDGOV_AGENT_CRASH_AFTER=local_reserve makes the agent SIGKILL itself right after
+#: a round's RESERVE is durable in its own ledger (tests/integration/test_trust.py), the crash
+#: a restart must survive without training the round again. Unset in any deployment.
+CRASH_AFTER_ENV = "FEDGOV_AGENT_CRASH_AFTER"
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get(CRASH_AFTER_ENV) == name:
+        import signal
+
+        logger.critical("%s=%s: killing this agent (SIGKILL) as the test asked", CRASH_AFTER_ENV, name)
+        for handler in logging.getLogger().handlers + logger.handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
 def load_identity(state_dir: Path) -> Ed25519PrivateKey:
     """The long-term Ed25519 identity key, created on first run and kept (0600) in state_dir."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +347,7 @@ class Agent:
         end = time.monotonic() + max_seconds if max_seconds else None
         while not self._stop and (end is None or time.monotonic() < end):
             try:
-                tasks = self.http.tasks(wait=self.config.poll_wait)
+                answer = self.http.poll(wait=self.config.poll_wait)
             except ApiError as exc:
                 if exc.status in (401, 403):
                     logger.error("coordinator refused this agent: %s", exc)
@@ -340,9 +355,24 @@ class Agent:
                 logger.warning("polling failed: %s", exc)
                 time.sleep(1)
                 continue
-            for task in tasks:
+            self.learn_terms(answer.get("terms"))
+            for task in answer.get("tasks", []):
                 self.handle(task)
             self._forget_stale_work()
+
+    def learn_terms(self, terms: list[dict] | None) -> None:
+        """Adopt the terms the coordinator hands out on each poll: an agreement signed or
+        amended since enrolment is then known (its rounds are still checked against them)."""
+        if terms is None:  # a coordinator that does not send them: keep the enrolment's
+            return
+        old = {t["agreement"]: t.get("terms_hash") for t in self.terms}
+        new = {t["agreement"]: t.get("terms_hash") for t in terms}
+        if old != new:
+            logger.info(
+                "terms updated: %d agreement(s) in force (%s)", len(terms),
+                ", ".join(f"#{t['agreement']} v{t.get('version')}" for t in terms) or "none",
+            )
+        self.terms = list(terms)
 
     def _forget_stale_work(self) -> None:
         now = time.monotonic()
@@ -411,14 +441,19 @@ class Agent:
         key = errors.RoundKey(coordinator=coordinator, round=round_pk, dataset=ticket["dataset"])
         existing = book.reservation_for(key)
         if existing is not None:
-            if existing.state == "reserved":
-                return key  # reserved before a restart, never sent: trained under it again
-            raise PlanRefused(f"the partner ledger has round {round_pk} {existing.state} already; it is not run twice", "round_already_run")
+            # Reserved by an earlier process (which may have trained and lost its update): a
+            # second training run would be a second noisy release of the same records, so the
+            # round is not run again, and its charge stays (the update may have been made).
+            raise PlanRefused(
+                f"the partner ledger has round {round_pk} {existing.state} already (an earlier run of this agent); it is not run twice",
+                "round_already_run",
+            )
         try:
             book.record_shown_budget(self.data_id, coordinator=coordinator, dataset=ticket["dataset"], epsilon=ticket["epsilon_budget"], delta=ticket["delta"])
             book.reserve(key, data_id=self.data_id, event=ticket["event"], ticket_hash=ticket_hash, data_path=self.config.data)
         except errors.LedgerError as exc:
             raise PlanRefused(exc.message, exc.code) from None
+        crash_point("local_reserve")
         return key
 
     def _local_commit(self, work: RoundWork) -> None:

@@ -21,6 +21,7 @@ from .. import secagg, wakeup
 from ..models import ApiToken, RoundProtocol
 from ..services import orchestration
 from .base import Input, ReadsBody, StrictJSONParser, parse_json
+from .errors import MessageTooLarge
 from .fields import valid_pk
 
 MAX_WAIT_SECONDS = 25
@@ -53,6 +54,19 @@ class RawBodyParser(parsers.BaseParser):
 class AgentView(ReadsBody, APIView):
     parser_classes = [StrictJSONParser]
     permission_classes = [permissions.IsAuthenticated, IsAgentToken]
+    #: A body over this size is refused (413) before anything parses it; None: no limit here
+    #: (the protocol phases check their own per-phase limits).
+    max_body_bytes: int | None = None
+    message_name = "message"
+
+    def initial(self, request, *args, **kwargs):
+        if self.max_body_bytes is not None and request.method in ("POST", "PUT", "PATCH"):
+            declared = request.META.get("CONTENT_LENGTH") or "0"
+            if (declared.isdigit() and int(declared) > self.max_body_bytes) or len(request.body) > self.max_body_bytes:
+                raise MessageTooLarge(
+                    f"A {self.message_name} is at most {self.max_body_bytes} bytes.", limit=self.max_body_bytes
+                )
+        super().initial(request, *args, **kwargs)
 
 
 class EnrolView(AgentView):
@@ -93,13 +107,24 @@ class TasksView(AgentView):
 
     @extend_schema(
         parameters=[OpenApiParameter("wait", int, description=f"seconds to wait for work (0-{MAX_WAIT_SECONDS})")],
-        responses=inline_serializer("AgentTasks", {"tasks": serializers.ListField(child=serializers.DictField())}),
+        responses=inline_serializer(
+            "AgentTasks",
+            {
+                "tasks": serializers.ListField(child=serializers.DictField()),
+                "terms": serializers.ListField(
+                    child=serializers.DictField(), help_text="The terms of every active agreement the organisation is party to (the fields of the enrolment answer's terms)."
+                ),
+            },
+        ),
     )
     def get(self, request):
         try:
             wait = min(MAX_WAIT_SECONDS, max(0.0, float(request.query_params.get("wait", 0))))
         except ValueError:
             raise ValidationFailed("wait must be a number of seconds.", fields={"wait": ["Enter a number."]}) from None
+        # Recorded once per poll (the agent is alive, runs this version) and answered with the
+        # terms it must hold: an agreement signed after it enrolled is known from this poll on.
+        terms = orchestration.agent_poll(user=request.user, user_agent=request.META.get("HTTP_USER_AGENT", ""))
         deadline = time.monotonic() + wait
         while True:
             # The generation is read before the tasks: work announced in between wakes the
@@ -108,7 +133,7 @@ class TasksView(AgentView):
             tasks = orchestration.agent_tasks(user=request.user)
             remaining = deadline - time.monotonic()
             if tasks or remaining <= 0:
-                return Response({"tasks": tasks})
+                return Response({"tasks": tasks, "terms": terms})
             close_old_connections()
             wakeup.waiters.wait(seen, timeout=min(remaining, wakeup.FALLBACK_SECONDS))
 
@@ -160,11 +185,16 @@ class SubmitView(AgentView):
         return Response(result)
 
 
-RECEIPT_MAX_BYTES = 8192
+# Receipts and refusals are small (an event's JSON, two hashes, a key; a code and a sentence).
+RECEIPT_MAX_BYTES = 4096
+REFUSAL_MAX_BYTES = 4096
 
 
 class RefuseView(AgentView):
     """The agent declines the round, with a stable code and a reason people can read."""
+
+    max_body_bytes = REFUSAL_MAX_BYTES
+    message_name = "refusal"
 
     class RefusalSerializer(serializers.Serializer):
         code = serializers.CharField(max_length=orchestration.REFUSAL_CODE_MAX, help_text="Stable refusal code, e.g. ticket_signature.")
@@ -183,14 +213,11 @@ class RefuseView(AgentView):
 class ReceiptView(AgentView):
     """The agent's signed receipt for a round whose masked input it sent (federation/agent/trust.py)."""
 
-    parser_classes = [RawBodyParser]
+    max_body_bytes = RECEIPT_MAX_BYTES
+    message_name = "receipt"
 
     @extend_schema(request={"application/json": dict}, responses=inline_serializer("AgentReceiptAccepted", {"accepted": serializers.BooleanField()}))
     def post(self, request, round_id: int):
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-        if length > RECEIPT_MAX_BYTES or len(request.body) > RECEIPT_MAX_BYTES:
-            return Response(
-                {"code": "message_too_large", "message": f"A receipt is at most {RECEIPT_MAX_BYTES} bytes.", "details": {"limit": RECEIPT_MAX_BYTES}},
-                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            )
+        # Parsed strictly by the view's parser first (malformed_json, non_finite_number);
+        # the signature is then checked over the very bytes the agent sent.
         return Response(orchestration.agent_receipt(user=request.user, round_id=round_id, body=request.body))

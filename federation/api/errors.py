@@ -21,6 +21,13 @@ class MalformedJson(ApplicationError):
     http_status = 400
 
 
+class MessageTooLarge(ApplicationError):
+    """An agent message over its size limit: refused before anything reads it."""
+
+    code = "message_too_large"
+    http_status = 413
+
+
 class NonFiniteNumber(ValidationFailed):
     """The body holds NaN or an infinity; `details["fields"]` names where."""
 

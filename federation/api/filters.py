@@ -6,12 +6,14 @@ from __future__ import annotations
 import django_filters as df
 from django import forms
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from accounting.models import LedgerEntry
 
 from ..models import (
+    AgentIdentity,
     Agreement,
     ApiToken,
     Dataset,
@@ -85,6 +87,31 @@ class OrganisationFilter(StrictFilterSet):
     class Meta:
         model = Organisation
         fields = ["slug", "kind"]
+
+
+class AgentFilter(StrictFilterSet):
+    """Organisations' partner agents (/api/v1/agents/)."""
+
+    organisation = IdFilter(field_name="id", help_text="Organisation id.")
+    slug = df.CharFilter(help_text="Organisation slug.")
+    online = BooleanFilter(method="filter_online", help_text="Polled within FEDGOV_AGENT_ONLINE_SECONDS.")
+    enrolled = BooleanFilter(method="filter_enrolled", help_text="Holds a live enrolled identity key.")
+
+    class Meta:
+        model = Organisation
+        fields = ["organisation", "slug", "online", "enrolled"]
+
+    def filter_online(self, queryset, name, value):
+        from django.utils import timezone
+
+        from ..services.agents import online_window
+
+        recent = Q(agent_status__last_seen_at__gte=timezone.now() - online_window())
+        return queryset.filter(recent) if value else queryset.exclude(recent)
+
+    def filter_enrolled(self, queryset, name, value):
+        live = Q(id__in=AgentIdentity.objects.filter(revoked_at__isnull=True).values("organisation_id"))
+        return queryset.filter(live) if value else queryset.exclude(live)
 
 
 class MembershipFilter(StrictFilterSet):

@@ -14,6 +14,7 @@ from fedgov.throttles import locked_out_message, password_failed, password_wait
 from ..access import is_administrator
 from ..models import ApiToken
 from ..services.tokens import MSG_MINT_OTHER_USER, TokenMintingRefused, token_issue, token_revoke
+from ..twofactor import MSG_SECOND_FACTOR_REQUIRED, SecondFactorRequired, needs_second_factor
 from .auth import LoginThrottle
 from .base import ApiView, Input
 from .filters import TokenFilter
@@ -193,5 +194,8 @@ class ObtainTokenView(ApiView):
         if user is None:
             password_failed(request, username)
             raise exceptions.AuthenticationFailed(MSG_BAD_CREDENTIALS)
+        if needs_second_factor(user):
+            # A password alone must not become a token when the web login would ask for a code.
+            raise SecondFactorRequired(MSG_SECOND_FACTOR_REQUIRED)
         token = issue(actor=user, user=user, data=data)
         return self.output(NewTokenOutput, token, status_code=status.HTTP_201_CREATED)

@@ -1,13 +1,14 @@
 """REST API routes under /api/v1/ (the partner agent's routes, /api/v1/agent/, are in
 federation/api/agent_urls.py)."""
 
-from django.urls import path
+from django.urls import include, path
 
-from . import agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens, views
+from . import agents, agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens, views
 
 app_name = "api"
 
 urlpatterns = [
+    path("", views.IndexView.as_view(), name="index"),
     path("health/", views.HealthView.as_view(), name="health"),
     path("auth/token/", tokens.ObtainTokenView.as_view(), name="auth-token"),
     path("tokens/", tokens.TokenListView.as_view(), name="tokens"),
@@ -16,6 +17,8 @@ urlpatterns = [
     path("organisations/<int:pk>/", organisations.OrganisationDetailView.as_view(), name="organisation"),
     path("memberships/", organisations.MembershipListView.as_view(), name="memberships"),
     path("memberships/<int:pk>/", organisations.MembershipDetailView.as_view(), name="membership"),
+    path("agents/", agents.AgentListView.as_view(), name="agents"),
+    path("agents/<int:pk>/", agents.AgentDetailView.as_view(), name="agent"),
     path("agreements/", agreements.AgreementListView.as_view(), name="agreements"),
     path("agreements/<int:pk>/", agreements.AgreementDetailView.as_view(), name="agreement"),
     path("agreements/<int:pk>/submit/", agreements.AgreementSubmitView.as_view(), name="agreement-submit"),
@@ -28,8 +31,12 @@ urlpatterns = [
     path("datasets/<int:pk>/ledger/", ledger.LedgerEntryListView.as_view(), name="dataset-ledger"),
     path("datasets/<int:pk>/ledger/verification/", ledger.LedgerVerificationView.as_view(), name="dataset-ledger-verification"),
     path("plans/", plans.PlanListView.as_view(), name="plans"),
+    path("plans/propose/", plans.PlanProposeView.as_view(), name="plan-propose"),
     path("plans/<int:pk>/", plans.PlanDetailView.as_view(), name="plan"),
     path("plans/<int:pk>/rounds/", rounds.PlanRoundsView.as_view(), name="plan-rounds"),
+    path("plans/<int:pk>/pause/", plans.PlanPauseView.as_view(), name="plan-pause"),
+    path("plans/<int:pk>/resume/", plans.PlanResumeView.as_view(), name="plan-resume"),
+    path("plans/<int:pk>/retry-policy/", plans.PlanRetryPolicyView.as_view(), name="plan-retry-policy"),
     path("rounds/", rounds.RoundListView.as_view(), name="rounds"),
     path("rounds/<int:pk>/", rounds.RoundDetailView.as_view(), name="round"),
     path("rounds/<int:pk>/participants/", rounds.RoundParticipantsView.as_view(), name="round-participants"),
@@ -39,4 +46,5 @@ urlpatterns = [
     path("model-versions/", model_versions.ModelVersionListView.as_view(), name="model-versions"),
     path("model-versions/<int:pk>/", model_versions.ModelVersionDetailView.as_view(), name="model-version"),
     path("model-versions/<int:pk>/params/", model_versions.ModelVersionParamsView.as_view(), name="model-version-params"),
+    path("", include("notifications.api_urls")),
 ]

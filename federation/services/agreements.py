@@ -32,6 +32,22 @@ MSG_EXIT_TWICE = "{organisation} already gave exit notice from '{title}' (effect
 TERM_INPUTS = TERM_FIELDS  # every term the model serialises for signing, and nothing else
 
 
+# The largest delta an agreement may allow. Delta is the probability that the guarantee fails
+# outright, and a mechanism with delta >= 1/n may publish one of n records in the clear; the rule
+# of thumb is delta well below 1/n. A ceiling of 1e-3 refuses the values that are wrong for every
+# dataset of a thousand records or more (0.5, 0.1, 0.01); each dataset's own delta is then set
+# for its size, within this ceiling (ARCHITECTURE.md, Privacy model 1).
+MAX_DELTA_CEILING = 1e-3
+MSG_DELTA_RANGE = "The maximum delta must be between 0 and 1e-3: delta is the chance that the guarantee fails, and must stay well below 1/records."
+MSG_ROUND_OVER_BUDGET = "The maximum epsilon per round ({per_round:g}) exceeds the maximum epsilon budget ({budget:g}): no dataset could run one round."
+MSG_MIN_PARTICIPANTS = "A round needs at least two participants: secure aggregation hides one update only among others."
+MSG_QUORUM_MISSING = "A quorum rule needs the number of approvals k."
+MSG_QUORUM_RANGE = "The quorum must be at least 1."
+MSG_QUORUM_OVER = "The quorum ({k}) exceeds the number of parties ({n})."
+MSG_MIN_OVER = "The minimum participants ({k}) exceeds the number of parties ({n})."
+MSG_DATES = "The agreement must end after it starts (valid until > valid from)."
+
+
 def _clean_purposes(purposes) -> list[str]:
     if isinstance(purposes, str):
         purposes = [p for p in (line.strip() for line in purposes.replace(";", "\n").splitlines()) if p]
@@ -45,39 +61,76 @@ def _clean_purposes(purposes) -> list[str]:
     return cleaned
 
 
-def _validate_terms(agreement: Agreement) -> None:
-    if isinstance(agreement.valid_from, date) and isinstance(agreement.valid_until, date):
-        if agreement.valid_until <= agreement.valid_from:
-            raise field_error("valid_until", "The agreement must end after it starts (valid until > valid from).")
+def agreement_terms_problems(*, terms: dict, parties=None) -> dict[str, list[str]]:
+    """Every rule the terms break, field by field, all at once (issue 17: one submit tells the
+    whole story). `terms` may be partial (a form whose other fields did not parse): a rule
+    is checked when the values it needs are there. `parties` is None when not being set."""
+    problems: dict[str, list[str]] = {}
+
+    def add(field: str, message: str) -> None:
+        problems.setdefault(field, []).append(message)
+
+    def number(name):
+        value = terms.get(name)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    valid_from, valid_until = terms.get("valid_from"), terms.get("valid_until")
+    if isinstance(valid_from, date) and isinstance(valid_until, date) and valid_until <= valid_from:
+        add("valid_until", MSG_DATES)
     for name, message in (
-        ("min_noise_multiplier", "The minimum noise multiplier must be greater than 0."),
+        ("min_noise_multiplier", "The minimum noise multiplier z must be greater than 0."),
         ("max_clip_norm", "The maximum clip norm must be greater than 0."),
         ("max_epsilon_per_round", "The maximum epsilon per round must be greater than 0."),
         ("max_epsilon_budget", "The maximum epsilon budget must be greater than 0."),
     ):
-        value = getattr(agreement, name)
-        if value is not None and value <= 0:
-            raise field_error(name, message)
-    if agreement.max_delta is not None and not (0 < agreement.max_delta < 1):
-        raise field_error("max_delta", "The maximum delta must be between 0 and 1 (exclusive).")
-    if agreement.min_participants is not None and agreement.min_participants < 1:
-        raise field_error("min_participants", "At least one participant per round.")
-    if agreement.approval_rule == Agreement.ApprovalRule.QUORUM and not agreement.approval_quorum:
-        raise field_error("approval_quorum", "A quorum rule needs the number of approvals k.")
-    validated(agreement, exclude=["parties", "auditors"])
+        value = number(name)
+        if value is not None and not value > 0:  # `not >` also refuses NaN
+            add(name, message)
+    delta = number("max_delta")
+    if delta is not None and not (0 < delta <= MAX_DELTA_CEILING):
+        add("max_delta", MSG_DELTA_RANGE)
+    per_round, budget = number("max_epsilon_per_round"), number("max_epsilon_budget")
+    if per_round is not None and budget is not None and per_round > 0 and budget > 0 and per_round > budget:
+        add("max_epsilon_per_round", MSG_ROUND_OVER_BUDGET.format(per_round=per_round, budget=budget))
+    minimum = number("min_participants")
+    if minimum is not None and minimum < 2:
+        add("min_participants", MSG_MIN_PARTICIPANTS)
+    notice = number("exit_notice_days")
+    if notice is not None and notice < 0:
+        add("exit_notice_days", "The exit notice cannot be negative.")
+    quorum = number("approval_quorum")
+    is_quorum = terms.get("approval_rule") == Agreement.ApprovalRule.QUORUM
+    if is_quorum and not quorum:
+        add("approval_quorum", MSG_QUORUM_MISSING if quorum is None else MSG_QUORUM_RANGE)
+    elif is_quorum and quorum < 1:
+        add("approval_quorum", MSG_QUORUM_RANGE)
+    if parties is not None:
+        n = len({getattr(o, "pk", o) for o in parties})
+        if n < 2:
+            add("parties", MSG_NO_PARTIES)
+        if is_quorum and quorum and quorum > n:
+            add("approval_quorum", MSG_QUORUM_OVER.format(k=quorum, n=n))
+        if minimum is not None and minimum >= 2 and minimum > n:
+            add("min_participants", MSG_MIN_OVER.format(k=minimum, n=n))
+    return problems
+
+
+def _validate_terms(agreement: Agreement, parties=None) -> None:
+    """Refuse the terms with every problem at once: the rules above, then the model's own."""
+    problems = agreement_terms_problems(terms={name: getattr(agreement, name) for name in TERM_INPUTS}, parties=parties)
+    try:
+        validated(agreement, exclude=["parties", "auditors", *problems])
+    except ValidationFailed as exc:
+        for name, messages in (exc.details.get("fields") or {}).items():
+            problems.setdefault(name, []).extend(messages)
+    if problems:
+        summary = "; ".join(f"{name}: {' '.join(messages)}" for name, messages in problems.items())
+        raise ValidationFailed(f"Invalid agreement: {summary}", fields=problems)
 
 
 def _set_parties(agreement: Agreement, parties: list[Organisation]) -> None:
+    """Link the parties; the counts were checked with the terms (_validate_terms)."""
     organisations = list({o.pk: o for o in parties}.values())
-    if len(organisations) < 2:
-        raise field_error("parties", MSG_NO_PARTIES)
-    if agreement.approval_rule == Agreement.ApprovalRule.QUORUM and (agreement.approval_quorum or 0) > len(organisations):
-        raise field_error("approval_quorum", f"The quorum ({agreement.approval_quorum}) exceeds the number of parties ({len(organisations)}).")
-    if agreement.min_participants > len(organisations):
-        raise field_error(
-            "min_participants",
-            f"The minimum participants ({agreement.min_participants}) exceeds the number of parties ({len(organisations)}).",
-        )
     AgreementParty.objects.filter(agreement=agreement).exclude(organisation__in=organisations).delete()
     for organisation in organisations:
         AgreementParty.objects.get_or_create(agreement=agreement, organisation=organisation)
@@ -99,7 +152,7 @@ def agreement_create(*, actor, parties: list[Organisation], auditors=(), **terms
         raise ValidationFailed(f"Unknown agreement terms: {', '.join(sorted(unknown))}.")
     terms["purposes"] = _clean_purposes(terms.get("purposes"))
     agreement = Agreement(created_by=actor, **terms)
-    _validate_terms(agreement)
+    _validate_terms(agreement, parties)
     agreement.save()
     _set_parties(agreement, parties)
     _set_auditors(agreement, auditors)
@@ -119,14 +172,33 @@ def agreement_update_terms(*, actor, agreement: Agreement, parties=None, auditor
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.terms_frozen:
         raise InvalidState(MSG_TERMS_FROZEN.format(title=agreement.title))
+    before = agreement.terms()  # with the parties' slugs and the auditors' usernames
     _apply_terms(agreement, terms)
-    _validate_terms(agreement)
+    _validate_terms(agreement, _parties_for_check(agreement, parties))
     agreement.save()
     if parties is not None:
         _set_parties(agreement, parties)
     if auditors is not None:
         _set_auditors(agreement, auditors)
+    # A draft is not signed yet, but who changed which term before it went out for signature
+    # is governance history too (issue 17).
+    after = agreement.terms()
+    changed = sorted(k for k in after if before.get(k) != after.get(k))
+    event_record(
+        kind=GovernanceEvent.Kind.AGREEMENT_EDITED,
+        message=f"Draft '{agreement.title}' edited ({', '.join(changed) or 'no term changed'}).",
+        actor=actor,
+        agreement=agreement,
+        details={"changed": changed, "before": before, "after": after},
+    )
     return agreement
+
+
+def _parties_for_check(agreement: Agreement, parties) -> list:
+    """The parties the terms will have: the new list, or the current ones."""
+    if parties is not None:
+        return list(parties)
+    return list(agreement.party_links.values_list("organisation_id", flat=True))
 
 
 def _apply_terms(agreement: Agreement, terms: dict) -> None:
@@ -218,7 +290,7 @@ def agreement_amend(*, actor, agreement: Agreement, parties=None, auditors=None,
         raise InvalidState(f"'{agreement.title}' is {agreement.get_status_display().lower()} and cannot be amended.")
     before = agreement.terms()
     _apply_terms(agreement, terms)
-    _validate_terms(agreement)
+    _validate_terms(agreement, _parties_for_check(agreement, parties))
     agreement.version += 1
     agreement.status = Agreement.Status.AWAITING_SIGNATURES
     agreement.activated_at = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import models
+from django.db import models, transaction
 
 from fedgov.errors import ValidationFailed
+from notifications.services import notify_for_event
 
 from ..models import GovernanceEvent
 
@@ -28,6 +29,7 @@ def field_error(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, fields={field: [message]})
 
 
+@transaction.atomic
 def event_record(
     *,
     kind: str,
@@ -38,7 +40,7 @@ def event_record(
     round=None,
     details: dict[str, Any] | None = None,
 ) -> GovernanceEvent:
-    return GovernanceEvent.objects.create(
+    event = GovernanceEvent.objects.create(
         kind=kind,
         message=message,
         actor=actor if actor is not None and getattr(actor, "pk", None) else None,
@@ -48,3 +50,6 @@ def event_record(
         round=round,
         details=details or {},
     )
+    # Who is told, by which channel: written in this same transaction (an outbox), delivered after commit.
+    notify_for_event(event)
+    return event

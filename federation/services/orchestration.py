@@ -58,6 +58,7 @@ from ..models import (
     TrainingPlan,
     TrainingRound,
 )
+from . import agents
 from .common import event_record
 
 logger = logging.getLogger(__name__)
@@ -160,12 +161,17 @@ def secagg_round_id(round: TrainingRound) -> str:
 
 
 def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
-    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent),
+    """RUNNING round, budget reserved: fix the roster (participants with an enrolled agent,
+    less those left out at the start because their agent was offline: services/agents.py),
     the threshold and the global model, and open AdvertiseKeys. Called under the round lock."""
     from .rounds import round_abort
 
     plan = round.plan
-    links = list(round.participant_links.select_related("dataset__organisation").order_by("dataset__organisation__slug"))
+    links = list(
+        round.participant_links.exclude(status=RoundParticipant.Status.LEFT_OUT)
+        .select_related("dataset__organisation")
+        .order_by("dataset__organisation__slug")
+    )
     identities = {
         a.organisation_id: a for a in AgentIdentity.objects.filter(organisation__in=[p.dataset.organisation_id for p in links], revoked_at__isnull=True)
     }
@@ -186,6 +192,7 @@ def round_open_protocol(*, round: TrainingRound) -> TrainingRound:
             actor=None,
             round=round,
             reason=f"Only {n} participant(s) have an enrolled agent; secure aggregation needs {threshold}.",
+            retryable=True,
         )
     model = latest_model(plan)
     dim = model_params(model).size
@@ -337,11 +344,13 @@ def agent_enrol(*, user, public_key_hex: str) -> AgentIdentity:
     with transaction.atomic():
         current = AgentIdentity.objects.select_for_update().filter(organisation=organisation, revoked_at__isnull=True).first()
         if current and current.public_key == raw.hex():
+            agents.agent_status_enrolled(organisation=organisation, identity=current)
             return current
         if current:
             current.revoked_at = timezone.now()
             current.save(update_fields=["revoked_at"])
         identity = AgentIdentity.objects.create(organisation=organisation, user=user, public_key=raw.hex())
+        agents.agent_status_enrolled(organisation=organisation, identity=identity)
         event_record(
             kind=GovernanceEvent.Kind.AGENT_ENROLLED,
             message=f"Partner agent of {organisation.name} enrolled key {raw.hex()[:16]}…",
@@ -369,6 +378,16 @@ def agent_terms(organisation: Organisation) -> list[dict]:
             }
         )
     return out
+
+
+def agent_poll(*, user, user_agent: str = "") -> list[dict]:
+    """A poll begins: record that the agent is alive (and its software version), and hand it
+    the terms of every active agreement its organisation is party to, so that an agreement
+    signed or amended after it enrolled is known on its next poll, without re-enrolling."""
+    organisation = agent_organisation(user)
+    terms = agent_terms(organisation)
+    agents.agent_poll_record(organisation=organisation, version=agents.agent_version(user_agent), terms=terms)
+    return terms
 
 
 def _b64(data: bytes) -> str:
@@ -486,6 +505,7 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
     """Take one partner message for the round's current phase. A refused message changes
     nothing and does not disturb the round for the others."""
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     if phase not in AGENT_PHASES:
         raise NotFound(f"Unknown phase {phase!r}.")
     with transaction.atomic():
@@ -572,6 +592,7 @@ def agent_refuse(*, user, round_id: int, code: str, reason: str) -> dict:
     from fedgov.errors import ValidationFailed
 
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     code, reason = (code or "").strip(), (reason or "").strip()
     if not code or len(code) > REFUSAL_CODE_MAX or not all(c.isascii() and (c.isalnum() or c == "_") for c in code):
         raise ValidationFailed(
@@ -618,6 +639,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
     import json
 
     organisation = agent_organisation(user)
+    agents.agent_seen(organisation=organisation)
     try:
         receipt = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -723,7 +745,10 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
                     raise secagg.TooFewSurvivors(f"{len(server.responders)} unmasking answers, threshold is {server.config.threshold}")
         except secagg.SecAggError as exc:
             declined = refusals_summary(round)
-            round_abort(actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined}." if declined else ""))
+            round_abort(
+                actor=None, round=round, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined}." if declined else ""),
+                retryable=True,
+            )
             return "aborted"
         protocol.state = server.to_dict(contributions=False)
         protocol.running_sum = server.running_sum_bytes()
@@ -856,12 +881,13 @@ def _complete(round: TrainingRound) -> None:
         agreement=round.plan.agreement,
         round=round,
     )
+    TrainingPlan.objects.filter(pk=round.plan_id).update(consecutive_failures=0, retry_at=None)
     plan_continue(plan=round.plan)
 
 
-def plan_continue(*, plan: TrainingPlan) -> TrainingRound | None:
-    """After a round: request the next one, or finish / stop the plan with the reason."""
-    from .plans import plan_stop
+def plan_continue(*, plan: TrainingPlan, actor=None) -> TrainingRound | None:
+    """After a round: request the next one, or finish the plan; a next round that is blocked
+    pauses or stops the plan, saying why (never "active with nothing live")."""
     from .rounds import round_request
 
     plan = TrainingPlan.objects.select_for_update().get(pk=plan.pk)
@@ -870,12 +896,13 @@ def plan_continue(*, plan: TrainingPlan) -> TrainingRound | None:
     if plan.rounds.filter(status=Status.COMPLETED).count() >= plan.rounds_total:
         plan.status = TrainingPlan.Status.COMPLETED
         plan.stopped_reason = f"All {plan.rounds_total} rounds completed."
-        plan.save(update_fields=["status", "stopped_reason"])
+        plan.retry_at = None
+        plan.save(update_fields=["status", "stopped_reason", "retry_at"])
         return None
-    nxt = round_request(actor=None, plan=plan, system=True)
-    if nxt.status == Status.BLOCKED:
-        plan_stop(actor=None, plan=plan, reason=nxt.reason)
-    return nxt
+    if plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
+        return None  # e.g. someone requested a round by hand during a retry's backoff
+    # A blocked request pauses or stops the plan itself (services.rounds, plans.plan_blocked).
+    return round_request(actor=actor, plan=plan, system=True)
 
 
 def rounds_sweep_deadlines(*, now=None) -> int:

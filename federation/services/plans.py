@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+from dataclasses import dataclass
+
 from django.db import transaction
 
-from fedgov.errors import ValidationFailed
+from fedgov.errors import InvalidState, ValidationFailed
 
 from .. import governance
 from ..access import require_administrator
-from ..learning import LearningError
+from ..learning import DPParameterError, LearningError
+from ..learning.planner import plan_schedule
 from ..learning.server import ServerOptimizer
-from ..models import Agreement, GovernanceEvent, TrainingPlan
+from ..models import Agreement, GovernanceEvent, TrainingPlan, TrainingRound
 from .common import event_record, field_error, validated
 
 MSG_PURPOSE_NOT_PERMITTED = "Purpose {purpose!r} is not among the agreement's permitted purposes: {allowed}."
@@ -41,8 +46,52 @@ def clean_model_spec(model_spec, *, n_features: int, n_classes: int) -> dict:
     return spec
 
 
-@transaction.atomic
-def plan_create(
+#: The values the planner proposes (learning/planner.py, Plan.plan_kwargs()); the API and the
+#: web form fill those left out from its proposal.
+PLANNED_FIELDS = (
+    "noise_multiplier", "clip_norm", "sampling_rate", "local_steps", "learning_rate", "momentum",
+    "server_learning_rate", "server_optimizer", "eval_noise_multiplier",
+)
+MSG_PLAN_INVALID = "The plan breaks {count} rule(s) of the agreement or the datasets: {summary}"
+MSG_PARTIAL_WARNING = (
+    "warning: {dataset}: the remaining budget ({remaining:.3f}) covers {affordable} of the {rounds} rounds "
+    "(the whole plan would spend {projected:.3f} of {budget:.3f}); later rounds will be blocked by the budget check."
+)
+
+
+class PlanErrors:
+    """Every field error of a plan being defined, gathered so that all are reported at once."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, list[str]] = {}
+
+    def add(self, field: str, message: str) -> None:
+        message = message if message.endswith(".") else message + "."
+        if message not in self.fields.setdefault(field, []):
+            self.fields[field].append(message)
+
+    def has(self, *names: str) -> bool:
+        return any(name in self.fields for name in names)
+
+    def raise_if_any(self, error=ValidationFailed, **details) -> None:
+        if not self.fields:
+            return
+        messages = [m for ms in self.fields.values() for m in ms]
+        summary = " ".join(f"{name}: {' '.join(ms)}" for name, ms in self.fields.items())
+        raise error(MSG_PLAN_INVALID.format(count=len(messages), summary=summary), fields=self.fields, **details)
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """A plan that passed every definition-time check, not yet saved."""
+
+    plan: TrainingPlan
+    datasets: list
+    projection: list  # governance.PlanProjection per dataset
+    warnings: list[str]
+
+
+def plan_check(
     *,
     actor,
     agreement: Agreement,
@@ -63,51 +112,76 @@ def plan_create(
     eval_noise_multiplier: float | None = None,
     secagg_threshold: int | None = None,
     phase_timeout_seconds: int = 120,
+    max_consecutive_failures: int = 3,
+    retry_backoff_seconds: int = 30,
     feature_names: list[str] | None = None,
     label_name: str | None = None,
     label_classes: list | None = None,
-) -> TrainingPlan:
-    """Define a training plan. Its feature schema defaults to its first dataset's; governance
-    later checks that every participating dataset declares it."""
+    explanation: str = "",
+    allow_partial: bool = False,
+) -> PlanCheck:
+    """Run every check a round request would run on this plan that can be known now (purpose,
+    participants, one dataset per organisation, DP floor and ceilings, feature schema, the
+    whole plan's epsilon against each dataset's remaining budget: governance.definition_problems)
+    and raise ONE ValidationFailed naming every failing field. Saves nothing.
+
+    A plan whose rounds the remaining budget cannot all cover is refused with the figures
+    (it could never complete), unless `allow_partial`: then it is accepted with a warning in
+    its explanation, and the rounds past the budget are blocked when requested."""
     require_administrator(actor, what="training plan", action="create")
+    errors = PlanErrors()
     datasets = list(datasets)
     if not datasets:
-        raise field_error("datasets", "Choose at least one dataset.")
+        errors.add("datasets", "Choose at least one dataset.")
     several = governance.organisations_with_several(datasets)
     if several:
-        message = MSG_ONE_DATASET_PER_ORGANISATION.format(
-            duplicates="; ".join(f"{org} has {', '.join(slugs)}" for org, slugs in sorted(several.items()))
+        errors.add(
+            "datasets",
+            MSG_ONE_DATASET_PER_ORGANISATION.format(
+                duplicates="; ".join(f"{org} has {', '.join(slugs)}" for org, slugs in sorted(several.items()))
+            ),
         )
-        raise DuplicateOrganisation(message, fields={"datasets": [message]})
     foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
     if foreign:
-        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
+        errors.add("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
     if purpose not in agreement.purposes:
-        raise field_error("purpose", MSG_PURPOSE_NOT_PERMITTED.format(purpose=purpose, allowed="; ".join(agreement.purposes)))
-    first = datasets[0]
-    feature_names = feature_names if feature_names is not None else list(first.feature_names)
-    label_name = label_name if label_name is not None else first.label_name
-    label_classes = [str(c) for c in (label_classes if label_classes is not None else first.label_classes)]
+        errors.add("purpose", MSG_PURPOSE_NOT_PERMITTED.format(purpose=purpose, allowed="; ".join(agreement.purposes)))
+    first = datasets[0] if datasets else None
+    feature_names = list(feature_names) if feature_names is not None else list(first.feature_names if first else [])
+    label_name = label_name if label_name is not None else (first.label_name if first else "")
+    label_classes = [str(c) for c in (label_classes if label_classes is not None else (first.label_classes if first else []))]
     if noise_multiplier is None or noise_multiplier <= 0:
-        raise field_error("noise_multiplier", "The noise multiplier must be greater than 0.")
+        errors.add("noise_multiplier", "The noise multiplier must be greater than 0.")
     if clip_norm is None or clip_norm <= 0:
-        raise field_error("clip_norm", "The clip norm must be greater than 0.")
+        errors.add("clip_norm", "The clip norm must be greater than 0.")
     if sampling_rate is not None and not (0 < sampling_rate <= 1):
-        raise field_error("sampling_rate", "The sampling rate must be in (0, 1], or empty to use the batch size.")
+        errors.add("sampling_rate", "The sampling rate must be in (0, 1], or empty to use the batch size.")
     if eval_noise_multiplier is not None and eval_noise_multiplier <= 0:
-        raise field_error("eval_noise_multiplier", "The evaluation noise multiplier must be greater than 0, or empty to disable.")
+        errors.add("eval_noise_multiplier", "The evaluation noise multiplier must be greater than 0, or empty to disable.")
     if secagg_threshold is not None and not (2 <= secagg_threshold <= len(datasets)):
-        raise field_error("secagg_threshold", f"The threshold must be between 2 and the number of datasets ({len(datasets)}).")
-    spec = clean_model_spec(model_spec, n_features=len(feature_names), n_classes=len(label_classes))
+        errors.add("secagg_threshold", f"The threshold must be between 2 and the number of datasets ({len(datasets)}).")
+    spec = None
+    try:
+        spec = clean_model_spec(model_spec, n_features=len(feature_names), n_classes=len(label_classes))
+    except ValidationFailed as exc:
+        for field, messages in exc.details["fields"].items():
+            for message in messages:
+                errors.add(field, message)
+    try:
+        clean_retry_policy(max_consecutive_failures, retry_backoff_seconds)
+    except ValidationFailed as exc:
+        for field, messages in exc.details["fields"].items():
+            for message in messages:
+                errors.add(field, message)
     try:
         server_optimizer = ServerOptimizer.from_dict(server_optimizer).to_dict() if server_optimizer else {}
     except LearningError as exc:
-        raise field_error("server_optimizer", str(exc)) from exc
+        errors.add("server_optimizer", str(exc))
     plan = TrainingPlan(
         agreement=agreement,
         name=name,
         purpose=purpose,
-        model_spec=spec,
+        model_spec=spec or {},
         feature_names=feature_names,
         label_name=label_name,
         label_classes=label_classes,
@@ -120,13 +194,54 @@ def plan_create(
         learning_rate=learning_rate,
         momentum=momentum,
         server_learning_rate=server_learning_rate,
-        server_optimizer=server_optimizer,
+        server_optimizer=server_optimizer if isinstance(server_optimizer, dict) else {},
         eval_noise_multiplier=eval_noise_multiplier,
         secagg_threshold=secagg_threshold,
         phase_timeout_seconds=phase_timeout_seconds,
+        explanation=explanation,
+        max_consecutive_failures=max_consecutive_failures,
+        retry_backoff_seconds=retry_backoff_seconds,
         created_by=actor,
     )
-    validated(plan)
+    try:
+        validated(plan, exclude=(["model_spec"] if spec is None else []) + ([] if first else ["feature_names", "label_name", "label_classes"]))
+    except ValidationFailed as exc:
+        for field, messages in exc.details["fields"].items():
+            for message in messages:
+                errors.add(field, message)
+    projection, warnings = [], []
+    # The agreement's rules need computable DP parameters and datasets of this agreement.
+    computable = not errors.has(
+        "noise_multiplier", "clip_norm", "sampling_rate", "eval_noise_multiplier", "local_steps", "batch_size", "rounds_total"
+    )
+    if datasets and not foreign and computable:
+        problems, projection = governance.definition_problems(plan, agreement, datasets)
+        for field, message in problems:
+            if (field == "rounds_total" and allow_partial) or (field == "purpose" and errors.has("purpose")):
+                continue  # a partial plan is a warning; the purpose is reported once, above
+            errors.add(field, message)
+        if allow_partial:
+            warnings = [
+                MSG_PARTIAL_WARNING.format(
+                    dataset=p.dataset, remaining=p.remaining, affordable=p.rounds_affordable, rounds=rounds_total,
+                    projected=p.projected_spent, budget=p.budget,
+                )
+                for p in projection
+                if not p.fits
+            ]
+    details = {"projection": [p.to_dict() for p in projection]}
+    errors.raise_if_any(DuplicateOrganisation if several else ValidationFailed, **details)
+    if warnings:
+        plan.explanation = "\n".join([plan.explanation, *warnings]).strip()
+    return PlanCheck(plan=plan, datasets=datasets, projection=projection, warnings=warnings)
+
+
+@transaction.atomic
+def plan_create(*, actor, **kwargs) -> TrainingPlan:
+    """Define a training plan, after every definition-time check (plan_check: all failures
+    at once). Its feature schema defaults to its first dataset's."""
+    checked = plan_check(actor=actor, **kwargs)
+    plan, datasets = checked.plan, checked.datasets
     plan.save()
     plan.datasets.set(datasets)
     # The per-round privacy cost of every dataset is a pure function of the plan: compute it
@@ -136,11 +251,120 @@ def plan_create(
     transaction.on_commit(lambda: plan_costs_precompute(plan_id=plan_id), robust=True)
     event_record(
         kind=GovernanceEvent.Kind.PLAN_CREATED,
-        message=f"Plan '{name}' for '{purpose}' on {', '.join(d.slug for d in datasets)}: {rounds_total} rounds, z={noise_multiplier}, C={clip_norm}.",
+        message=(
+            f"Plan '{plan.name}' for '{plan.purpose}' on {', '.join(d.slug for d in datasets)}: {plan.rounds_total} rounds, "
+            f"z={plan.noise_multiplier}, C={plan.clip_norm}."
+        ),
         actor=actor,
-        agreement=agreement,
+        agreement=plan.agreement,
     )
     return plan
+
+
+# --- The planner's proposal ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proposal:
+    values: dict  # PLANNED_FIELDS -> value
+    explanation: str
+    warnings: list[str]
+
+
+@functools.lru_cache(maxsize=256)
+def _proposal(key: tuple) -> Proposal:
+    # Keyed by every public input of the planner, so a cached answer is the planner's answer
+    # (the planner reads no data and takes seconds: ARCHITECTURE.md's public-metadata rule).
+    (counts, n_features, n_classes, rounds, epsilons, deltas, kind, hidden, floor, clip, max_delta, per_round) = key
+    plan = plan_schedule(
+        record_counts=counts, n_features=n_features, n_classes=n_classes, rounds=rounds, epsilons=epsilons, deltas=deltas,
+        model_kind=kind, hidden=hidden, min_noise_multiplier=floor, max_clip_norm=clip, max_delta=max_delta,
+        max_epsilon_per_round=per_round, eval_releases=1,
+    )
+    return Proposal(values=plan.plan_kwargs(), explanation=plan.explanation, warnings=list(plan.warnings))
+
+
+def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> Proposal:
+    """The planner's whole DP-SGD and FedAvg schedule for these datasets, from public metadata
+    only (record counts, features, classes, each dataset's remaining budget and delta, the
+    agreement's bounds, the rounds and the model kind). Cached per inputs."""
+    from accounting.selectors import datasets_budget_figures
+
+    datasets = list(datasets)
+    if not datasets:
+        raise field_error("datasets", "Choose at least one dataset.")
+    foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
+    if foreign:
+        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
+    model_spec = model_spec or {"kind": "logreg"}
+    kind = model_spec.get("kind") if isinstance(model_spec, dict) else None
+    if kind not in MODEL_KINDS:
+        raise field_error("model_spec", f"model_spec.kind must be one of {', '.join(MODEL_KINDS)}.")
+    hidden = tuple(model_spec.get("hidden") or (32,)) if kind == "mlp" else ()
+    figures = datasets_budget_figures(datasets=datasets)
+    empty = [d.slug for d in datasets if figures[d.pk].epsilon_remaining <= 0]
+    if empty:
+        raise field_error("datasets", f"No budget left on {', '.join(empty)}: nothing can be planned on it.")
+    first = datasets[0]
+    key = (
+        tuple(int(d.record_count) for d in datasets),
+        len(first.feature_names),
+        len(first.label_classes),
+        int(rounds_total),
+        tuple(round(figures[d.pk].epsilon_remaining, 6) for d in datasets),
+        tuple(float(d.delta) for d in datasets),
+        kind,
+        hidden,
+        float(agreement.min_noise_multiplier),
+        float(agreement.max_clip_norm),
+        float(agreement.max_delta),
+        float(agreement.max_epsilon_per_round),
+    )
+    try:
+        proposal = _proposal(key)
+    except DPParameterError as exc:  # no noise fits the budgets over these rounds, or a delta over the ceiling
+        raise field_error("rounds_total" if exc.name == "epsilon" else "datasets", f"The planner found no schedule: {exc}.") from exc
+    except LearningError as exc:
+        raise field_error("datasets", f"The planner found no schedule: {exc}.") from exc
+    # The cached answer is shared: every caller gets its own copy to change.
+    return Proposal(values=copy.deepcopy(proposal.values), explanation=proposal.explanation, warnings=list(proposal.warnings))
+
+
+def plan_propose_with_projection(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> dict:
+    """The proposal, and what its whole plan would spend on each dataset against what is left."""
+    datasets = list(datasets)
+    proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
+    values = proposal.values
+    draft = TrainingPlan(
+        rounds_total=rounds_total, noise_multiplier=values["noise_multiplier"], sampling_rate=values["sampling_rate"],
+        local_steps=values["local_steps"], eval_noise_multiplier=values["eval_noise_multiplier"],
+    )
+    projection = governance.plan_projection(draft, datasets)
+    return {
+        "values": dict(values),
+        "explanation": proposal.explanation,
+        "warnings": list(proposal.warnings),
+        "projection": [p.to_dict() for p in projection],
+    }
+
+
+def plan_fill(
+    *, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None, given: dict, explain: bool = False
+) -> tuple[dict, str]:
+    """`given` with every PLANNED_FIELDS value it leaves out taken from the planner's proposal,
+    and the explanation to store. The planner runs only if something is left out, or if
+    `explain` (values that came from a proposal shown earlier: its explanation is kept, with
+    the values changed since)."""
+    missing = [name for name in PLANNED_FIELDS if name not in given]
+    if not missing and not explain:
+        return dict(given), ""
+    proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
+    filled = {**{name: proposal.values[name] for name in missing}, **given}
+    overridden = [name for name in PLANNED_FIELDS if name in given and given[name] != proposal.values.get(name)]
+    explanation = proposal.explanation
+    if overridden:
+        explanation += f"\nset by hand instead of the proposal: {', '.join(overridden)}."
+    return filled, explanation
 
 
 def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
@@ -155,10 +379,213 @@ def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
 @transaction.atomic
 def plan_stop(*, actor, plan: TrainingPlan, reason: str) -> TrainingPlan:
     plan = TrainingPlan.objects.select_for_update().get(pk=plan.pk)
-    if plan.status != TrainingPlan.Status.ACTIVE:
+    if plan.status not in (TrainingPlan.Status.ACTIVE, TrainingPlan.Status.PAUSED):
         return plan
     plan.status = TrainingPlan.Status.STOPPED
     plan.stopped_reason = reason
-    plan.save(update_fields=["status", "stopped_reason"])
+    plan.retry_at = None
+    plan.save(update_fields=["status", "stopped_reason", "retry_at"])
     event_record(kind=GovernanceEvent.Kind.PLAN_STOPPED, message=f"Plan '{plan.name}' stopped: {reason}", actor=actor, agreement=plan.agreement)
     return plan
+
+
+# --- the retry policy, pausing and resuming (ARCHITECTURE.md, Rounds) --------------------------
+
+MSG_NOT_PAUSABLE = "Plan '{plan}' is {status}; only an active plan can be paused."
+MSG_NOT_PAUSED = "Plan '{plan}' is {status}; only a paused plan can be resumed."
+MSG_REASON_REQUIRED = "Say why you pause the plan."
+
+#: Governance checks whose failure no waiting mends: the plan stops rather than pauses.
+PERMANENT_CHECKS = (governance.BUDGET, governance.AGREEMENT_DATES)
+
+
+def require_plan_steward(actor, plan: TrainingPlan, action: str) -> None:
+    """An administrator, or a representative of an organisation with a dataset in the plan."""
+    from ..access import is_administrator, is_representative_of, require_representative
+
+    if is_administrator(actor):
+        return
+    organisations = [d.organisation for d in plan.datasets.select_related("organisation").order_by("id")]
+    if any(is_representative_of(actor, org) for org in organisations):
+        return
+    require_representative(actor, organisation=organisations[0], agreement=plan.agreement, action=action)
+
+
+def clean_retry_policy(max_consecutive_failures, retry_backoff_seconds) -> None:
+    if max_consecutive_failures is not None and not (1 <= max_consecutive_failures <= 1000):
+        raise field_error("max_consecutive_failures", "The limit of failed tries in a row must be between 1 and 1000.")
+    if retry_backoff_seconds is not None and not (0 <= retry_backoff_seconds <= 86_400):
+        raise field_error("retry_backoff_seconds", "The retry backoff must be between 0 and 86400 seconds.")
+
+
+def _pause(plan: TrainingPlan, *, actor, reason: str) -> TrainingPlan:
+    from django.utils import timezone
+
+    plan.status = TrainingPlan.Status.PAUSED
+    plan.stopped_reason = reason
+    plan.paused_at = timezone.now()
+    plan.retry_at = None
+    plan.save(update_fields=["status", "stopped_reason", "paused_at", "retry_at"])
+    event_record(kind=GovernanceEvent.Kind.PLAN_PAUSED, message=f"Plan '{plan.name}' paused: {reason}", actor=actor, agreement=plan.agreement)
+    return plan
+
+
+@transaction.atomic
+def plan_pause(*, actor, plan: TrainingPlan, reason: str) -> TrainingPlan:
+    """Pause an active plan: no next round (or retry) is requested until it is resumed. A
+    round already live runs to its end."""
+    require_plan_steward(actor, plan, "pause this plan")
+    reason = (reason or "").strip()
+    if not reason:
+        raise field_error("reason", MSG_REASON_REQUIRED)
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        raise InvalidState(MSG_NOT_PAUSABLE.format(plan=plan.name, status=plan.get_status_display().lower()))
+    name = getattr(actor, "username", "") or "someone"
+    return _pause(plan, actor=actor, reason=f"Paused by {name}: {reason}")
+
+
+@transaction.atomic
+def plan_resume(*, actor, plan: TrainingPlan):
+    """PAUSED -> ACTIVE, the count of failed tries starting again from 0, and the next round
+    requested at once (it needs the same approvals and checks as any round). Returns the
+    plan and that round (None when a round is still live); a round that blocks again
+    pauses or stops the plan again, saying why."""
+    from .orchestration import plan_continue
+
+    require_plan_steward(actor, plan, "resume this plan")
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.PAUSED:
+        raise InvalidState(MSG_NOT_PAUSED.format(plan=plan.name, status=plan.get_status_display().lower()))
+    was = plan.stopped_reason
+    plan.status = TrainingPlan.Status.ACTIVE
+    plan.stopped_reason = ""
+    plan.paused_at = None
+    plan.retry_at = None
+    plan.consecutive_failures = 0
+    plan.save(update_fields=["status", "stopped_reason", "paused_at", "retry_at", "consecutive_failures"])
+    event_record(
+        kind=GovernanceEvent.Kind.PLAN_RESUMED, message=f"Plan '{plan.name}' resumed (was paused: {was})", actor=actor, agreement=plan.agreement
+    )
+    if plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
+        return plan, None
+    nxt = plan_continue(plan=plan, actor=actor)
+    plan.refresh_from_db()
+    return plan, nxt
+
+
+@transaction.atomic
+def plan_retry_policy_set(*, actor, plan: TrainingPlan, max_consecutive_failures: int | None = None, retry_backoff_seconds: int | None = None) -> TrainingPlan:
+    """Change the retry policy (not a DP parameter: allowed while rounds run), recording who did."""
+    require_plan_steward(actor, plan, "change this plan's retry policy")
+    clean_retry_policy(max_consecutive_failures, retry_backoff_seconds)
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    old = (plan.max_consecutive_failures, plan.retry_backoff_seconds)
+    if max_consecutive_failures is not None:
+        plan.max_consecutive_failures = max_consecutive_failures
+    if retry_backoff_seconds is not None:
+        plan.retry_backoff_seconds = retry_backoff_seconds
+    new = (plan.max_consecutive_failures, plan.retry_backoff_seconds)
+    if new != old:
+        plan.save(update_fields=["max_consecutive_failures", "retry_backoff_seconds"])
+        event_record(
+            kind=GovernanceEvent.Kind.PLAN_POLICY_CHANGED,
+            message=f"Plan '{plan.name}' retry policy: pause after {new[0]} failed tries in a row (was {old[0]}), "
+            f"retry after {new[1]}s (was {old[1]}s).",
+            actor=actor,
+            agreement=plan.agreement,
+        )
+    return plan
+
+
+def plan_round_failed(*, round: TrainingRound, retryable: bool, actor=None) -> None:
+    """After a try ended without completing (under the caller's transaction): schedule the
+    next try after the backoff, or pause the plan saying why. Retryable: aborted for dropouts
+    below the threshold or a missed deadline. Anything else (an error while unmasking, an
+    abort by hand) pauses at once: a person looks before more budget is spent."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=round.plan_id)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        return
+    plan.consecutive_failures += 1
+    what = f"round {round.number} {round.get_status_display().lower()}: {round.reason}"
+    if not retryable:
+        plan.save(update_fields=["consecutive_failures"])
+        _pause(plan, actor=actor, reason=f"Not retried automatically; {what}")
+        return
+    if plan.consecutive_failures >= plan.max_consecutive_failures:
+        plan.save(update_fields=["consecutive_failures"])
+        _pause(plan, actor=actor, reason=f"{plan.consecutive_failures} tries in a row failed; the last, {what}")
+        return
+    plan.retry_at = timezone.now() + timedelta(seconds=plan.retry_backoff_seconds)
+    plan.save(update_fields=["consecutive_failures", "retry_at"])
+    event_record(
+        kind=GovernanceEvent.Kind.PLAN_RETRY_SCHEDULED,
+        message=f"Plan '{plan.name}': {what}. Try {plan.consecutive_failures + 1} requested in {plan.retry_backoff_seconds}s "
+        f"(paused after {plan.max_consecutive_failures} failed tries in a row).",
+        actor=actor,
+        agreement=plan.agreement,
+        round=round,
+    )
+    from .. import tasks
+
+    plan_id, countdown = plan.pk, plan.retry_backoff_seconds
+    transaction.on_commit(lambda: tasks.plan_retry_task.apply_async((plan_id,), countdown=countdown))
+
+
+@transaction.atomic
+def plan_retry(*, plan_id: int, now=None) -> TrainingRound | None:
+    """The retry task (and the beat sweep, if the task was lost): request the next try once
+    the backoff is over. Idempotent: a second delivery finds retry_at cleared."""
+    from django.utils import timezone
+
+    from .orchestration import plan_continue
+
+    plan = TrainingPlan.objects.select_for_update().filter(pk=plan_id).first()
+    now = now or timezone.now()
+    if plan is None or plan.status != TrainingPlan.Status.ACTIVE or plan.retry_at is None or plan.retry_at > now:
+        return None
+    plan.retry_at = None
+    plan.save(update_fields=["retry_at"])
+    return plan_continue(plan=plan)
+
+
+def plan_blocked(*, plan: TrainingPlan, round: TrainingRound, permanent: bool = False) -> None:
+    """A round of the plan was blocked and the plan cannot go on without it: stop the plan if
+    waiting mends nothing (budget exhausted, agreement over), otherwise pause it (an approval
+    missing, a party suspended, too few participants); either way saying why."""
+    plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
+    if plan.status != TrainingPlan.Status.ACTIVE:
+        return
+    failed = {c["name"] for c in (round.governance_report or {}).get("checks", []) if not c.get("passed")}
+    agreement_over = plan.agreement.status in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED)
+    reason = f"Round {round.number} blocked: {round.reason}"
+    if permanent or failed & set(PERMANENT_CHECKS) or agreement_over:
+        plan_stop(actor=None, plan=plan, reason=reason)
+    else:
+        _pause(plan, actor=None, reason=reason)
+
+
+def plans_sweep_retries(*, now=None) -> int:
+    """Beat safety net: a retry whose countdown task was lost (Redis restarted) is enqueued
+    again a few seconds after it fell due; the task itself is idempotent."""
+    from .. import tasks
+
+    n = 0
+    for plan_id in plans_retry_overdue(now=now):
+        tasks.plan_retry_task.delay(plan_id)
+        n += 1
+    return n
+
+
+def plans_retry_overdue(*, now=None) -> list[int]:
+    """Active plans whose retry fell due more than a few seconds ago and was not made."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    return list(TrainingPlan.objects.filter(status=TrainingPlan.Status.ACTIVE, retry_at__lt=now - timedelta(seconds=5)).values_list("pk", flat=True))

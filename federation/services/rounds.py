@@ -137,6 +137,10 @@ def round_request_once(
             round=round,
             details={"failed": [c.name for c in report.failures]},
         )
+        # Nothing is live now: the plan pauses (or stops, if waiting mends nothing), saying why.
+        from .plans import plan_blocked
+
+        plan_blocked(plan=plan, round=round)
         return round, True
     _set_status(round, Status.AWAITING_APPROVAL)
     _apply_standing_approvals(round)
@@ -256,6 +260,11 @@ def round_reject(*, actor, round: TrainingRound, organisation: Organisation, rea
         organisation=organisation,
         round=round,
     )
+    # Nothing is live now and no retry mends a refusal: the plan pauses, saying who refused
+    # and why, until it is resumed (ARCHITECTURE.md, Rounds).
+    from .plans import plan_round_failed
+
+    plan_round_failed(round=round, retryable=False, actor=actor)
     return approval
 
 
@@ -300,9 +309,15 @@ def standing_approval_give(
 
 
 @transaction.atomic
-def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Status.ABORTED) -> TrainingRound:
+def round_abort(
+    *, actor, round: TrainingRound, reason: str, status: str = Status.ABORTED, retryable: bool = False
+) -> TrainingRound:
     """Stop a live round (ABORTED, or FAILED for an error). Budget per ARCHITECTURE.md, Ledger 2:
-    released only if the round never got past the point where updates could be released."""
+    released only if the round never got past the point where updates could be released.
+
+    Then the plan's retry policy: a `retryable` abort (dropouts below the threshold, a missed
+    deadline) is tried again after the plan's backoff, up to its limit of failed tries in a
+    row; any other ends with the plan paused, saying why (services.plans.plan_round_failed)."""
     from accounting.services import budget_commit, budget_release
 
     round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
@@ -331,6 +346,9 @@ def round_abort(*, actor, round: TrainingRound, reason: str, status: str = Statu
         agreement=round.plan.agreement,
         round=round,
     )
+    from .plans import plan_round_failed
+
+    plan_round_failed(round=round, retryable=retryable and status == Status.ABORTED, actor=actor)
     return round
 
 
@@ -362,6 +380,22 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
 
         plan_continue(plan=round.plan)
         return round
+    # Who takes part is decided before anything is reserved: a partner whose agent is offline
+    # is left out (nothing reserved on its dataset) while enough partners remain.
+    from .agents import round_roster_choose
+
+    too_few = round_roster_choose(round=round)
+    if too_few:
+        _set_status(round, Status.BLOCKED, reason=too_few)
+        event_record(
+            kind=GovernanceEvent.Kind.ROUND_BLOCKED,
+            message=f"Round {round.number} of '{round.plan.name}' blocked at start: {too_few}",
+            actor=actor,
+            agreement=round.plan.agreement,
+            round=round,
+            details={"failed": ["agents_online"]},
+        )
+        return round
     try:
         # The check above and this reservation share one transaction; budget_reserve locks
         # every dataset's budget row, so a concurrent round cannot slip in between.
@@ -371,9 +405,10 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
         event_record(
             kind=GovernanceEvent.Kind.ROUND_BLOCKED, message=str(exc), actor=actor, agreement=round.plan.agreement, round=round
         )
-        from .orchestration import plan_continue
+        # Budget runs out for good (ARCHITECTURE.md, Ledger 2): the plan stops, saying why.
+        from .plans import plan_blocked
 
-        plan_continue(plan=round.plan)
+        plan_blocked(plan=round.plan, round=round, permanent=True)
         return round
     _set_status(round, Status.RUNNING, started_at=timezone.now())
     from .orchestration import round_open_protocol
@@ -381,9 +416,11 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
     round = round_open_protocol(round=round)
     if round.status != Status.RUNNING:
         return round
+    left_out = (round.metrics or {}).get("left_out") or {}
     event_record(
         kind=GovernanceEvent.Kind.ROUND_STARTED,
-        message=f"Round {round.number} of '{round.plan.name}' started; budget reserved.",
+        message=f"Round {round.number} of '{round.plan.name}' started; budget reserved."
+        + "".join(f" {slug} left out: {r['reason']}." for slug, r in sorted(left_out.items())),
         actor=actor,
         agreement=round.plan.agreement,
         round=round,

@@ -35,6 +35,26 @@ def check_label(name: str) -> str:
     return CHECK_LABELS.get(name, str(name).replace("_", " ").capitalize())
 
 
+# The secure-aggregation protocol's step names, in words for people who never read the paper
+# (issue 17); the protocol name stays in a tooltip for those who did.
+PHASE_LABELS = {
+    "advertise_keys": "exchanging keys",
+    "share_keys": "sharing key shares",
+    "masked_input": "sending masked updates",
+    "unmask": "unmasking the sum",
+    "unmask_response": "unmasking the sum",
+    "aggregate": "aggregating",
+    "evaluate": "evaluating the model",
+}
+
+
+@register.filter
+def phase_label(name) -> str:
+    if not name:
+        return ""
+    return PHASE_LABELS.get(str(name), str(name).replace("_", " "))
+
+
 @register.filter
 def eps(value, digits: int = 3) -> str:
     """An epsilon (or any float) with a few significant digits; a dash for nothing."""
@@ -257,3 +277,11 @@ def is_representative(user) -> bool:
     from federation.models import Membership
 
     return organisations_of(user, Membership.Role.REPRESENTATIVE).exists()
+
+
+@register.filter
+def refusal_words(code: str) -> str:
+    """What an agent's refusal code means, in plain words ('' when unknown)."""
+    from federation.services.agents import refusal_words as words
+
+    return words(code or "")

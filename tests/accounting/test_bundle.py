@@ -148,6 +148,10 @@ def test_a_bundle_re_signed_with_another_key_fails_when_the_key_is_pinned(export
                     dataset=h["dataset"], seq=h["seq"], head_hash=h["head_hash"], key_id=kid, signed_at=h["signed_at"]
                 )
             ).hex()
+    m = data["manifest"]
+    data["manifest"] = bundle.sign_manifest(
+        private_key=other, key_id=kid, exported_at=m["exported_at"], agents=m["agents"], chains=m["chains"]
+    )
     bundle.verify(data)  # self-consistent ...
     with pytest.raises(bundle.BundleError, match="signed by key"):
         bundle.verify(data, pinned_key_id=ledger.key_id())  # ... but not by the coordinator
@@ -233,6 +237,11 @@ def test_rewritten_history_fails_the_since_check_even_when_re_signed(history, tm
         .hex()
     )
     data["chains"][0]["signed_heads"] = [head]
+    m = data["manifest"]
+    lines = [{**line, "head_hash": prev} if line["dataset"] == head["dataset"] else line for line in m["chains"]]
+    data["manifest"] = bundle.sign_manifest(
+        private_key=ledger.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=m["agents"], chains=lines
+    )
     new.write_text(json.dumps(data))
     call_command("verify_ledger", bundle=str(new), trust_bundle_key=True)
     # ... but an auditor holding the earlier bundle sees history was rewritten.

@@ -205,8 +205,8 @@ def test_a_receipt_forged_with_an_unenrolled_key_or_bytes_fails(receipted, tmp_p
 
 
 def test_an_agent_key_added_to_the_bundle_for_the_organisation_is_not_enough_without_its_signature(receipted, tmp_path):
-    # (The agents list is not signed by the coordinator; what it cannot do is make a
-    # signature verify under a key that did not make it.)
+    # (The agents list is covered by the coordinator's signed manifest, test_bundle_manifest.py;
+    # here: naming another enrolled key cannot make a signature verify under it.)
     data = receipted.data()
     data["chains"][0]["receipts"][0]["agent_public_key"] = receipted.keys["org-c"].public_key().public_bytes_raw().hex()
     both_fail(data, tmp_path, "the receipt is signed by key")

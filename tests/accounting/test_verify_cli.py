@@ -97,6 +97,12 @@ def test_a_chain_re_hashed_and_re_signed_with_another_key_fails_against_the_pinn
                     dataset=h["dataset"], seq=h["seq"], head_hash=h["head_hash"], key_id=kid, signed_at=h["signed_at"]
                 )
             ).hex()
+    m = data["manifest"]
+    heads = {c["dataset"]: c["signed_heads"][-1]["head_hash"] for c in data["chains"]}
+    data["manifest"] = bundle.sign_manifest(
+        private_key=other, key_id=kid, exported_at=m["exported_at"], agents=m["agents"],
+        chains=[{**line, "head_hash": heads[line["dataset"]]} for line in m["chains"]],
+    )
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(data))
     # Self-consistent: trusting the bundle's own key, it passes (which is why pinning matters) ...

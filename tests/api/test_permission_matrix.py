@@ -24,6 +24,7 @@ import pytest
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from notifications.models import Notification, Webhook
 from tests.api.conftest import ROLES, World
 
 API_PREFIX = "api/v1/"
@@ -88,6 +89,8 @@ def _bodies(w: World) -> dict:
         "sign": {"terms_hash": w.pending_agreement.terms_hash},
         "amend": {"title": "Amended terms"},
         "empty": {},
+        "pause": {"reason": "matrix"},
+        "retry_policy": {"retry_backoff_seconds": 5},
         "dataset": {
             "organisation": c.org_a.pk,
             "agreement": c.agreement.pk,
@@ -108,18 +111,41 @@ def _bodies(w: World) -> dict:
             "purpose": "diabetes risk research",
             "datasets": [d.pk for d in c.datasets],
             "model_spec": {"kind": "logreg"},
+            "rounds_total": 3,
+            # Every value of the schedule given: no planner (its defaults: test_plan_definition).
             "noise_multiplier": 1.1,
             "clip_norm": 1.0,
+            "batch_size": 32,
+            "sampling_rate": None,
+            "local_steps": 5,
+            "learning_rate": 0.5,
+            "momentum": 0.0,
+            "server_learning_rate": 1.0,
+            "server_optimizer": {},
+            "eval_noise_multiplier": None,
         },
+        "propose": {"agreement": c.agreement.pk, "datasets": [d.pk for d in c.datasets], "rounds_total": 3},
         "reject": {"reason": "Not this quarter."},
+        "preferences": {"preferences": [{"kind": "approval_waiting", "email": False}]},
+        "webhook": {"url": "https://hooks.example.org/fedgov"},
     }
+
+
+def _with_a_second_representative(w: World):
+    """rep-a's membership, with a second representative of Org A beside it: removing Org A's
+    last one is refused (409 last_representative) whoever asks, hiding the permission answer."""
+    from federation.models import Membership
+    from tests.factories import UserFactory
+
+    Membership.objects.create(user=UserFactory(), organisation=w.cast.org_a, role=Membership.Role.REPRESENTATIVE)
+    return w.membership
 
 
 def _objects(w: World) -> dict:
     return {
         "spare_token": w.spare_token,
         "org_a": w.cast.org_a,
-        "membership": w.membership,
+        "membership": _with_a_second_representative(w),
         "agreement": w.cast.agreement,
         "draft_agreement": w.draft_agreement,
         "pending_agreement": w.pending_agreement,
@@ -128,6 +154,9 @@ def _objects(w: World) -> dict:
         "idle_plan": w.idle_plan,
         "round": w.round,
         "model_version": w.model_version,
+        # notifications: rep A's "approval waiting" for the world's round, and a webhook of org A.
+        "notification": Notification.objects.get(recipient=w.cast.rep_a, kind="approval_waiting"),
+        "webhook": Webhook.objects.get_or_create(organisation=w.cast.org_a, url="https://hooks.example.org/a", secret="s")[0],
     }
 
 
@@ -138,8 +167,10 @@ LEDGER_READ = (200, 200, 403, 200, 404, 403, 404, 401)  # admins, owning reps, i
 ADMIN_CREATE = (201, 403, 403, 403, 403, 403, 404, 401)  # require_administrator, before the body
 ADMIN_ACTION = (200, 403, 403, 403, 404, 403, 404, 401)  # on an object the role may or may not see
 REP_DECISION = (403, 200, 200, 403, 404, 403, 404, 401)  # a representative of a party concerned
+WEBHOOK_MANAGE = (200, 200, 403, 403, 404, 403, 404, 401)  # admins and the organisation's representatives
 
 TABLE: dict[tuple[str, str], Row] = {
+    ("", "GET"): Row((200, 200, 200, 200, 200, 200, 200, 200)),  # the index names URLs, never data
     ("health/", "GET"): Row((200, 200, 200, 200, 200, 200, 200, 200)),
     ("auth/token/", "POST"): Row((201, 201, 201, 201, 201, 201, 201, 201), body="obtain_token"),
     ("tokens/", "GET"): Row(ALL_READ),
@@ -152,6 +183,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("memberships/", "POST"): Row(ADMIN_CREATE, body="membership"),
     ("memberships/<int:pk>/", "GET"): Row((200, 200, 404, 404, 404, 404, 404, 401), obj="membership"),
     ("memberships/<int:pk>/", "DELETE"): Row((204, 403, 404, 404, 404, 404, 404, 401), obj="membership"),
+    # Everyone may list; the list holds the agents the role may see (administrators: all;
+    # representatives: their own organisations'; others: none).
+    ("agents/", "GET"): Row(ALL_READ),
+    ("agents/<int:pk>/", "GET"): Row((200, 200, 403, 403, 404, 403, 404, 401), obj="org_a"),
     ("agreements/", "GET"): Row(ALL_READ),
     ("agreements/", "POST"): Row(ADMIN_CREATE, body="agreement"),
     ("agreements/<int:pk>/", "GET"): Row(PARTY_READ, obj="agreement"),
@@ -169,9 +204,15 @@ TABLE: dict[tuple[str, str], Row] = {
     ("datasets/<int:pk>/ledger/verification/", "GET"): Row(LEDGER_READ, obj="dataset_a"),
     ("plans/", "GET"): Row(ALL_READ),
     ("plans/", "POST"): Row(ADMIN_CREATE, body="plan"),
+    ("plans/propose/", "POST"): Row((200, 403, 403, 403, 403, 403, 404, 401), body="propose"),
     ("plans/<int:pk>/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "GET"): Row(PARTY_READ, obj="plan"),
     ("plans/<int:pk>/rounds/", "POST"): Row((201, 201, 201, 403, 404, 403, 404, 401), obj="idle_plan"),
+    # Pause/resume/retry policy: an administrator or a representative of a party with a dataset
+    # in the plan. The matrix's plan is active: resuming it is refused (409) after the check.
+    ("plans/<int:pk>/pause/", "POST"): Row((200, 200, 200, 403, 404, 403, 404, 401), obj="plan", body="pause"),
+    ("plans/<int:pk>/resume/", "POST"): Row((409, 409, 409, 403, 404, 403, 404, 401), obj="plan", body="empty"),
+    ("plans/<int:pk>/retry-policy/", "POST"): Row((200, 200, 200, 403, 404, 403, 404, 401), obj="plan", body="retry_policy"),
     ("rounds/", "GET"): Row(ALL_READ),
     ("rounds/<int:pk>/", "GET"): Row(PARTY_READ, obj="round"),
     ("rounds/<int:pk>/participants/", "GET"): Row(PARTY_READ, obj="round"),
@@ -182,6 +223,17 @@ TABLE: dict[tuple[str, str], Row] = {
     ("model-versions/<int:pk>/", "GET"): Row(PARTY_READ, obj="model_version"),
     # Parameters go to the parties only: not to administrators or auditors.
     ("model-versions/<int:pk>/params/", "GET"): Row((403, 200, 200, 403, 404, 200, 404, 401), obj="model_version"),
+    # Notifications: everyone their own; an organisation's webhooks, its representatives and the administrators.
+    ("notifications/", "GET"): Row(ALL_READ),
+    ("notifications/read-all/", "POST"): Row(ALL_READ, body="empty"),
+    ("notifications/<int:pk>/read/", "POST"): Row((404, 200, 404, 404, 404, 404, 404, 401), obj="notification", body="empty"),
+    ("notification-preferences/", "GET"): Row(ALL_READ),
+    ("notification-preferences/", "PUT"): Row(ALL_READ, body="preferences"),
+    ("organisations/<int:pk>/webhooks/", "GET"): Row(WEBHOOK_MANAGE, obj="org_a"),
+    ("organisations/<int:pk>/webhooks/", "POST"): Row((201, 201, 403, 403, 404, 403, 404, 401), obj="org_a", body="webhook"),
+    ("webhooks/<int:pk>/", "GET"): Row(WEBHOOK_MANAGE, obj="webhook"),
+    ("webhooks/<int:pk>/", "DELETE"): Row(WEBHOOK_MANAGE, obj="webhook"),
+    ("webhooks/<int:pk>/deliveries/", "GET"): Row(WEBHOOK_MANAGE, obj="webhook"),
 }
 
 

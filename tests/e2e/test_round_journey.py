@@ -39,7 +39,7 @@ RECORD_STATES = """() => {
     const section = document.getElementById("round-progress");
     if (!section) return;
     const phase = section.querySelector("#round-phase");
-    const state = section.dataset.status + (phase ? ":" + phase.textContent.trim() : "");
+    const state = section.dataset.status + (phase ? ":" + phase.dataset.phase : "");
     if (window.fedgovSeen[window.fedgovSeen.length - 1] !== state) window.fedgovSeen.push(state);
   };
   record();
@@ -128,17 +128,18 @@ def test_representatives_approve_a_round_and_its_page_follows_it_live_to_complet
             # The page, never reloaded, shows the round running: two partners have answered
             # the first phase, the third not yet; every approval is in, the budget reserved.
             expect(watcher.locator("#round-status")).to_have_text("Running", timeout=60_000)
-            expect(watcher.locator("#round-phase")).to_have_text("advertise_keys")
+            expect(watcher.locator("#round-phase")).to_have_attribute("data-phase", "advertise_keys")
+            expect(watcher.locator("#round-phase")).to_have_text("exchanging keys")  # in words, not the protocol's name
             expect(watcher.locator("#round-progress")).to_contain_text(
                 f"{PARTNERS - 1} of {PARTNERS} answered the current phase", timeout=60_000
             )
             expect(watcher.locator("#time-left")).to_contain_text("left")
             rows = watcher.locator("#participants tbody tr")
             for dataset in federation.datasets[: PARTNERS - 1]:
-                expect(rows.filter(has_text=dataset.slug).locator("td[data-label='Last phase']")).to_contain_text(
-                    "advertise_keys"
+                expect(rows.filter(has_text=dataset.slug).locator("td[data-label='Last step']")).to_contain_text(
+                    "exchanging keys"
                 )
-            expect(rows.filter(has_text=federation.datasets[-1].slug).locator("td[data-label='Last phase']")).to_have_text("—")
+            expect(rows.filter(has_text=federation.datasets[-1].slug).locator("td[data-label='Last step']")).to_have_text("—")
             expect(watcher.locator("#round-approvals .badge.ok")).to_have_count(PARTNERS)
             for dataset in federation.datasets:
                 expect(watcher.locator("#reservations")).to_contain_text(f"{dataset.slug}: reserved")

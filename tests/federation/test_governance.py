@@ -6,8 +6,9 @@ import pytest
 from django.utils import timezone
 
 from federation import governance
-from federation.models import Agreement, AgreementParty, RoundApproval, TrainingRound
+from federation.models import Agreement, AgreementParty, RoundApproval, TrainingPlan, TrainingRound
 from federation.services.agreements import agreement_amend, party_give_exit_notice
+from federation.services.plans import plan_resume
 from federation.services.rounds import round_approve, round_reject, round_request
 from tests.tamper import force_update
 
@@ -170,9 +171,11 @@ def test_schema_check_fails_when_partners_scale_their_features_differently(cast)
     _, report = report_for(cast)
     check = report.check(governance.FEATURE_SCHEMA)
     assert not check.passed and "other feature transforms or centring" in check.reason
+    cast.plan.refresh_from_db()  # the blocked request paused the plan, saying why
+    assert cast.plan.status == TrainingPlan.Status.PAUSED and "feature_schema" in cast.plan.stopped_reason
     type(cast.dataset_a).objects.update(centred=True)  # every party alike: fine again
-    _, report = report_for(cast)
-    assert report.check(governance.FEATURE_SCHEMA).passed
+    _, rnd = plan_resume(actor=cast.admin, plan=cast.plan)
+    assert governance.governance_report(rnd).check(governance.FEATURE_SCHEMA).passed
 
 
 def test_budget_check_fails_when_a_dataset_cannot_afford_the_round(cast):

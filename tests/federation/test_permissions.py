@@ -100,7 +100,7 @@ SERVICES = {
     "plan_create": (
         lambda u, c, s: plan_create(
             actor=u, agreement=c.agreement, name="P2", purpose="model evaluation", datasets=c.datasets,
-            model_spec={"kind": "logreg"}, noise_multiplier=1.0, clip_norm=1.0,
+            model_spec={"kind": "logreg"}, noise_multiplier=1.1, clip_norm=1.0, rounds_total=3, batch_size=32, local_steps=5,
         ),
         None,
         ADMIN_ONLY,

@@ -254,11 +254,11 @@ def test_plan_sampling_rate_outside_the_unit_interval_is_refused(cast, rate):
 def test_a_plan_samples_every_dataset_at_its_rate_or_at_batch_over_records(cast):
     by_batch = plan_create(
         actor=cast.admin, agreement=cast.agreement, name="Batch", purpose="model evaluation", datasets=cast.datasets,
-        model_spec={"kind": "logreg"}, noise_multiplier=1.0, clip_norm=1.0, batch_size=10,
+        model_spec={"kind": "logreg"}, noise_multiplier=1.5, clip_norm=1.0, batch_size=10, rounds_total=2,
     )
     by_rate = plan_create(
         actor=cast.admin, agreement=cast.agreement, name="Rate", purpose="model evaluation", datasets=cast.datasets,
-        model_spec={"kind": "logreg"}, noise_multiplier=1.0, clip_norm=1.0, sampling_rate=0.2,
+        model_spec={"kind": "logreg"}, noise_multiplier=1.5, clip_norm=1.0, sampling_rate=0.2, rounds_total=2,
     )
     for dataset in cast.datasets:
         assert by_batch.dp_params_for(dataset)["q"] == min(1.0, 10 / dataset.record_count)

@@ -130,8 +130,10 @@ def test_an_agent_whose_messages_are_lost_sends_the_same_bytes_again_and_the_rou
 
 def test_a_budget_that_runs_out_stops_the_plan_with_the_reason(tmp_path):
     # Noise fixed so one round costs ~2.5-4 epsilon: a budget of 6 pays for one round, not two.
+    # Such a plan is refused at definition unless it is defined as partial (services.plans).
     fed = make_federation(
-        tmp_path, rounds=5, epsilon=6.0, overrides={"noise_multiplier": 1.2, "local_steps": 15, "eval_noise_multiplier": None}
+        tmp_path, rounds=5, epsilon=6.0,
+        overrides={"noise_multiplier": 1.2, "local_steps": 15, "eval_noise_multiplier": None, "allow_partial": True},
     )
     with local_stack(log_dir=tmp_path / "logs") as stack:
         start_agents(stack, fed, tmp_path)

@@ -49,6 +49,9 @@ def test_simulate_runs_a_federation_and_prints_the_json_contract(tmp_path):
     assert len(report["datasets"]) == 3
     for d in report["datasets"]:
         assert 0 < d["epsilon_spent"] <= d["epsilon_budget"] == 8.0 and d["delta"] == 1e-5
+        # Both sides of the trust boundary agree: the partner's own ledger charged what the
+        # coordinator's did, evaluation releases included.
+        assert d["partner_epsilon_spent"] == pytest.approx(d["epsilon_spent"], rel=1e-9, abs=1e-12), d
     with np.load(out) as final:
         assert final["params"].size == 31 * 2 and len(str(final["sha256"])) == 64
 
@@ -56,3 +59,21 @@ def test_simulate_runs_a_federation_and_prints_the_json_contract(tmp_path):
 def test_simulate_refuses_bad_flags_with_the_reason(tmp_path):
     result = simulate(tmp_path, "--partners", "1", "--rounds", "3")
     assert result.returncode != 0 and "--partners must be between 2 and 50" in result.stderr
+
+
+def test_simulate_with_dropouts_retries_aborted_tries_and_completes_every_round_within_budget(tmp_path):
+    """#16 item 1: a try with fewer masked inputs than the threshold aborts and is retried;
+    the budget pays for the expected retries, so every round completes and no dataset goes
+    over its budget. (The issue's own command, 4 partners, 6 rounds, dropout 0.3, is in the
+    README's figures; this one is shorter.)"""
+    result = simulate(tmp_path, "--partners", "4", "--rounds", "3", "--dropout", "0.3", "--phase-timeout", "10", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["completed_rounds"] == 3 and report["paused_reason"] is None and report["stopped_reason"] is None, report
+    statuses = [r["status"] for r in report["rounds"]]
+    assert set(statuses) <= {"completed", "aborted"} and statuses[-1] == "completed", statuses
+    assert [t["number"] for t in report["aborted_tries"]] == [r["number"] for r in report["rounds"] if r["status"] == "aborted"]
+    for t in report["aborted_tries"]:  # each listed with why: too few masked inputs
+        assert "threshold is 3" in t["reason"], t
+    for d in report["datasets"]:
+        assert 0 < d["epsilon_spent"] <= d["epsilon_budget"] == 8.0

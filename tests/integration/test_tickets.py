@@ -8,11 +8,13 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.test import Client
 
 from federation import simulation
 from federation.localstack import local_stack, stop
 from federation.models import RoundParticipant, RoundTicket, TrainingPlan, TrainingRound
+from tests.tamper import force_update
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents
 
@@ -47,9 +49,10 @@ def test_a_plan_changed_after_reservation_is_refused_by_every_agent_and_nobody_t
         rnd = round_request(actor=fed.admin, plan=fed.plan)
         rnd = _wait_round(fed, {"running"}, stack=stack, pk=rnd.pk, phase="advertise_keys")
         # Budget reserved and tickets signed for z, K. Now the plan is changed behind the
-        # ledger's back (no model guard in the way: a raw UPDATE).
+        # ledger's back, as a compromised database would: the model guard and the trigger
+        # lifted (tests/tamper.py), which the guards' own tests show they otherwise refuse.
         plan = TrainingPlan.objects.get(pk=fed.plan.pk)
-        TrainingPlan.objects.filter(pk=plan.pk).update(noise_multiplier=plan.noise_multiplier / 4, local_steps=plan.local_steps * 50)
+        force_update(TrainingPlan, plan.pk, noise_multiplier=plan.noise_multiplier / 4, local_steps=plan.local_steps * 50)
         for i, (slug, token) in enumerate(fed.tokens.items()):
             stack.agent(name=f"again-{i + 1}", token=token, data=fed.partitions[i], state_dir=tmp_path / "agents" / slug, poll_wait=2)
         rnd = _wait_round(fed, {"aborted", "failed", "completed"}, stack=stack, pk=rnd.pk)
@@ -75,6 +78,17 @@ def test_a_plan_changed_after_reservation_is_refused_by_every_agent_and_nobody_t
 
     assert sorted(LedgerEntry.objects.filter(round=rnd).values_list("kind", flat=True)) == ["RELEASE"] * 3 + ["RESERVE"] * 3
     assert_ledger_sound(fed)
+    assert_bundle_verifies(tmp_path)
+
+
+def assert_bundle_verifies(tmp_path):
+    """The ledger and the partners' receipts agree: the exported bundle passes the auditor's
+    verifier against the pinned coordinator key."""
+    from accounting import ledger
+
+    path = tmp_path / "bundle.json"
+    call_command("export_ledger", out=str(path), sign_pending=True)
+    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
 
 
 def test_an_agent_pinning_another_coordinator_key_refuses_every_ticket_and_the_others_complete_with_receipts(tmp_path):

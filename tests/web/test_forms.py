@@ -406,6 +406,9 @@ def plan_post(cast, **overrides) -> dict:
         "eval_noise_multiplier": "",
         "secagg_threshold": "",
         "phase_timeout_seconds": "60",
+        # Every value is on the form (as after "Propose"): empty optional values mean none,
+        # not the planner's (the planner's defaults are tests/web/test_plan_definition.py's).
+        "proposed": "on",
     }
     data.update(overrides)
     return data

@@ -60,6 +60,11 @@ PAGES = {
         lambda c, r: reverse("web:member_create", args=[c.org_a.slug]),
         {"admin": 200, "rep_a": 403, "rep_b": 403, "auditor": 403, "other_auditor": 403, "outsider": 404, "stranger": 403},
     ),
+    # Partner agents: administrators (all) and representatives (their own organisations').
+    "agent_list": (
+        lambda c, r: reverse("web:agent_list"),
+        {"admin": 200, "rep_a": 200, "rep_b": 200, "auditor": 403, "other_auditor": 403, "outsider": 403, "stranger": 200},
+    ),
     "agreement_list": (lambda c, r: reverse("web:agreement_list"), EVERYONE),
     "agreement_create": (lambda c, r: reverse("web:agreement_create"), ADMIN_FORM),
     "agreement_detail": (lambda c, r: reverse("web:agreement_detail", args=[c.agreement.pk]), AGREEMENT_READERS),

@@ -1,4 +1,4 @@
-"""python manage.py verify_ledger [--dataset SLUG] [--bundle FILE [--since OLDFILE] [--public-key KEY | --trust-bundle-key]]
+"""python manage.py verify_ledger [--dataset SLUG] [--bundle FILE [--since OLDFILE] [--public-key KEY | --trust-bundle-key] [--agent-keys FILE]]
 
 Without --bundle: replays every chain in the database (streaming), checking hashes, signed
 heads, the two-phase protocol and the stored epsilon against a recomposition with
@@ -30,6 +30,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--trust-bundle-key", action="store_true", help="With --bundle: verify against the bundle's own key, unpinned."
         )
+        parser.add_argument(
+            "--agent-keys", help="With --bundle: JSON file {organisation: [hex keys]} of the partners' agent keys to pin."
+        )
         parser.add_argument("--chunk-size", type=int, default=2000, help="Entries fetched per query when streaming.")
 
     def handle(self, *args, **options):
@@ -39,8 +42,8 @@ class Command(BaseCommand):
         if options["bundle"]:
             self._verify_bundle(options)
         else:
-            if options["public_key"] or options["trust_bundle_key"]:
-                raise CommandError("--public-key and --trust-bundle-key need --bundle", returncode=2)
+            if options["public_key"] or options["trust_bundle_key"] or options["agent_keys"]:
+                raise CommandError("--public-key, --trust-bundle-key and --agent-keys need --bundle", returncode=2)
             self._verify_database(options)
         self.stdout.write(f"verified in {time.monotonic() - started:.2f} s")
 
@@ -54,6 +57,7 @@ class Command(BaseCommand):
                 public_key=options["public_key"],
                 trust_bundle_key=options["trust_bundle_key"],
                 dataset=options["dataset"],
+                agent_keys=options["agent_keys"],
             )
         except verify.VerifyFailed as e:
             raise CommandError(str(e), returncode=e.exit_code) from None

@@ -4,7 +4,16 @@
 A whole federation on one machine through the real stack: Redis, the web server, a Celery
 worker and beat, and N partner agents on loopback, each with its own non-IID partition.
 Exit 0 when the plan completes or governance stops it (the reason is printed); non-zero when
-a round fails.
+the plan is left paused (its retries used up, or a round failed) or a round failed.
+
+--dropout P: each agent skips a round's masked input with probability P. A try with fewer
+than the threshold of masked inputs aborts and is retried after 1 s (the plan's retry
+policy); since the masked-input phase was open, the aborted try is charged in full
+(ARCHITECTURE.md, Ledger 2), so the budget is calibrated for the rounds plus the expected
+retries (simulation.planned_tries: enough tries for every round to complete with 99% chance).
+Aborted tries are listed with their reasons; "completed_rounds" counts the completed ones.
+With --json, each dataset reports "epsilon_spent" (the coordinator's ledger) and
+"partner_epsilon_spent" (the partner agent's own ledger in its state directory).
 """
 
 from __future__ import annotations
@@ -41,6 +50,9 @@ class Command(BaseCommand):
         parser.add_argument("--epsilon", type=float, default=8.0, help="every dataset's epsilon budget (default 8)")
         parser.add_argument("--delta", type=float, default=1e-5)
         parser.add_argument("--dropout", type=float, default=0.0, help="probability an agent skips a round's masked input")
+        parser.add_argument(
+            "--phase-timeout", type=int, default=60, help="seconds a phase waits for the partners (default 60): a dropout costs this long"
+        )
         parser.add_argument("--model", choices=["logreg", "mlp"], default="logreg")
         parser.add_argument("--timeout", type=float, default=1800, help="seconds before giving up")
         parser.add_argument("--out", type=Path, help="where to write the final model (.npz)")
@@ -61,6 +73,8 @@ class Command(BaseCommand):
             raise self.fail("--delta must be between 0 and 1")
         if not 0 <= o["dropout"] < 1:
             raise self.fail("--dropout must be in [0, 1)")
+        if not 5 <= o["phase_timeout"] <= 3600:
+            raise self.fail("--phase-timeout must be between 5 and 3600 seconds")
         if o["data"] and not o["label"]:
             raise self.fail("--data needs --label COLUMN")
         for name in ("data", "test_data"):
@@ -85,9 +99,10 @@ class Command(BaseCommand):
         overrides = {"model_spec": {"kind": o["model"], **({"hidden": [32]} if o["model"] == "mlp" else {})}}
         try:
             fed = simulation.setup_federation(
-                partitions=partitions, schema=schema, epsilon=o["epsilon"], delta=o["delta"], rounds=o["rounds"], plan_overrides=overrides
+                partitions=partitions, schema=schema, epsilon=o["epsilon"], delta=o["delta"], rounds=o["rounds"], plan_overrides=overrides,
+                dropout=o["dropout"], phase_timeout=o["phase_timeout"],
             )
-        except (ApplicationError, LearningError) as exc:
+        except (ApplicationError, LearningError, ValueError) as exc:
             raise self.fail(f"could not set up the federation: {exc}") from exc
         if fed.schedule is not None:
             p = fed.schedule
@@ -98,9 +113,16 @@ class Command(BaseCommand):
             for line in p.explanation.splitlines():
                 self.say(f"  {line}")
         self.say(f"federation {fed.plan.name}: {o['partners']} partners, {o['rounds']} rounds, epsilon budget {o['epsilon']} each; logs in {work}")
+        if fed.tries > o["rounds"]:
+            self.say(
+                f"dropout {o['dropout']}: the budget pays for {fed.tries} tries (aborted tries after the masked input are charged), "
+                f"so that {o['rounds']} rounds complete with 99% chance"
+            )
+        # Each agent's state directory (its identity key and its own privacy ledger), by organisation.
+        self.agent_state = {slug: (work / "agents" / slug, partitions[i]) for i, slug in enumerate(fed.tokens)}
         with local_stack(log_dir=work / "logs", redis_url=o["redis_url"] or None) as stack:
             for i, (slug, token) in enumerate(fed.tokens.items()):
-                stack.agent(name=f"agent-{i + 1}", token=token, data=partitions[i], state_dir=work / "agents" / slug, dropout=o["dropout"])
+                stack.agent(name=f"agent-{i + 1}", token=token, data=partitions[i], state_dir=self.agent_state[slug][0], dropout=o["dropout"])
             self.say(f"stack up: web {stack.server}, Redis {stack.redis_url}")
             try:
                 simulation.wait_for_agents(fed, timeout=120)
@@ -124,10 +146,14 @@ class Command(BaseCommand):
             self.say(f"final model v{final.version} written to {out}")
         if o["json"]:
             self.stdout.write(json.dumps(report))
-        failed = [r for r in report["rounds"] if r["status"] in (TrainingRound.Status.FAILED, TrainingRound.Status.ABORTED)]
+        # Aborted tries are retried (the plan's retry policy): not a failure of the run. A
+        # failed round, or a plan left paused (retries used up), is.
+        failed = [r for r in report["rounds"] if r["status"] == TrainingRound.Status.FAILED]
         if failed:
-            reason = TrainingRound.objects.get(plan=plan, number=failed[-1]["number"]).reason
-            self.stderr.write(f"round {failed[-1]['number']} {failed[-1]['status']}: {reason}")
+            self.stderr.write(f"round {failed[-1]['number']} failed: {failed[-1]['reason']}")
+            sys.exit(1)
+        if plan.status == plan.Status.PAUSED:
+            self.stderr.write(f"plan paused: {plan.stopped_reason}")
             sys.exit(1)
 
     def say(self, message: str) -> None:
@@ -173,24 +199,44 @@ class Command(BaseCommand):
             rounds.append({
                 "number": r.number, "status": r.status, "participants": participants, "accuracy": acc,
                 "accuracy_interval": interval, "test_accuracy": test_acc,
+                "reason": r.reason if r.status != TrainingRound.Status.COMPLETED else None,
             })
             fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
             band = f"  95% [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
-            self.say(f"{r.number:>5}  {r.status:<10} {participants:>8}  {fmt(acc):>8}  {fmt(test_acc):>8}{band}")
+            why = f"  {r.reason}" if r.status != TrainingRound.Status.COMPLETED and r.reason else ""
+            self.say(f"{r.number:>5}  {r.status:<10} {participants:>8}  {fmt(acc):>8}  {fmt(test_acc):>8}{band}{why}")
         datasets = []
-        for d in plan.datasets.order_by("slug"):
+        for d in plan.datasets.select_related("organisation").order_by("slug"):
             spent = dataset_epsilon_spent(dataset=d)
-            datasets.append({"slug": d.slug, "epsilon_budget": d.epsilon_budget, "epsilon_spent": spent, "delta": d.delta})
-            self.say(f"dataset {d.slug}: epsilon {spent:.3f} of {d.epsilon_budget:.3f} spent (delta {d.delta:g})")
+            # Both sides: the coordinator's ledger, and the partner's own (read from its agent's
+            # state directory, after the agents stopped).
+            state_dir, data = self.agent_state[d.organisation.slug]
+            partner = simulation.partner_epsilon_spent(state_dir, data)
+            datasets.append({
+                "slug": d.slug, "epsilon_budget": d.epsilon_budget, "epsilon_spent": spent, "partner_epsilon_spent": partner,
+                "delta": d.delta,
+            })
+            shown = f"{partner:.3f}" if partner is not None else "-"
+            self.say(f"dataset {d.slug}: epsilon {spent:.3f} of {d.epsilon_budget:.3f} spent (delta {d.delta:g}); the partner's own ledger: {shown}")
         completed = [r for r in rounds if r["status"] == TrainingRound.Status.COMPLETED]
+        aborted = [r for r in rounds if r["status"] == TrainingRound.Status.ABORTED]
         stopped = plan.stopped_reason if plan.status == plan.Status.STOPPED else None
+        paused = plan.stopped_reason if plan.status == plan.Status.PAUSED else None
         if stopped:
             self.say(f"plan stopped by governance: {stopped}")
-        self.say(f"{len(completed)} of {plan.rounds_total} rounds completed in {elapsed:.1f}s")
+        if paused:
+            self.say(f"plan paused: {paused}")
+        self.say(
+            f"{len(completed)} of {plan.rounds_total} rounds completed in {elapsed:.1f}s"
+            + (f"; {len(aborted)} aborted tr{'y was' if len(aborted) == 1 else 'ies were'} retried" if aborted else "")
+        )
         return {
             "rounds": [{k: v for k, v in r.items() if k != "test_accuracy"} | {"test_accuracy": r["test_accuracy"]} for r in rounds],
             "datasets": datasets,
             "final_accuracy": completed[-1]["accuracy"] if completed else None,
             "test_accuracy": completed[-1]["test_accuracy"] if completed else None,
             "stopped_reason": stopped,
+            "paused_reason": paused,
+            "completed_rounds": len(completed),
+            "aborted_tries": [{"number": r["number"], "reason": r["reason"]} for r in aborted],
         }

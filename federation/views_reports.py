@@ -1,0 +1,258 @@
+"""Reports: the ledger and the governance history as CSV, and an agreement's printable privacy report.
+
+Who may download what is exactly who may read it on the page (`access`): a ledger's CSV for its
+ledger's readers, a history CSV for the readers of that history. Every report only reads: the
+privacy report replays each chain (`verify_dataset`) and computes the audit bundle's fingerprint
+without signing, storing or logging anything.
+
+CSV files are UTF-8 with a byte-order mark (Excel needs it to read UTF-8; other tools skip it),
+one header row, one row per entry, times in ISO 8601 UTC. A text cell that a spreadsheet would
+take for a formula (starting with = + - @, a tab or a carriage return) is prefixed with a single
+quote (OWASP's CSV injection advice): a message typed by a user is data, never a formula.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from datetime import UTC, datetime, time, timedelta
+
+from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from . import access, selectors
+from .forms_accounts import EventExportForm, LedgerExportForm
+from .models import AgreementParty, AgreementSignature, TrainingRound
+from .views import _role_context, web_view
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+BOM = "\ufeff"
+
+
+def safe_cell(value):
+    """A cell as a spreadsheet should show it: text that would start a formula is quoted."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _Echo:
+    """csv.writer writes into this and gets the line back (Django's streaming CSV recipe)."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_response(filename: str, header: list[str], rows) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+
+    def lines():
+        yield BOM + writer.writerow(header)
+        for row in rows:
+            yield writer.writerow([safe_cell(v) for v in row])
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _date_range(qs, data, field: str = "created_at"):
+    """Narrow `qs` to the form's inclusive UTC date range."""
+    if data.get("date_from"):
+        qs = qs.filter(**{f"{field}__gte": datetime.combine(data["date_from"], time.min, tzinfo=UTC)})
+    if data.get("date_to"):
+        qs = qs.filter(**{f"{field}__lt": datetime.combine(data["date_to"] + timedelta(days=1), time.min, tzinfo=UTC)})
+    return qs
+
+
+def _form_errors(form) -> HttpResponseBadRequest:
+    text = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+    return HttpResponseBadRequest(f"Invalid filter: {text}\n", content_type="text/plain; charset=utf-8")
+
+
+def _stamp() -> str:
+    return timezone.now().strftime("%Y%m%dT%H%M%SZ")
+
+
+LEDGER_HEADER = [
+    "seq", "created_at", "kind", "round_id", "plan", "round_number", "accountant", "delta",
+    "epsilon_spent_after", "epsilon_budget", "actor", "event", "payload", "prev_hash", "entry_hash",
+]  # fmt: skip
+
+
+@web_view
+@require_GET
+def ledger_csv(request, slug):
+    """A dataset's ledger as CSV, with the ledger page's filters (kind, round) and a date range."""
+    dataset = selectors.ledger_dataset_for(request.user, slug)
+    form = LedgerExportForm(request.GET)
+    if not form.is_valid():
+        return _form_errors(form)
+    data = form.cleaned_data
+    entries = selectors.ledger_entries(dataset, kind=data.get("kind") or None, round_id=data.get("round"))
+    entries = _date_range(entries, data).order_by("seq")
+
+    def rows():
+        for e in entries.iterator(chunk_size=2000):
+            plan, number = (e.round.plan.name, e.round.number) if e.round_id else ("", "")
+            yield [
+                e.seq, e.created_at, e.kind, e.round_id, plan, number, e.accountant, e.delta,
+                e.epsilon_spent_after, e.epsilon_budget, e.actor, e.event, e.payload, e.prev_hash, e.entry_hash,
+            ]  # fmt: skip
+
+    return _csv_response(f"fedgov-ledger-{dataset.slug}-{_stamp()}.csv", LEDGER_HEADER, rows())
+
+
+EVENT_HEADER = [
+    "id", "created_at", "kind", "agreement_id", "agreement", "organisation", "round_id", "plan", "round_number",
+    "actor", "message", "details",
+]  # fmt: skip
+
+
+@web_view
+@require_GET
+def event_csv(request):
+    """The governance history as CSV, with the history page's filters (agreement, kind) and a
+    date range. An agreement whose history the user may not read: 404 or 403, as on the page."""
+    user = request.user
+    agreements = access.history_agreements(user)
+    form = EventExportForm(request.GET, agreements=agreements)
+    if not form.is_valid():
+        if "agreement" in form.errors and request.GET.get("agreement"):
+            try:
+                visible = selectors.agreement_for(user, int(request.GET["agreement"]))
+            except ValueError:
+                raise Http404("Agreement not found.") from None
+            access.require_history_reader(user, visible)
+        return _form_errors(form)
+    data = form.cleaned_data
+    agreement = data.get("agreement")
+    events = selectors.events_for(user, agreement=agreement, kind=data.get("kind") or None)
+    events = _date_range(events, data).order_by("created_at", "id")
+
+    def rows():
+        for ev in events.iterator(chunk_size=2000):
+            r = ev.round
+            yield [
+                ev.pk, ev.created_at, ev.kind, ev.agreement_id, ev.agreement.title if ev.agreement_id else "",
+                ev.organisation.slug if ev.organisation_id else "", ev.round_id, r.plan.name if r else "",
+                r.number if r else "", ev.actor_name, ev.message, ev.details,
+            ]  # fmt: skip
+
+    name = f"agreement-{agreement.pk}" if agreement else "all"
+    return _csv_response(f"fedgov-history-{name}-{_stamp()}.csv", EVENT_HEADER, rows())
+
+
+# --- The privacy report --------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """A text stream that keeps only the SHA-256 of what is written (and the first chunk, which
+    holds the bundle's header), so a bundle is fingerprinted without being held or stored."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.first = ""
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8")
+        if not self.first:
+            self.first = text
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(text)
+
+
+def _bundle_fingerprint(dataset) -> dict | None:
+    """The SHA-256 of the audit bundle the ledger page's download would give now, or None when
+    the chain has no signed head yet (then there is no bundle; nothing is signed here: ARCHITECTURE.md,
+    Ledger 4)."""
+    from accounting.ledger import export_bundle
+    from accounting.models import SignedHead
+
+    if not SignedHead.objects.filter(dataset_id=dataset.pk).exists():
+        return None
+    out = _HashingWriter()
+    summary = export_bundle(out, datasets=[dataset])
+    exported_at = ""
+    marker = '"exported_at": "'
+    if marker in out.first:
+        exported_at = out.first.split(marker, 1)[1].split('"', 1)[0]
+    return {
+        "sha256": out.sha256.hexdigest(),
+        "bytes": out.size,
+        "exported_at": exported_at,
+        "head_seq": summary["chains"].get(dataset.slug),
+        "key_id": summary["key_id"],
+    }
+
+
+def _dataset_section(dataset) -> dict:
+    from accounting.ledger import verify_dataset
+
+    series = selectors.ledger_series(dataset)
+    result = verify_dataset(dataset)
+    charged = [row for row in series if row["kind"] in ("GRANT", "RESERVE", "COMMIT", "RELEASE")]
+    return {
+        "dataset": dataset,
+        "figures": selectors.budget_of(dataset),
+        "series": series,
+        "rows": charged,
+        "verification": {
+            "ok": result.ok,
+            "line": result.line(),
+            "entries": result.entries,
+            "signed_heads": result.signed_heads,
+            "bad_seq": result.bad_seq,
+            "reason": result.error.reason if result.error else "",
+        },
+        "bundle": _bundle_fingerprint(dataset),
+    }
+
+
+@web_view
+@require_GET
+def agreement_report(request, pk: int):
+    """An agreement's privacy report, printable on A4: its parties and signatures, each dataset's
+    budget and spend over time, its rounds, each ledger's verification and its audit bundle's
+    fingerprint. Readers: those of the agreement's governance history (404 or 403 otherwise);
+    a dataset's section only for the readers of its ledger (a party's representative reads its
+    own organisation's ledgers, not the other parties')."""
+    user = request.user
+    agreement = selectors.agreement_for(user, pk)
+    access.require_history_reader(user, agreement)
+    datasets = list(agreement.datasets.select_related("organisation").order_by("organisation__name", "slug"))
+    readable = [d for d in datasets if access.may_read_ledger(user, d)]
+    hidden = [d for d in datasets if d not in readable]
+    rounds = (
+        TrainingRound.objects.filter(plan__agreement=agreement)
+        .select_related("plan")
+        .prefetch_related("participants")
+        .order_by("plan__name", "number")
+    )
+    context = {
+        **_role_context(user),
+        "agreement": agreement,
+        "parties": AgreementParty.objects.filter(agreement=agreement)
+        .select_related("organisation")
+        .order_by("organisation__name"),
+        "signatures": AgreementSignature.objects.filter(agreement=agreement)
+        .select_related("organisation", "signed_by")
+        .order_by("version", "signed_at"),
+        "sections": [_dataset_section(d) for d in readable],
+        "hidden": hidden,
+        "rounds": rounds,
+        "generated_at": timezone.now(),
+        "generated_by": user.username,
+    }
+    return render(request, "reports/privacy_report.html", context)
