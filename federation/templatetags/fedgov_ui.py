@@ -201,8 +201,14 @@ def accuracy_chart(rows, title=None):
     series = []
     for key, name in (("accuracy", _("accuracy (partners, noisy)")), ("test_accuracy", _("held-out test accuracy"))):
         points = [(float(r["number"]), float(r[key])) for r in rows if r.get(key) is not None]
+        # The partners' noisy accuracy carries its 95% interval (round metrics' accuracy_interval).
+        band = (
+            [(float(r["number"]), float(r["accuracy_interval"][0]), float(r["accuracy_interval"][1])) for r in rows if r.get("accuracy_interval")]
+            if key == "accuracy"
+            else []
+        )
         if points:
-            series.append(svgchart.Series(name, points, css_class=key))
+            series.append(svgchart.Series(_("%(series)s with 95%% interval") % {"series": name} if band else name, points, css_class=key, band=band))
     chart = svgchart.Chart(
         title=title,
         series=series,
@@ -215,6 +221,22 @@ def accuracy_chart(rows, title=None):
         empty_text=_("No round has reported an accuracy yet."),
     )
     return mark_safe(svgchart.render(chart))
+
+
+@register.simple_tag
+def accuracy_interval_bar(metrics):
+    """A round's accuracy with its 95% interval as a band, or nothing without an interval."""
+    metrics = metrics or {}
+    interval = metrics.get("accuracy_interval")
+    if metrics.get("accuracy") is None or not interval:
+        return ""
+    value, low, high = float(metrics["accuracy"]), float(interval[0]), float(interval[1])
+    label = _("accuracy %(value)s, 95%% interval %(low)s to %(high)s") % {
+        "value": f"{value:.1%}",
+        "low": f"{low:.1%}",
+        "high": f"{high:.1%}",
+    }
+    return mark_safe(svgchart.interval_bar(value=value, low=low, high=high, label=label))
 
 
 @register.simple_tag
