@@ -501,6 +501,23 @@ def agent_tasks(*, user) -> list[dict]:
     return tasks
 
 
+def agent_rounds_taking_part(*, user) -> list[int]:
+    """Ids of the live rounds that may still ask something of this agent's organisation
+    (running or aggregating, its link active). A round the agent holds work for and that is
+    not listed asks nothing more of it: if its masked input never left, the agent releases
+    its own reservation (docs/PARTNER-LEDGER.md)."""
+    organisation = agent_organisation(user)
+    return sorted(
+        TrainingRound.objects.filter(
+            status__in=(Status.RUNNING, Status.AGGREGATING),
+            participant_links__dataset__organisation=organisation,
+            participant_links__status=RoundParticipant.Status.ACTIVE,
+        )
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+
+
 def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
     """Take one partner message for the round's current phase. A refused message changes
     nothing and does not disturb the round for the others."""

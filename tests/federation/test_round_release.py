@@ -24,7 +24,7 @@ from accounting import chain, ledger, services
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
 from federation import secagg, simulation
-from federation.agent import trust
+from federation.agent import runner, trust
 from federation.models import RoundTicket, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_abort, round_request, round_start
@@ -50,7 +50,7 @@ def running_round(tmp_path):
     with transaction.atomic():
         round = round_start(round_id=round.pk)
     assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE
-    return round, agents, keys
+    return round, agents, keys, parts
 
 
 def _relay(user):
@@ -119,7 +119,7 @@ def _bundle_verifies(tmp_path):
 
 @pytest.mark.parametrize("case", ["refused", "dropped"])
 def test_a_completed_round_charges_its_contributors_and_releases_who_sent_no_masked_input(running_round, tmp_path, case):
-    round, agents, keys = running_round
+    round, agents, keys, parts = running_round
     slugs = sorted(agents)
     out = slugs[1]
     clients, senders = _drive_to_unmask(round, agents, keys, **({"refuses": [out]} if case == "refused" else {"drops": [out]}))
@@ -149,7 +149,7 @@ def test_a_completed_round_charges_its_contributors_and_releases_who_sent_no_mas
 
 
 def test_an_abort_after_the_masked_input_charges_the_senders_only_and_twice_writes_nothing(running_round, tmp_path):
-    round, agents, keys = running_round
+    round, agents, keys, parts = running_round
     slugs = sorted(agents)
     _, senders = _drive_to_unmask(round, agents, keys, drops=[slugs[0]])
     with transaction.atomic():
@@ -167,14 +167,14 @@ def test_an_abort_after_the_masked_input_charges_the_senders_only_and_twice_writ
 
 
 def test_an_abort_before_the_masked_input_still_releases_the_whole_round(running_round):
-    round, agents, keys = running_round
+    round, agents, keys, parts = running_round
     with transaction.atomic():
         round_abort(actor=None, round=round, reason="stopped in advertise")
     assert set(LedgerEntry.objects.filter(round=round).values_list("kind", flat=True)) == {chain.RESERVE, chain.RELEASE}
 
 
 def test_a_dataset_whose_masked_input_was_received_cannot_be_released(running_round):
-    round, agents, keys = running_round
+    round, agents, keys, parts = running_round
     slugs = sorted(agents)
     _, senders = _drive_to_unmask(round, agents, keys, drops=[slugs[0]])
     by_slug = dict(LedgerEntry.objects.filter(round=round, kind=chain.RESERVE).values_list("dataset__organisation__slug", "dataset_id"))
@@ -194,3 +194,71 @@ def test_a_dataset_whose_masked_input_was_received_cannot_be_released(running_ro
     (entry,) = services.budget_release_datasets(round=round, actor=None, reasons={by_slug[slugs[0]]: "dropped"}, no_update_released=True)
     assert entry.kind == chain.RELEASE and entry.dataset_id == by_slug[slugs[0]]
     assert services.budget_release_datasets(round=round, actor=None, reasons={by_slug[slugs[0]]: "dropped"}, no_update_released=True) == []
+
+
+# --- the partner's side (federation/agent/runner.py, docs/PARTNER-LEDGER.md) ----------------------
+
+
+def _agent_reserving(user, state_dir, data):
+    """A real runner Agent with its partner ledger, reserving the round of `user`'s task."""
+    (task,) = orch.agent_tasks(user=user)
+    org = user.memberships.get(role="agent").organisation
+    ticket, ticket_hash = runner.check_round(
+        task["round"], task["payload"], coordinator_key=ledger.public_key_hex(), terms=orch.agent_terms(org), organisation=org.slug
+    )
+    agent = runner.Agent(runner.AgentConfig(server="http://127.0.0.1:9", token="t", data=data, state_dir=state_dir, budget=8.0, delta=1e-5))
+    agent.coordinator_key = ledger.public_key_hex()
+    return agent, task, ticket, ticket_hash
+
+
+def test_an_agent_restarted_after_its_local_reserve_declines_and_releases_what_it_never_sent(running_round, tmp_path):
+    round, agents, keys, parts = running_round
+    slug = sorted(agents)[0]
+    agent, task, ticket, ticket_hash = _agent_reserving(agents[slug], tmp_path / "a", parts[0])
+    key = agent._local_reserve(task["round"], ticket, ticket_hash)
+    assert agent.local_ledger.reservation_for(key).state == "reserved"
+    agent.local_ledger.close()  # the process dies here; a new one opens the same state directory
+    again, *_ = _agent_reserving(agents[slug], tmp_path / "a", parts[0])
+    with pytest.raises(runner.PlanRefused) as info:
+        again._local_reserve(task["round"], ticket, ticket_hash)
+    assert info.value.code == "round_already_run"
+    assert again.local_ledger.reservation_for(key).state == "released"
+    assert again.local_ledger.spent(again.data_id) == 0.0
+    with pytest.raises(runner.PlanRefused):  # and it is still never run twice
+        again._local_reserve(task["round"], ticket, ticket_hash)
+    again.local_ledger.close()
+
+
+def test_an_agent_releases_a_round_that_ended_before_its_masked_input_and_keeps_a_committed_one(running_round, tmp_path):
+    round, agents, keys, parts = running_round
+    slugs = sorted(agents)
+    works = {}
+    for i, slug in enumerate(slugs[:2]):
+        agent, task, ticket, ticket_hash = _agent_reserving(agents[slug], tmp_path / slug, parts[i])
+        key = agent._local_reserve(task["round"], ticket, ticket_hash)
+        agent.work[round.pk] = runner.RoundWork(round.pk, None, None, local_key=key)
+        works[slug] = (agent, key)
+    committed_agent, committed_key = works[slugs[1]]
+    committed_agent._local_commit(committed_agent.work[round.pk])
+    # While the round may still ask something of them, nothing is released.
+    for slug, (agent, _key) in works.items():
+        live = orch.agent_rounds_taking_part(user=agents[slug])
+        assert live == [round.pk]
+        agent.settle_ended_rounds(live, [])
+        assert round.pk in agent.work
+    # The coordinator aborts the round (e.g. in ShareKeys, another partner dropped).
+    with transaction.atomic():
+        round_abort(actor=None, round=round, reason="another partner dropped in share_keys")
+    for slug, (agent, _key) in works.items():
+        live = orch.agent_rounds_taking_part(user=agents[slug])
+        assert live == []
+        agent.settle_ended_rounds(live, [])
+    agent, key = works[slugs[0]]
+    assert agent.local_ledger.reservation_for(key).state == "released" and round.pk not in agent.work
+    assert agent.local_ledger.spent(agent.data_id) == 0.0
+    # Committed: its masked input may have left, it is never released.
+    assert committed_agent.local_ledger.reservation_for(committed_key).state == "committed"
+    # A coordinator that does not list its rounds leaves the work alone.
+    for agent, _ in works.values():
+        agent.settle_ended_rounds(None, [])
+        agent.local_ledger.close()
