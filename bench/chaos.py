@@ -179,9 +179,6 @@ def run_chaos(
     phase_timeout: int = 15, restart_delay: float = 1.5, timeout: float | None = None, log=print,
 ) -> Report:
     """The soak; needs Django set up with a migrated database. Returns the report (report.ok)."""
-    from django.core.management import call_command
-
-    from accounting.selectors import dataset_epsilon_spent
     from federation import simulation
     from federation.localstack import local_stack
     from federation.models import TrainingPlan, TrainingRound
@@ -252,7 +249,28 @@ def run_chaos(
         while plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists() and time.monotonic() < settle:
             time.sleep(0.5)
         logs = stack.logs()
+    harness = list(report.failures)  # a timeout, a stall, a killer that failed
+    all_rounds = check(report, plan)
+    report.checks["no stall, timeout or harness error"] = not harness
+    if not report.checks["every round completed or aborted"] or not report.checks["the plan finished"]:
+        log(logs[-6000:])
+    cost_kills(report, all_rounds, t0_wall=_plan_t0(fed.plan, all_rounds))
+    return report
+
+
+def check(report: Report, plan) -> list:
+    """The soak's checks on the plan as the database has it, into report.checks (and
+    report.failures); returns the plan's tries in order."""
+    import io
+
+    from django.core.management import call_command
+
+    from accounting.selectors import dataset_epsilon_spent
+    from federation.models import TrainingPlan, TrainingRound
+
+    report.checks.clear()
     plan.refresh_from_db()
+    report.max_spent = 0.0
     all_rounds = list(plan.rounds.order_by("number"))
     statuses = [r.status for r in all_rounds]
     completed = [r for r in all_rounds if r.status == TrainingRound.Status.COMPLETED]
@@ -267,10 +285,8 @@ def run_chaos(
     report.checks["one model version per completed round, none per aborted"] = all(
         versions[r.pk] == (1 if r.status == TrainingRound.Status.COMPLETED else 0) for r in all_rounds
     )
-    report.checks["the plan finished"] = plan.status == TrainingPlan.Status.COMPLETED and len(completed) == rounds
+    report.checks["the plan finished"] = plan.status == TrainingPlan.Status.COMPLETED and len(completed) == plan.rounds_total
     try:
-        import io
-
         call_command("verify_ledger", stdout=io.StringIO())
         report.checks["the ledger verifies"] = True
     except (SystemExit, Exception) as exc:
@@ -286,9 +302,7 @@ def run_chaos(
     report.failures += over
     if not report.checks["every round completed or aborted"] or not report.checks["the plan finished"]:
         report.failures.append("tries: " + ", ".join(f"{r.number}:{r.status}({r.reason[:80]})" for r in all_rounds))
-        log(logs[-6000:])
-    cost_kills(report, all_rounds, t0_wall=_plan_t0(fed.plan, all_rounds))
-    return report
+    return all_rounds
 
 
 def _plan_t0(plan, all_rounds):
