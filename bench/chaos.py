@@ -176,9 +176,11 @@ def build_federation(work: Path, *, rounds: int, partners: int, epsilon: float, 
 
 def run_chaos(
     *, rounds: int, seed: int, kill_interval: float, work: Path, partners: int = 3, epsilon: float = 8.0, targets=TARGETS,
-    phase_timeout: int = 15, restart_delay: float = 1.5, timeout: float | None = None, log=print,
+    phase_timeout: int = 15, restart_delay: float = 1.5, timeout: float | None = None, calm_rounds: int = 2, log=print,
 ) -> Report:
-    """The soak; needs Django set up with a migrated database. Returns the report (report.ok)."""
+    """The soak; needs Django set up with a migrated database. Returns the report (report.ok).
+    The killer starts once `calm_rounds` rounds have completed: with the untouched rounds
+    among the rest, they give the median round time each kill's cost is measured against."""
     from federation import simulation
     from federation.localstack import local_stack
     from federation.models import TrainingPlan, TrainingRound
@@ -200,7 +202,6 @@ def run_chaos(
         t0 = time.monotonic()
         round_request(actor=fed.admin, plan=fed.plan)
         killer = Killer(stack=stack, agents=agents, rng=rng, interval=kill_interval, targets=targets, t0=t0, restart_delay=restart_delay, log=log)
-        killer.start()
         plan = fed.plan
         idle_since = None
         done_rounds = 0
@@ -233,13 +234,17 @@ def run_chaos(
                 else:
                     idle_since = None
                 n = plan.rounds.filter(status=TrainingRound.Status.COMPLETED).count()
+                if n >= calm_rounds and killer.ident is None:
+                    log(f"[{time.monotonic() - t0:7.1f}s] {n} calm rounds done: the killer starts")
+                    killer.start()
                 if n != done_rounds:
                     done_rounds = n
                     log(f"[{time.monotonic() - t0:7.1f}s] {n}/{rounds} rounds completed, {plan.rounds.count()} tries")
                 time.sleep(0.5)
         finally:
             killer.stopping.set()
-            killer.join(60)
+            if killer.is_alive():
+                killer.join(60)
         report.elapsed = time.monotonic() - t0
         report.kills = killer.kills
         if killer.error is not None:
@@ -380,6 +385,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-interval", type=float, default=20.0)
     parser.add_argument("--partners", type=int, default=3)
+    parser.add_argument("--calm-rounds", type=int, default=2, help="rounds completed before the first kill (the baseline)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before the plan counts as not finishing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -396,7 +402,8 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     report = run_chaos(
-        rounds=args.rounds, seed=args.seed, kill_interval=args.kill_interval, work=var, partners=args.partners, timeout=args.timeout, log=log
+        rounds=args.rounds, seed=args.seed, kill_interval=args.kill_interval, work=var, partners=args.partners, timeout=args.timeout,
+        calm_rounds=args.calm_rounds, log=log,
     )
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else render(report))
     sys.exit(0 if report.ok else 1)

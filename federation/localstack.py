@@ -295,12 +295,17 @@ def descendant_pids(pid: int) -> list[int]:
     return out
 
 
-def kill_supervised_child(proc: Proc) -> int | None:
+def kill_supervised_child(proc: Proc, *, wait: float = 15.0) -> int | None:
     """SIGKILL the program a `supervised` loop runs (a Celery worker with its pool children,
     or beat), as an OOM kill of its cgroup would; the loop, like systemd, starts it again
-    about a second later. Returns the program's pid, or None when it was not running."""
-    programs = child_pids(proc.popen.pid)
-    programs = [p for p in programs if "sleep" not in _cmdline(p)]
+    about a second later. When the loop is between two runs, waits up to `wait` seconds for
+    the program. Returns the program's pid, or None when none came."""
+    deadline = time.monotonic() + wait
+    while True:
+        programs = [p for p in child_pids(proc.popen.pid) if "sleep" not in _cmdline(p)]
+        if programs or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if not programs:
         return None
     main = programs[0]
