@@ -17,7 +17,7 @@ kill with what it cost: the time from the start of the round that was live when 
 came to the end of the next completed round, minus the median time of a round no kill hit.
 Exits 1 when a check fails.
 
-Usage: python bench/chaos.py [--rounds 100] [--seed 1] [--kill-interval 20] [--json]
+Usage: python bench/chaos.py [--rounds 100] [--seed 1] [--kill-interval 20] [--epsilon E] [--json]
 """
 
 from __future__ import annotations
@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kill-interval", type=float, default=20.0)
     parser.add_argument("--partners", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=None, help="each dataset's budget (default: 8, or 30 above 20 rounds)")
     parser.add_argument("--calm-rounds", type=int, default=2, help="rounds completed before the first kill (the baseline)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before the plan counts as not finishing")
     parser.add_argument("--json", action="store_true")
@@ -403,6 +404,7 @@ def main() -> None:
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     report = run_chaos(
         rounds=args.rounds, seed=args.seed, kill_interval=args.kill_interval, work=var, partners=args.partners, timeout=args.timeout,
+        epsilon=args.epsilon or (8.0 if args.rounds <= 20 else 30.0),
         calm_rounds=args.calm_rounds, log=log,
     )
     print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else render(report))
