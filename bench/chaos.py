@@ -366,7 +366,7 @@ def render(report: Report) -> str:
     by_target: dict[str, list[Kill]] = {}
     for k in report.kills:
         by_target.setdefault(k.target, []).append(k)
-    lines += ["", "| target | kills | tries hit aborted | total cost (s, first kill per try) |", "|---|---:|---:|---:|"]
+    lines += ["", "| target | kills | kills whose try aborted | total cost (s, first kill per try) |", "|---|---:|---:|---:|"]
     for t, ks in sorted(by_target.items()):
         firsts = [k for k in ks if k.shared_with is None and k.cost is not None]
         lines.append(
