@@ -18,7 +18,7 @@ A bundle is one JSON object:
 The manifest is what the coordinator signs at export (with the ledger key, writing nothing):
 the agent keys receipts are checked against and which organisation each chain belongs to,
 neither of which the chains' signed heads cover. A bundle whose receipts are checked must
-carry it (docs/TRUST.md).
+carry it (the README, "Partners need not trust the coordinator").
 
 Verification of each chain: every entry through `chain.ChainVerifier` (hash links, formats,
 two-phase semantics, recomputed epsilon), every signed head's Ed25519 signature, each head

@@ -609,7 +609,7 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
         manifest_chains.append(
             {"dataset": head.dataset_slug, "organisation": organisation, "head_seq": head.seq, "head_hash": head.head_hash}
         )
-    # The coordinator signs the agents and each chain's organisation and head (docs/TRUST.md,
+    # The coordinator signs the agents and each chain's organisation and head (the README, "Partners need not trust the coordinator",
     # the bundle): an export signature, not a ledger head, so exporting still writes nothing.
     manifest = bundle_mod.sign_manifest(
         private_key=signing_key(), key_id=kid, exported_at=exported_at, agents=agents, chains=manifest_chains

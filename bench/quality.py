@@ -48,13 +48,20 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread per process: the suite runs its own (at most 2) worker processes, and
+# OpenBLAS's threads spinning against each other on a shared 2-core machine made one
+# small matrix product 10-50x slower (pyinstrument: most of the time "inside" DP-SGD).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -558,49 +565,97 @@ def forest_vote_multi(partners_raw, test_raw, seed):
     return float(np.mean(votes.argmax(axis=1) == test_raw[1]))
 
 
-def suite_run(names, splits, seeds, epsilons, models, *, validation: bool, overrides: dict | None = None):
-    """rows[(dataset, split, method)] = [accuracy per seed]."""
+def suite_plan(name, kind, model, eps, sizes, n_features, k):
+    """The planner's schedule for one suite cell. It reads public metadata only (declared
+    record counts, features, classes, model, rounds, budget), so every seed with the same
+    split sizes gets the same plan: one call per (data set, split, model, epsilon, sizes)."""
     from federation.learning.planner import plan_schedule
 
+    hidden = [32] if model == "mlp" else []
+    # The planner sees declared counts including the partners' 20% evaluation share.
+    return plan_schedule(
+        record_counts=[int(n / 0.8) for n in sizes], n_features=n_features, n_classes=k,
+        rounds=SUITE_ROUNDS, epsilons=[eps] * len(sizes), deltas=[DELTA] * len(sizes), model_kind=model, hidden=hidden, eval_releases=0,
+    )
+
+
+def suite_cell(name, kind, seed, epsilons, models, validation, plans, overrides):
+    """All methods on one (data set, split, seed): {method: accuracy}. Runs in a worker."""
     logging.getLogger("absl").setLevel(logging.ERROR)
-    rows: dict[tuple, list[float]] = {}
+    X, y = _suite_data_cached(name)
+    schema = suite_schema(X, y)
+    k = len(schema.classes)
+    test_raw, partners_raw = suite_split(X, y, seed, kind, validation=validation)
+    partners = [(schema.scale(Xp), yp) for Xp, yp in partners_raw]
+    test = (schema.scale(test_raw[0]), test_raw[1])
+    sizes = tuple(len(p[1]) for p in partners)
+    out = {
+        "centralised LR": centralised(partners_raw, test_raw),
+        "best single partner": best_single_partner_safe(partners_raw, test_raw),
+        "RF per partner, vote": forest_vote_multi(partners_raw, test_raw, seed),
+    }
+    for model in models:
+        hidden = [32] if model == "mlp" else []
+        spec = {"kind": model, "n_features": X.shape[1], "n_classes": k, "hidden": hidden}
+        for eps in (None, *epsilons):
+            # The no-DP row runs the epsilon-8 schedule without clipping or noise.
+            plan = plans[(name, kind, model, 8.0 if eps is None else eps, sizes)]
+            if overrides:
+                import dataclasses
+
+                plan = dataclasses.replace(plan, **overrides)
+            label = f"{model} FedAvg no DP" if eps is None else f"{model} eps {eps:g}"
+            out[label] = planned_fedavg(partners, test, spec, plan, seed=seed, dp=eps is not None)
+    return out
+
+
+@functools.cache
+def _suite_data_cached(name):
+    return suite_data(name)
+
+
+def suite_run(names, splits, seeds, epsilons, models, *, validation: bool, overrides: dict | None = None, jobs: int = 2):
+    """rows[(dataset, split, method)] = [accuracy per seed].
+
+    Cost (pyinstrument, one synthetic60k seed): DP-SGD steps, the per-partner random
+    forests, and planning (dp-accounting calibration). Plans are made once here per distinct
+    (data set, split, model, epsilon, split sizes) -- the calibration itself is cached across
+    data sets in the planner -- and the (data set, split, seed) cells run in at most
+    ``jobs`` worker processes, the large data set's cells first."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
     plans = {}
+    cells = []
     for name in names:
-        X, y = suite_data(name)
-        schema = suite_schema(X, y)
-        k = len(schema.classes)
+        X, y = _suite_data_cached(name)
+        k = len(np.unique(y))
         for kind in splits:
             for seed in seeds:
-                test_raw, partners_raw = suite_split(X, y, seed, kind, validation=validation)
-                partners = [(schema.scale(Xp), yp) for Xp, yp in partners_raw]
-                test = (schema.scale(test_raw[0]), test_raw[1])
-
-                def add(method, value, name=name, kind=kind):
-                    rows.setdefault((name, kind, method), []).append(value)
-
-                add("centralised LR", centralised(partners_raw, test_raw))
-                add("best single partner", best_single_partner_safe(partners_raw, test_raw))
-                add("RF per partner, vote", forest_vote_multi(partners_raw, test_raw, seed))
+                _, partners_raw = suite_split(X, y, seed, kind, validation=validation)
+                sizes = tuple(len(p[1]) for p in partners_raw)
                 for model in models:
-                    hidden = [32] if model == "mlp" else []
-                    spec = {"kind": model, "n_features": X.shape[1], "n_classes": k, "hidden": hidden}
-                    for eps in (None, *epsilons):
-                        e = 8.0 if eps is None else eps
-                        # The planner sees declared counts including the partners' 20% evaluation share.
-                        key = (name, kind, model, e, tuple(len(p[1]) for p in partners))
+                    for eps in {8.0, *epsilons}:
+                        key = (name, kind, model, eps, sizes)
                         if key not in plans:
-                            plans[key] = plan_schedule(
-                                record_counts=[int(len(p[1]) / 0.8) for p in partners], n_features=X.shape[1], n_classes=k,
-                                rounds=SUITE_ROUNDS, epsilons=[e] * 3, deltas=[DELTA] * 3, model_kind=model, hidden=hidden, eval_releases=0,
-                            )
-                        plan = plans[key]
-                        if overrides:
-                            import dataclasses
-
-                            plan = dataclasses.replace(plan, **overrides)
-                        label = f"{model} FedAvg no DP" if eps is None else f"{model} eps {eps:g}"
-                        add(label, planned_fedavg(partners, test, spec, plan, seed=seed, dp=eps is not None))
-                print(f"  {name} {kind} seed {seed} done", file=sys.stderr, flush=True)
+                            plans[key] = suite_plan(name, kind, model, eps, sizes, X.shape[1], k)
+                cells.append((name, kind, seed))
+    cells.sort(key=lambda c: -len(_suite_data_cached(c[0])[1]))  # longest first: better packing
+    results = {}
+    if jobs <= 1:
+        for cell in cells:
+            results[cell] = suite_cell(*cell, epsilons, models, validation, plans, overrides)
+            print(f"  {' '.join(map(str, cell))} done", file=sys.stderr, flush=True)
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, 2)) as pool:
+            futures = {pool.submit(suite_cell, *cell, epsilons, models, validation, plans, overrides): cell for cell in cells}
+            for fut in futures:
+                results[futures[fut]] = fut.result()
+                print(f"  {' '.join(map(str, futures[fut]))} done", file=sys.stderr, flush=True)
+    rows: dict[tuple, list[float]] = {}
+    for name in names:
+        for kind in splits:
+            for seed in seeds:
+                for method, value in results[(name, kind, seed)].items():
+                    rows.setdefault((name, kind, method), []).append(value)
     return rows, plans
 
 
@@ -628,6 +683,60 @@ def suite_table(rows, seeds, validation) -> str:
     return "\n".join(lines)
 
 
+def suite_read(path: Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """{(data set, split, method): (mean, spread)} from a table ``suite_table`` wrote."""
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+    methods = [c.strip() for c in lines[0].strip("|").split("|")][2:]
+    out = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for method, cell in zip(methods, cells[2:]):
+            if "±" in cell:
+                mean, spread = (float(v) for v in cell.split("±"))
+                out[(cells[0], cells[1], method)] = (mean, spread)
+    return out
+
+
+def suite_plot(table: Path, path: Path) -> None:
+    """Accuracy against epsilon, one panel per (data set, split): the DP rows of each model
+    with their spread as a band, the no-DP FedAvg and centralised LR as dashed levels and the
+    random-forest vote. SVG from the project's own server-side chart builder (no matplotlib
+    in the project's environment)."""
+    from federation.templatetags import svgchart
+
+    data = suite_read(table)
+    cells = list(dict.fromkeys((n, s) for n, s, _ in data))
+    panels = []
+    for n, s in cells:
+        series = []
+        eps = sorted({float(m.split()[-1]) for (dn, ds, m) in data if (dn, ds) == (n, s) and " eps " in m})
+        if not eps:
+            continue
+        for model in ("logreg", "mlp"):
+            pts = [(e, data[(n, s, f"{model} eps {e:g}")]) for e in eps if (n, s, f"{model} eps {e:g}") in data]
+            if pts:
+                series.append(svgchart.Series(f"{model} DP-FedAvg (± spread)", [(e, m) for e, (m, _) in pts],
+                                              band=[(e, m - sd, m + sd) for e, (m, sd) in pts]))
+        for method, name in (("centralised LR", "centralised LR"), ("logreg FedAvg no DP", "logreg FedAvg, no DP"),
+                             ("RF per partner, vote", "RF per partner, vote")):
+            if (n, s, method) in data:
+                series.append(svgchart.Series(name, [(eps[0], data[(n, s, method)][0]), (eps[-1], data[(n, s, method)][0])], dashed=True))
+        chart = svgchart.Chart(title=f"{n}, {s}", series=series, x_label=f"epsilon per dataset ({n}, {s})", y_label="accuracy (%)",
+                               y_min=None, x_format=lambda v: f"{v:g}")
+        panels.append(svgchart.render(chart))
+    w, h = svgchart.WIDTH, svgchart.HEIGHT
+    body = "".join(
+        f'<g transform="translate({(i % 2) * w} {(i // 2) * h})"><svg width="{w}" height="{h}"{p[4:]}</g>' for i, p in enumerate(panels)
+    )
+    rows = (len(panels) + 1) // 2
+    path.write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w}" height="{rows * h}" viewBox="0 0 {2 * w} {rows * h}">'
+        f'<rect width="100%" height="100%" fill="white"/>{body}</svg>\n',
+        encoding="utf-8",
+    )
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true", help="report on validation splits (seeds 100-109) instead")
@@ -640,12 +749,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="suite: number of seeds")
     parser.add_argument("--models", default="logreg,mlp", help="suite: logreg,mlp")
     parser.add_argument("--epsilons", default="1,3,8", help="suite: comma-separated epsilons")
+    parser.add_argument("--plot", action="store_true", help="suite: redraw bench/results/quality_suite.svg from quality_suite.md")
     args = parser.parse_args()
     if args.suite:
         seeds = (TUNE_SEEDS if args.tune else SEEDS)[: args.seeds]
         t0 = time.perf_counter()
         rows, plans = suite_run(args.datasets.split(","), args.splits.split(","), seeds, [float(e) for e in args.epsilons.split(",")],
-                                args.models.split(","), validation=args.tune)
+                                args.models.split(","), validation=args.tune, jobs=args.jobs)
         text = suite_table(rows, seeds, args.tune)
         print(text)
         print(f"({time.perf_counter() - t0:.1f} s)")
@@ -653,6 +763,10 @@ def main() -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / "quality_suite.md").write_text(text + "\n", encoding="utf-8")
             print(f"wrote {(RESULTS / 'quality_suite.md').relative_to(ROOT)}")
+            suite_plot(RESULTS / "quality_suite.md", RESULTS / "quality_suite.svg")
+        return
+    if args.plot:
+        suite_plot(RESULTS / "quality_suite.md", RESULTS / "quality_suite.svg")
         return
     if args.search:
         search(args.search, args.jobs)

@@ -347,7 +347,12 @@ def plan_series(plan) -> dict:
             metrics.update(mv.metrics or {})
         if metrics.get("accuracy") is not None or metrics.get("test_accuracy") is not None:
             accuracy.append(
-                {"number": r.number, "accuracy": metrics.get("accuracy"), "test_accuracy": metrics.get("test_accuracy")}
+                {
+                    "number": r.number,
+                    "accuracy": metrics.get("accuracy"),
+                    "accuracy_interval": metrics.get("accuracy_interval"),
+                    "test_accuracy": metrics.get("test_accuracy"),
+                }
             )
     number_of = {r.pk: r.number for r in rounds}
     # Replay each dataset's chain once: a RESERVE of one of the plan's rounds charges the

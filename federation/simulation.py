@@ -91,6 +91,27 @@ def plan_for(*, sizes: list[int], schema: dict, model_spec: dict, rounds: int, e
     )
 
 
+def plan_summary(fed) -> dict:
+    """The schedule the federation's plan runs, for ``simulate --json``: the planner's values
+    and its explanation, or the plan's fixed recipe when the caller fixed the noise."""
+    p = fed.schedule
+    if p is not None:
+        return {
+            "source": "planner",
+            "sampling_rate": p.q, "local_steps": p.local_steps, "clip_norm": p.clip_norm, "learning_rate": p.learning_rate,
+            "momentum": p.momentum, "noise_multiplier": p.noise_multiplier, "eval_noise_multiplier": p.eval_noise_multiplier,
+            "server_optimizer": dict(p.server_optimizer), "rounds": p.rounds, "expected_batch": p.expected_batch,
+            "epsilon": dict(p.epsilon), "eval_half_width": p.eval_half_width, "warnings": list(p.warnings), "explanation": p.explanation,
+        }
+    plan = fed.plan
+    return {
+        "source": "fixed",
+        **{k: getattr(plan, k) for k in ("sampling_rate", "local_steps", "clip_norm", "learning_rate", "momentum", "noise_multiplier",
+                                         "eval_noise_multiplier", "server_optimizer", "rounds_total")},
+        "explanation": "fixed recipe: the noise multiplier was given, so the planner was not used",
+    }
+
+
 def try_success_probability(*, partners: int, dropout: float, threshold: int) -> float:
     """Chance that a try completes when each agent independently skips its masked input with
     probability `dropout` (the agent's simulated dropout): at least `threshold` of `partners`

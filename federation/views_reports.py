@@ -155,43 +155,36 @@ def event_csv(request):
 # --- The privacy report --------------------------------------------------------------------------
 
 
-class _HashingWriter:
-    """A text stream that keeps only the SHA-256 of what is written (and the first chunk, which
-    holds the bundle's header), so a bundle is fingerprinted without being held or stored."""
+def chains_fingerprint(bundle: dict) -> str:
+    """SHA-256 of the canonical JSON of a bundle's "chains" (entries, receipts and signed
+    heads): the same for every export up to the same heads, whenever it was exported (the
+    bundle's own export time and manifest signature change with each export). An auditor
+    computes it from any bundle with `accounting.accountant.canonical_json`."""
+    from accounting.accountant import canonical_json
 
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.first = ""
-
-    def write(self, text: str) -> int:
-        data = text.encode("utf-8")
-        if not self.first:
-            self.first = text
-        self.sha256.update(data)
-        self.size += len(data)
-        return len(text)
+    return hashlib.sha256(canonical_json(bundle["chains"]).encode("utf-8")).hexdigest()
 
 
 def _bundle_fingerprint(dataset) -> dict | None:
-    """The SHA-256 of the audit bundle the ledger page's download would give now, or None when
-    the chain has no signed head yet (then there is no bundle; nothing is signed here: ARCHITECTURE.md,
-    Ledger 4)."""
+    """The fingerprint of the audit bundle the ledger page's download would give now, or None
+    when the chain has no signed head yet (then there is no bundle; nothing is signed here:
+    ARCHITECTURE.md, Ledger 4)."""
+    import io
+    import json
+
     from accounting.ledger import export_bundle
     from accounting.models import SignedHead
 
     if not SignedHead.objects.filter(dataset_id=dataset.pk).exists():
         return None
-    out = _HashingWriter()
+    out = io.StringIO()
     summary = export_bundle(out, datasets=[dataset])
-    exported_at = ""
-    marker = '"exported_at": "'
-    if marker in out.first:
-        exported_at = out.first.split(marker, 1)[1].split('"', 1)[0]
+    text = out.getvalue()
+    bundle = json.loads(text)
     return {
-        "sha256": out.sha256.hexdigest(),
-        "bytes": out.size,
-        "exported_at": exported_at,
+        "sha256": chains_fingerprint(bundle),
+        "bytes": len(text.encode("utf-8")),
+        "exported_at": bundle.get("exported_at", ""),
         "head_seq": summary["chains"].get(dataset.slug),
         "key_id": summary["key_id"],
     }

@@ -94,6 +94,9 @@ class RoundOutput(serializers.Serializer):
     reason = serializers.CharField()
     governance_report = serializers.SerializerMethodField(help_text="The last governance report (empty before the first check).")
     metrics = serializers.DictField()
+    accuracy_interval = serializers.SerializerMethodField(
+        help_text="95% interval [low, high] of metrics.accuracy (the evaluation noise and the held-out records' sampling); null without one."
+    )
     approvals = serializers.SerializerMethodField()
     participant_count = serializers.SerializerMethodField()
     requested_by = serializers.CharField(source="requested_by_username", allow_null=True, help_text="Username.")
@@ -107,6 +110,11 @@ class RoundOutput(serializers.Serializer):
     @extend_schema_field(GovernanceReportOutput(allow_null=True))
     def get_governance_report(self, round: TrainingRound) -> dict | None:
         return round.governance_report or None
+
+    @extend_schema_field(serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2, allow_null=True))
+    def get_accuracy_interval(self, round: TrainingRound) -> list | None:
+        interval = (round.metrics or {}).get("accuracy_interval")
+        return [float(interval[0]), float(interval[1])] if interval else None
 
     @extend_schema_field(ApprovalOutput(many=True))
     def get_approvals(self, round: TrainingRound) -> list:
@@ -130,6 +138,7 @@ class RoundOutput(serializers.Serializer):
             "reason": round.reason,
             "governance_report": self.get_governance_report(round),
             "metrics": None if metrics is None else {str(k): v for k, v in metrics.items()},
+            "accuracy_interval": self.get_accuracy_interval(round),
             "approvals": self.get_approvals(round),
             "participant_count": self.get_participant_count(round),
             "requested_by": round.requested_by_username,

@@ -135,7 +135,9 @@ def _clipped_sum_into(net, out_net, X, y, C):
     factor = np.minimum(1.0, C / np.maximum(norms, _TINY)).astype(X.dtype, copy=False)
     for a, d, (gW, gb) in zip(acts, deltas, out_net):
         d *= factor[:, None]
-        np.matmul(a.T, d, out=gW)
+        # np.dot, not np.matmul: matmul with ``out=`` on a transposed operand skips BLAS and
+        # was most of the suite's training time (bench/quality.py --suite, pyinstrument).
+        np.dot(a.T, d, out=gW)
         np.sum(d, axis=0, out=gb)
     return norms
 

@@ -273,6 +273,7 @@ def plan_schedule(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _eval_sigma_for_share(epsilon: float, delta: float, rounds: int, releases: int) -> float:
     """Smallest evaluation sigma whose releases alone cost <= EVAL_SHARE * epsilon."""
     import dp_accounting
@@ -288,8 +289,15 @@ def _eval_sigma_for_share(epsilon: float, delta: float, rounds: int, releases: i
 
 
 def _calibrate_all(q, K, rounds, eval_sigma, eval_releases, epsilons, deltas, max_epsilon_per_round):
+    return _calibrate_all_cached(q, K, rounds, eval_sigma, eval_releases, tuple(sorted(set(zip(epsilons, deltas)))), max_epsilon_per_round)
+
+
+# The calibration depends on the schedule and the budgets only, never on a record count, so
+# plans for other datasets, splits or seeds with the same (q, K, rounds, budgets) reuse it.
+@functools.lru_cache(maxsize=1024)
+def _calibrate_all_cached(q, K, rounds, eval_sigma, eval_releases, budgets, max_epsilon_per_round):
     zs = []
-    for e, dl in set(zip(epsilons, deltas)):
+    for e, dl in budgets:
         z = calibrate(lambda z, dl=dl: plan_epsilon(q, round(z, 6), K, rounds, eval_sigma, eval_releases, dl), MARGIN * e)
         if z is None:
             return None

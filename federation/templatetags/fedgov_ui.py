@@ -165,8 +165,14 @@ def accuracy_chart(rows, title="Accuracy per round"):
     series = []
     for key, name in (("accuracy", "accuracy (partners, noisy)"), ("test_accuracy", "held-out test accuracy")):
         points = [(float(r["number"]), float(r[key])) for r in rows if r.get(key) is not None]
+        # The partners' noisy accuracy carries its 95% interval (round metrics' accuracy_interval).
+        band = (
+            [(float(r["number"]), float(r["accuracy_interval"][0]), float(r["accuracy_interval"][1])) for r in rows if r.get("accuracy_interval")]
+            if key == "accuracy"
+            else []
+        )
         if points:
-            series.append(svgchart.Series(name, points, css_class=key))
+            series.append(svgchart.Series(name + (" with 95% interval" if band else ""), points, css_class=key, band=band))
     chart = svgchart.Chart(
         title=title,
         series=series,
@@ -179,6 +185,16 @@ def accuracy_chart(rows, title="Accuracy per round"):
         empty_text="No round has reported an accuracy yet.",
     )
     return mark_safe(svgchart.render(chart))
+
+
+@register.simple_tag
+def accuracy_interval_bar(metrics):
+    """A round's accuracy with its 95% interval as a band, or nothing without an interval."""
+    metrics = metrics or {}
+    interval = metrics.get("accuracy_interval")
+    if metrics.get("accuracy") is None or not interval:
+        return ""
+    return mark_safe(svgchart.interval_bar(value=float(metrics["accuracy"]), low=float(interval[0]), high=float(interval[1])))
 
 
 @register.simple_tag

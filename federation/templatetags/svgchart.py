@@ -27,6 +27,9 @@ class Series:
     step: bool = False  # draw as a step function (a value holds until the next point)
     dashed: bool = False
     css_class: str = ""
+    # An uncertainty band around the line: (x, low, high) per point, drawn as one filled
+    # polygon (the 95% interval of a noisy accuracy, say). Points without one are skipped.
+    band: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -73,9 +76,17 @@ def render(chart: Chart) -> str:
     # an axis: it is left out of the drawing, and the tables beside the chart still show it.
     chart = replace(
         chart,
-        series=[replace(s, points=[(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)]) for s in chart.series],
+        series=[
+            replace(
+                s,
+                points=[(x, y) for x, y in s.points if math.isfinite(x) and math.isfinite(y)],
+                band=[(x, lo, hi) for x, lo, hi in s.band if math.isfinite(x) and math.isfinite(lo) and math.isfinite(hi)],
+            )
+            for s in chart.series
+        ],
     )
     points = [p for s in chart.series for p in s.points]
+    points += [(x, v) for s in chart.series for x, lo, hi in s.band for v in (lo, hi)]
     title = escape(chart.title)
     head = (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{title}" '
@@ -154,6 +165,8 @@ def render(chart: Chart) -> str:
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
         cls = escape(f"series series-{i} {s.css_class}".strip())
         out.append(f'<g class="{cls}"><title>{escape(s.name)}</title>')
+        if s.band:
+            out.append(_band(sorted(s.band), sx, sy, colour, s.name))
         out.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         if not s.step and len(pts) <= 60:
             for x, y in pts:
@@ -175,6 +188,23 @@ def render(chart: Chart) -> str:
         out.append(f'<text x="{MARGIN_LEFT + 36}" y="{y + 4}">{escape(s.name)}</text>')
     out.append("</g></svg>")
     return "".join(out)
+
+
+def _band(band: Sequence[tuple[float, float, float]], sx, sy, colour: str, name: str) -> str:
+    """The band as one polygon: the upper edge left to right, the lower edge back. A band of
+    one point is drawn as a narrow bar so a single interval is still visible."""
+    if len(band) == 1:
+        x, lo, hi = band[0]
+        band = [(x, lo, hi), (x, lo, hi)]
+        xs = [sx(x) - 4, sx(x) + 4]
+    else:
+        xs = [sx(x) for x, _, _ in band]
+    upper = [f"{_fmt(px)},{_fmt(sy(hi))}" for px, (_, _, hi) in zip(xs, band)]
+    lower = [f"{_fmt(px)},{_fmt(sy(lo))}" for px, (_, lo, _) in reversed(list(zip(xs, band)))]
+    return (
+        f'<polygon class="band" points="{" ".join(upper + lower)}" fill="{colour}" fill-opacity="0.18" stroke="none">'
+        f"<title>{escape(name)}: 95% interval</title></polygon>"
+    )
 
 
 def _path(pts: Sequence[tuple[float, float]], sx, sy, *, step: bool, x_end: float) -> str:
@@ -213,6 +243,27 @@ def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, he
         f'<rect class="bar-rest" x="0" y="0" width="{width}" height="{height}" rx="3" fill="#eceff1"/>'
         f'<rect class="bar-spent" x="0" y="0" width="{_fmt(spent_w)}" height="{height}" fill="#546e7a"/>'
         f'<rect class="bar-cost" x="{_fmt(spent_w)}" y="0" width="{_fmt(cost_w)}" height="{height}" fill="{"#c62828" if over else "#ffb300"}"/>'
+        f'<rect class="bar-frame" x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="3" fill="none" stroke="#90a4ae"/>'
+        "</svg>"
+    )
+
+
+def interval_bar(*, value: float, low: float, high: float, width: int = 320, height: int = 22) -> str:
+    """One accuracy on a 0-100% scale with its 95% interval as a band (the round page).
+
+    Same reason as ``budget_bar`` for SVG: no inline style under the CSP."""
+    def px(v: float) -> float:
+        return min(max(float(v), 0.0), 1.0) * (width - 2) + 1
+
+    label = f"accuracy {value:.1%}, 95% interval {low:.1%} to {high:.1%}"
+    lo_x, hi_x, v_x = px(low), px(high), px(value)
+    points = f"{_fmt(lo_x)},2 {_fmt(hi_x)},2 {_fmt(hi_x)},{height - 2} {_fmt(lo_x)},{height - 2}"
+    return (
+        f'<svg class="interval-bar-svg" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
+        f'xmlns="http://www.w3.org/2000/svg" preserveAspectRatio="none"><title>{escape(label)}</title>'
+        f'<rect class="bar-rest" x="0" y="0" width="{width}" height="{height}" rx="3" fill="#eceff1"/>'
+        f'<polygon class="band" points="{points}" fill="{PALETTE[0]}" fill-opacity="0.3" stroke="none"/>'
+        f'<line class="interval-value" x1="{_fmt(v_x)}" x2="{_fmt(v_x)}" y1="0" y2="{height}" stroke="{PALETTE[0]}" stroke-width="2"/>'
         f'<rect class="bar-frame" x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" rx="3" fill="none" stroke="#90a4ae"/>'
         "</svg>"
     )

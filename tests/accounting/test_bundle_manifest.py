@@ -1,6 +1,6 @@
 """The bundle's manifest: the coordinator signs the agent keys and each chain's organisation
 and head at export, so whoever rewrites a bundle cannot swap in their own agent key and forge
-receipts; an auditor may pin the agent keys themselves (--agent-keys). docs/TRUST.md."""
+receipts; an auditor may pin the agent keys themselves (--agent-keys). the README, "Partners need not trust the coordinator"."""
 
 import json
 

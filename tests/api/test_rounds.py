@@ -193,3 +193,12 @@ def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast)
     for approval in approvals:
         output = ApprovalOutput(approval)
         assert list(output.data.items()) == list(serializers.Serializer.to_representation(output, approval).items())
+
+
+def test_the_round_api_returns_the_accuracy_interval(cast):
+    round_id = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client = client_for(cast.rep_b, scopes=["read"])
+    assert client.get(f"/api/v1/rounds/{round_id}/").json()["accuracy_interval"] is None
+    force_update(TrainingRound, round_id, metrics={"accuracy": 0.81, "accuracy_interval": [0.74, 0.88]})
+    body = client.get(f"/api/v1/rounds/{round_id}/").json()
+    assert body["accuracy_interval"] == [0.74, 0.88] and body["metrics"]["accuracy"] == 0.81

@@ -115,7 +115,7 @@ def test_the_ledger_filters_by_the_round_number_shown_not_the_internal_id(page, 
     login(page, "rep-a")
     page.goto(f"/datasets/{cast.dataset_a.slug}/ledger/")
     page.get_by_label("Round number").fill("1")
-    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name="Filter", exact=True).click()
     rows = page.locator("#ledger-entries tbody tr")
     expect(rows).to_have_count(2)  # its RESERVE and its COMMIT
     for i in range(2):

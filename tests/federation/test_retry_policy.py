@@ -273,6 +273,10 @@ def test_the_plan_api_takes_the_policy_at_creation_and_refuses_bad_values():
     base = {
         "agreement": cast.agreement.pk, "name": "P2", "purpose": cast.plan.purpose, "datasets": [d.pk for d in cast.datasets],
         "model_spec": {"kind": "logreg"}, "noise_multiplier": 1.0, "clip_norm": 1.0,
+        # Every schedule value given (the planner is not what this test is about), and a plan
+        # the cast's small budgets cannot pay for in full is accepted as partial.
+        "sampling_rate": None, "batch_size": 32, "local_steps": 5, "learning_rate": 0.5, "momentum": 0.0,
+        "server_learning_rate": 1.0, "server_optimizer": {}, "eval_noise_multiplier": None, "allow_partial": True,
     }
     before = TrainingPlan.objects.count()
     response = api.post("/api/v1/plans/", {**base, "retry_backoff_seconds": -1}, format="json")
@@ -314,6 +318,9 @@ def test_the_plan_form_shows_the_policy_defaults_and_takes_or_refuses_values():
         "agreement": cast.agreement.pk, "name": "Policy plan", "purpose": cast.plan.purpose, "datasets": [d.pk for d in cast.datasets],
         "model_kind": "logreg", "rounds_total": "3", "noise_multiplier": "1.2", "clip_norm": "1.0", "batch_size": "32",
         "local_steps": "5", "learning_rate": "0.5", "momentum": "0", "server_learning_rate": "1", "phase_timeout_seconds": "60",
+        # Values set by hand (empty optional ones mean none, not the planner's), and a plan the
+        # cast's small budgets cannot pay for in full is accepted as partial.
+        "proposed": "on", "allow_partial": "on",
     }
     before = TrainingPlan.objects.count()
     response = admin.post("/plans/new/", {**post, "max_consecutive_failures": "0"})

@@ -40,6 +40,9 @@ def test_simulate_runs_a_federation_and_prints_the_json_contract(tmp_path):
     assert set(report) >= {"rounds", "datasets", "final_accuracy", "test_accuracy", "stopped_reason"}
     assert [(r["number"], r["status"], r["participants"]) for r in report["rounds"]] == [(n, "completed", 3) for n in (1, 2, 3)]
     assert report["stopped_reason"] is None
+    plan = report["plan"]  # the schedule the planner chose, with its reasons
+    assert plan["source"] == "planner" and plan["rounds"] == 3 and "clip norm" in plan["explanation"]
+    assert 0 < plan["sampling_rate"] <= 1 and plan["local_steps"] >= 1 and plan["noise_multiplier"] > 0
     # 3 rounds of DP-FedAvg at epsilon 8 on the breast-cancer data: far above the 63% of
     # always answering the majority class, which is what a mis-scaled model scores.
     assert report["test_accuracy"] > 0.85, report

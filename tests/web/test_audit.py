@@ -151,3 +151,18 @@ def test_the_plan_page_plots_accuracy_and_epsilon_per_round(cast, completed_roun
     assert epsilon.count("<path ") == 6  # three datasets spent, three budget lines
     charged = re.search(r'id="epsilon-charged-plot">(.*?)</figure>', html, re.S).group(1)
     assert charged.count("<path ") == 3 and "org-a-records" in charged
+
+
+def test_the_plan_and_round_pages_draw_the_accuracy_interval_as_a_band(cast, completed_round, as_user):
+    client = as_user(cast.rep_a)
+    html = client.get(reverse("web:plan_detail", args=[cast.plan.pk])).content.decode()
+    assert "<polygon" not in re.search(r'id="accuracy-plot">(.*?)</figure>', html, re.S).group(1)  # no interval, no band
+    fragment = client.get(reverse("web:round_progress", args=[completed_round.pk])).content.decode()
+    assert 'id="round-accuracy-interval"' not in fragment
+    force_update(TrainingRound, completed_round.pk, metrics={"accuracy": 0.81, "accuracy_interval": [0.74, 0.88]})
+    html = client.get(reverse("web:plan_detail", args=[cast.plan.pk])).content.decode()
+    accuracy = re.search(r'id="accuracy-plot">(.*?)</figure>', html, re.S).group(1)
+    assert accuracy.count('<polygon class="band"') == 1 and "with 95% interval" in accuracy
+    fragment = client.get(reverse("web:round_progress", args=[completed_round.pk])).content.decode()
+    figure = re.search(r'id="round-accuracy-interval">(.*?)</figure>', fragment, re.S).group(1)
+    assert '<polygon class="band"' in figure and "74.0 %" in figure and "88.0 %" in figure

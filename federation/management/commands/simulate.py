@@ -138,6 +138,7 @@ class Command(BaseCommand):
                 raise self.fail(str(exc)) from exc
             elapsed = time.monotonic() - started
         report = self.report(plan, test_table, schema, o, elapsed)
+        report["plan"] = simulation.plan_summary(fed)  # the schedule it chose and why
         out = o["out"] or (work / "final_model.npz")
         final = plan.model_versions.order_by("-version").first()
         if final is not None:
