@@ -18,6 +18,9 @@ MSG_RELEASE_ROUND_STATE = (
     "Refused to release the reservation of round {round}: the round is {status}; only a round that "
     "failed, was aborted, blocked or rejected can show that no update was released."
 )
+MSG_RELEASE_INPUT_RECEIVED = (
+    "The coordinator received the masked input of dataset {dataset} in round {round}: its budget stays spent."
+)
 MSG_RELEASE_NO_REASON = "Say why the reservation of round {round} is released."
 MSG_ALREADY_FINAL = "The reservation of round {round} on dataset {dataset} is already {state}."
 MSG_NOTHING_RESERVED = "Round {round} has no open reservation to {action}."

@@ -11,6 +11,9 @@ ARCHITECTURE.md, Ledger 1 and 2, in code:
 * `budget_release` gives a reservation back only with explicit proof that no update of the
   dataset left the partner (`no_update_released=True`) and a round in a state that shows it
   (failed, aborted, blocked or rejected). Without both, the budget stays spent.
+* `budget_release_datasets` releases single datasets of a round, completed or stopped after
+  the masked-input phase opened, whose partner's masked input the coordinator never
+  received (refused, left out, dropped out): nothing computed from their data was released.
 * `budget_grant` records a new budget on the ledger.
 * `receipt_record` stores a partner's countersigned receipt of a round it ran, beside the
   ledger (docs/TRUST-FORMATS.md), after checking it against what the ledger charged.
@@ -26,7 +29,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -50,6 +53,7 @@ from .errors import (
     MSG_RECEIPT_RELEASED,
     MSG_RECEIPT_TICKET,
     MSG_RECEIPT_WRONG_ORGANISATION,
+    MSG_RELEASE_INPUT_RECEIVED,
     MSG_RELEASE_NO_REASON,
     MSG_RELEASE_ROUND_STATE,
     MSG_RELEASE_WITHOUT_PROOF,
@@ -73,6 +77,7 @@ __all__ = [
     "budget_reserve",
     "budget_commit",
     "budget_release",
+    "budget_release_datasets",
     "budget_check",
     "round_dp_event",
     "receipt_record",
@@ -343,16 +348,21 @@ def _lock_round_reservations(round) -> tuple[dict, dict[int, set[str]], dict[int
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def budget_commit(*, round, actor, ticket_hashes: Mapping[int, str] | None = None) -> list[LedgerEntry]:
-    """COMMIT every open reservation of the round: the budget is spent for good.
+def budget_commit(
+    *, round, actor, ticket_hashes: Mapping[int, str] | None = None, datasets: Iterable[int] | None = None
+) -> list[LedgerEntry]:
+    """COMMIT every open reservation of the round (or of `datasets`, ids, only): the budget
+    is spent for good.
 
     `ticket_hashes` maps a dataset id to the hash of the ticket the coordinator signed for
     it at reservation; each COMMIT carries its dataset's as `payload.ticket_hash`, the entry
     an auditor matches the partner's receipt against (docs/TRUST-FORMATS.md).
 
     Idempotent (already committed: nothing to do). Raises LedgerStateError when the round
-    has no reservation at all, or when a reservation was released."""
+    has no reservation at all (or none on one of `datasets`), or when a reservation to
+    commit was released."""
     ticket_hashes = dict(ticket_hashes or {})
+    only = None if datasets is None else set(datasets)
     for dataset_id, value in ticket_hashes.items():
         if not isinstance(value, str) or not _HEX64.fullmatch(value):
             message = MSG_BAD_TICKET_HASH.format(dataset=dataset_id, value=value)
@@ -362,9 +372,13 @@ def budget_commit(*, round, actor, ticket_hashes: Mapping[int, str] | None = Non
         locked, states, events = _lock_round_reservations(round)
         if not locked:
             raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="commit"))
+        if only is not None and only - set(locked):
+            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="commit") + f" (dataset ids {sorted(only - set(locked))})")
         entries = []
-        for pk, (dataset, budget) in locked.items():
+        for pk, (dataset, budget) in locked.items():  # in increasing dataset id: the lock order
             kinds = states[pk]
+            if only is not None and pk not in only:
+                continue
             if chain.COMMIT in kinds:
                 continue
             if chain.RELEASE in kinds:
@@ -429,6 +443,85 @@ def budget_release(*, round, actor, reason: str, no_update_released: bool) -> li
                     round_id=round.pk,
                     event=key,
                     payload={"reason": reason.strip(), "no_update_released": True, "round_status": status},
+                )
+            )
+        if entries:
+            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+        return entries
+
+
+def _masked_input_senders(round_id: int) -> set[str]:
+    """Dataset slugs whose partner's masked input the coordinator received for the round
+    (the secure-aggregation state, written under the round's lock as each one arrived)."""
+    from federation.models import RoundProtocol
+
+    protocol = RoundProtocol.objects.filter(round_id=round_id).only("config", "state").first()
+    if protocol is None:
+        return set()
+    names = (protocol.config or {}).get("datasets") or {}
+    return {names[party] for party in (protocol.state or {}).get("u3") or [] if party in names}
+
+
+def budget_release_datasets(*, round, actor, reasons: Mapping[int, str], no_update_released: bool) -> list[LedgerEntry]:
+    """RELEASE the reservations of some of the round's datasets (`reasons`: dataset id ->
+    why), each with its own proof (ARCHITECTURE.md, Ledger 2): the coordinator never
+    received that partner's masked input, so no sum and no evaluation holds anything
+    computed from its data, whatever happened to the round afterwards (completed too).
+
+    Refused (ReleaseRefused) without `no_update_released=True`, without a reason per
+    dataset, while the round is live, or for a dataset whose masked input was received: its
+    budget stays spent. Idempotent for an already released reservation; a committed one
+    cannot be released (LedgerStateError). Locks every dataset of the round in increasing
+    id order, like `budget_commit`, so the two can share one transaction."""
+    from federation.models import TrainingRound
+
+    if no_update_released is not True:
+        raise ReleaseRefused(MSG_RELEASE_WITHOUT_PROOF.format(round=round.pk), round=round.pk)
+    reasons = dict(reasons)
+    if not reasons:
+        return []
+    for reason in reasons.values():
+        if not isinstance(reason, str) or not reason.strip():
+            raise ReleaseRefused(MSG_RELEASE_NO_REASON.format(round=round.pk), round=round.pk)
+    name = ledger.actor_name(actor)
+    with transaction.atomic():
+        status = TrainingRound.objects.filter(pk=round.pk).values_list("status", flat=True).first()
+        if status not in (*RELEASABLE_ROUND_STATES, "completed"):
+            raise ReleaseRefused(MSG_RELEASE_ROUND_STATE.format(round=round.pk, status=status), round=round.pk, status=status)
+        locked, states, events = _lock_round_reservations(round)
+        missing = set(reasons) - set(locked)
+        if missing:
+            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="release") + f" (dataset ids {sorted(missing)})")
+        sent = _masked_input_senders(round.pk)
+        entries = []
+        for pk, (dataset, budget) in locked.items():  # in increasing dataset id: the lock order
+            if pk not in reasons:
+                continue
+            if dataset.slug in sent:
+                message = MSG_RELEASE_INPUT_RECEIVED.format(round=round.pk, dataset=dataset.slug)
+                raise ReleaseRefused(message, round=round.pk, dataset=dataset.slug)
+            kinds = states[pk]
+            if chain.RELEASE in kinds:
+                continue
+            if chain.COMMIT in kinds:
+                raise LedgerStateError(MSG_ALREADY_FINAL.format(round=round.pk, dataset=dataset.slug, state="committed"))
+            key = events[pk]
+            entries.append(
+                ledger.append(
+                    budget,
+                    dataset,
+                    kind=chain.RELEASE,
+                    projection=ledger.project(budget, dataset, remove=(key, acc.rdp_vector_from_json(key))),
+                    epsilon_budget=budget.epsilon_budget,
+                    actor=name,
+                    round_id=round.pk,
+                    event=key,
+                    payload={
+                        "reason": reasons[pk].strip(),
+                        "no_update_released": True,
+                        "round_status": status,
+                        "proof": "no_masked_input",
+                    },
                 )
             )
         if entries:

@@ -308,7 +308,9 @@ class PlanForm(forms.Form):
 
     agreement = forms.ModelChoiceField(label=_("Agreement"), queryset=Agreement.objects.all())
     name = forms.CharField(label=_("Name"), max_length=200)
-    purpose = forms.CharField(label=_("Purpose"), max_length=200, help_text=_("One of the agreement's permitted purposes."))
+    # A list of the agreements' permitted purposes (grouped by agreement), not free text; the
+    # choice is checked against the chosen agreement in clean().
+    purpose = forms.CharField(label=_("Purpose"), max_length=200, help_text=_("One of the agreement's permitted purposes."), widget=forms.Select)
     datasets = forms.ModelMultipleChoiceField(
         label=_("Datasets"),
         queryset=Dataset.objects.select_related("agreement", "organisation"), widget=forms.CheckboxSelectMultiple
@@ -364,6 +366,19 @@ class PlanForm(forms.Form):
         if datasets is not None:
             self.fields["datasets"].queryset = datasets
         self.fields["datasets"].label_from_instance = lambda d: f"{d.slug} ({d.organisation.name}, {d.agreement.title})"
+        choices = [("", _("Choose a purpose"))]
+        for agreement in self.fields["agreement"].queryset.only("title", "purposes"):
+            choices.append((agreement.title, [(p, p) for p in agreement.purposes or []]))
+        self.fields["purpose"].widget.choices = choices
+
+    def clean(self):
+        data = super().clean()
+        agreement, purpose = data.get("agreement"), data.get("purpose")
+        if agreement is not None and purpose and purpose not in (agreement.purposes or []):
+            from .services.plans import MSG_PURPOSE_NOT_PERMITTED
+
+            self.add_error("purpose", MSG_PURPOSE_NOT_PERMITTED.format(purpose=purpose, allowed=", ".join(agreement.purposes or [])))
+        return data
 
     def clean_hidden(self):
         text = self.cleaned_data.get("hidden") or ""

@@ -268,3 +268,70 @@ def local_stack(*, log_dir: Path, redis_url: str | None = None, server: str | No
         if beat:
             stack.add(start_beat(env, log_dir))
         yield stack
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid`, read from /proc (Linux)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return sorted(children)
+
+
+def descendant_pids(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for child in child_pids(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_supervised_child(proc: Proc, *, wait: float = 15.0) -> int | None:
+    """SIGKILL the program a `supervised` loop runs (a Celery worker with its pool children,
+    or beat), as an OOM kill of its cgroup would; the loop, like systemd, starts it again
+    about a second later. When the loop is between two runs, waits up to `wait` seconds for
+    the program. Returns the program's pid, or None when none came."""
+    deadline = time.monotonic() + wait
+    while True:
+        programs = [p for p in child_pids(proc.popen.pid) if "sleep" not in _cmdline(p)]
+        if programs or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not programs:
+        return None
+    main = programs[0]
+    for pid in [main, *descendant_pids(main)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return main
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def restart_redis(stack: Stack, *, delay: float = 1.0) -> Proc:
+    """SIGKILL the stack's Redis and, after `delay`, start a new one on the same port, as a
+    supervisor would. The new one starts in an empty directory: what the old one held
+    (queued tasks, throttle counters) is gone, and the beat sweep must re-drive lost work."""
+    name = next(n for n in stack.procs if n.startswith("redis-"))
+    old = stack.procs.pop(name)
+    kill_hard(old.popen)
+    time.sleep(delay)
+    new = start_redis(stack.log_dir, port=old.port)
+    stack.add(new)
+    return new

@@ -358,6 +358,7 @@ class Agent:
             self.learn_terms(answer.get("terms"))
             for task in answer.get("tasks", []):
                 self.handle(task)
+            self.settle_ended_rounds(answer.get("rounds"), answer.get("tasks", []))
             self._forget_stale_work()
 
     def learn_terms(self, terms: list[dict] | None) -> None:
@@ -373,6 +374,20 @@ class Agent:
                 ", ".join(f"#{t['agreement']} v{t.get('version')}" for t in terms) or "none",
             )
         self.terms = list(terms)
+
+    def settle_ended_rounds(self, live: list[int] | None, tasks: list[dict]) -> None:
+        """Release the local reservation of every round this agent holds work for that asks
+        nothing more of it (the coordinator no longer lists it: ended, or this partner was
+        dropped) while its masked input never left: nothing computed from the data left this
+        machine, whatever the coordinator does. A committed round is never released (the
+        masked input may have left) and its work expires as before. A coordinator that does not list
+        its rounds (`live` None) leaves the work to expire."""
+        if live is None:
+            return
+        keep = set(live) | {task["round"] for task in tasks}
+        for round_pk in [pk for pk, work in self.work.items() if pk not in keep and not work.committed]:
+            logger.info("round %s: ended for this agent before its masked input was sent; releasing it", round_pk)
+            self._local_release(self.work.pop(round_pk), "the round ended before this agent sent its masked input")
 
     def _forget_stale_work(self) -> None:
         now = time.monotonic()
@@ -443,7 +458,12 @@ class Agent:
         if existing is not None:
             # Reserved by an earlier process (which may have trained and lost its update): a
             # second training run would be a second noisy release of the same records, so the
-            # round is not run again, and its charge stays (the update may have been made).
+            # round is not run again. If that process never committed it, its masked input
+            # never left (COMMIT is written before it is sent) and this agent declines now:
+            # nothing computed from the data left, so the reservation is released. A
+            # committed one stays charged.
+            if existing.state == "reserved":
+                self._release_key(round_pk, key, "an earlier run of this agent reserved it and sent no masked input; declined")
             raise PlanRefused(
                 f"the partner ledger has round {round_pk} {existing.state} already (an earlier run of this agent); it is not run twice",
                 "round_already_run",

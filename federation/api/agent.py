@@ -114,6 +114,10 @@ class TasksView(AgentView):
                 "terms": serializers.ListField(
                     child=serializers.DictField(), help_text="The terms of every active agreement the organisation is party to (the fields of the enrolment answer's terms)."
                 ),
+                "rounds": serializers.ListField(
+                    child=serializers.IntegerField(),
+                    help_text="Ids of the live rounds that may still ask something of the organisation; a round not listed asks nothing more.",
+                ),
             },
         ),
     )
@@ -133,7 +137,9 @@ class TasksView(AgentView):
             tasks = orchestration.agent_tasks(user=request.user)
             remaining = deadline - time.monotonic()
             if tasks or remaining <= 0:
-                return Response({"tasks": tasks, "terms": terms})
+                # Read after the tasks: a round listed in neither has ended for this agent.
+                rounds = orchestration.agent_rounds_taking_part(user=request.user)
+                return Response({"tasks": tasks, "terms": terms, "rounds": rounds})
             close_old_connections()
             wakeup.waiters.wait(seen, timeout=min(remaining, wakeup.FALLBACK_SECONDS))
 

@@ -319,7 +319,7 @@ def round_abort(
     Then the plan's retry policy: a `retryable` abort (dropouts below the threshold, a missed
     deadline) is tried again after the plan's backoff, up to its limit of failed tries in a
     row; any other ends with the plan paused, saying why (services.plans.plan_round_failed)."""
-    from accounting.services import budget_commit, budget_release
+    from accounting.services import budget_release
 
     round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
     if round.status not in TrainingRound.LIVE_STATES:
@@ -333,9 +333,11 @@ def round_abort(
         if no_update_released:
             budget_release(round=round, actor=actor, reason=reason, no_update_released=True)
         else:
-            from .orchestration import receipts_missing, round_ticket_hashes
+            from .orchestration import receipts_missing, round_budget_settle
 
-            budget_commit(round=round, actor=actor, ticket_hashes=round_ticket_hashes(round))
+            # Per dataset: those whose masked input was received stay charged; the others
+            # sent nothing computed from their data and are released, naming why.
+            round_budget_settle(round=round, actor=actor)
             # Charged whether or not the partners' receipts came; the missing ones are flagged.
             round.metrics = {**(round.metrics or {}), "receipts_missing": receipts_missing(round)}
             round.save(update_fields=["metrics"])

@@ -77,3 +77,7 @@ def test_simulate_with_dropouts_retries_aborted_tries_and_completes_every_round_
         assert "threshold is 3" in t["reason"], t
     for d in report["datasets"]:
         assert 0 < d["epsilon_spent"] <= d["epsilon_budget"] == 8.0
+        # A simulated dropout sends no masked input: the agent releases its own reservation
+        # and the coordinator releases that dataset (ARCHITECTURE.md, Ledger 2), so the two
+        # ledgers hold the same charge.
+        assert d["partner_epsilon_spent"] == pytest.approx(d["epsilon_spent"], rel=1e-9, abs=1e-12), d

@@ -116,4 +116,16 @@ def test_an_agent_pinning_another_coordinator_key_refuses_every_ticket_and_the_o
     receipts = RoundTicket.objects.filter(participant__round=rnd, receipt__isnull=False)
     assert sorted(receipts.values_list("participant__dataset__organisation__slug", flat=True)) == sorted(list(fed.tokens)[1:])
     assert rnd.metrics["receipts_missing"] == []
+    # The partner that refused sent no masked input: its reservation is released, naming
+    # why; the two that ran are charged with their ticket hashes (ARCHITECTURE.md, Ledger 2).
+    from accounting.models import LedgerEntry
+
+    kinds = {
+        slug: sorted(LedgerEntry.objects.filter(round=rnd, dataset__organisation__slug=slug).values_list("kind", flat=True))
+        for slug in fed.tokens
+    }
+    assert kinds == {slug: ["RELEASE" if slug == refused_slug else "COMMIT", "RESERVE"] for slug in fed.tokens}
+    release = LedgerEntry.objects.get(round=rnd, dataset__organisation__slug=refused_slug, kind="RELEASE")
+    assert f"no masked input received from {refused_slug}: refused ticket_signature" in release.payload
     assert_ledger_sound(fed)
+    assert_bundle_verifies(tmp_path)

@@ -28,7 +28,7 @@ from federation.localstack import ROOT, django_env, local_stack, start_agent
 from federation.models import Membership, RoundParticipant, TrainingPlan, TrainingRound
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents
-from .test_tickets import _wait_round
+from .test_tickets import _wait_round, assert_bundle_verifies
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("stack")]
 
@@ -189,7 +189,7 @@ def test_a_real_rounds_bundle_with_a_receipt_removed_altered_or_re_signed_fails_
 # --- (e) a crash right after the local RESERVE ----------------------------------------------------
 
 
-def test_an_agent_killed_after_its_local_reserve_and_restarted_neither_trains_again_nor_loses_the_charge(tmp_path):
+def test_an_agent_killed_after_its_local_reserve_and_restarted_neither_trains_again_nor_is_charged_for_what_it_never_sent(tmp_path):
     from accounting.selectors import dataset_epsilon_spent
     from federation.services.rounds import round_request
 
@@ -229,12 +229,23 @@ def test_an_agent_killed_after_its_local_reserve_and_restarted_neither_trains_ag
     # The round ends cleanly without it.
     assert rnd.status == TrainingRound.Status.COMPLETED, rnd.reason
     assert sorted(rnd.metrics["contributors"]) == sorted(slugs[1:])
-    # The local charge stays (the lost process may have trained); no second RESERVE, no RELEASE.
+    # The lost process never committed the round, so its masked input never left (COMMIT is
+    # written before it is sent): declining it, the restarted agent released it; no second RESERVE.
     local = _local(tmp_path, fed, crashing)
-    assert (local["reserved"], local["committed"], local["released"]) == (1, 0, 0)
-    assert local["spent"] == charged
-    assert [e["kind"] for e in local["entries"]].count("RESERVE") == 1
-    # The coordinator charged the completed round to every dataset it reserved, the refused
-    # one included: both sides hold the same charge.
-    assert dataset_epsilon_spent(dataset=fed.plan.datasets.get(organisation__slug=crashing)) == pytest.approx(charged, rel=1e-9)
+    assert (local["reserved"], local["committed"], local["released"]) == (0, 0, 1)
+    assert local["spent"] == pytest.approx(0.0, abs=1e-12)
+    kinds = [e["kind"] for e in local["entries"]]
+    assert kinds.count("RESERVE") == 1 and kinds.count("RELEASE") == 1 and "COMMIT" not in kinds
+    # The coordinator never received its masked input either: it RELEASED that dataset for
+    # the round (ARCHITECTURE.md, Ledger 2), naming why, and charged the others. Both sides
+    # hold the same charge, and the bundle verifies with the pinned key.
+    from accounting.models import LedgerEntry
+
+    release = LedgerEntry.objects.get(round=rnd, dataset__organisation__slug=crashing, kind="RELEASE")
+    assert f"no masked input received from {crashing}: refused round_already_run" in release.payload
+    assert not LedgerEntry.objects.filter(round=rnd, dataset__organisation__slug=crashing, kind="COMMIT").exists()
+    for slug in slugs[1:]:
+        assert LedgerEntry.objects.filter(round=rnd, dataset__organisation__slug=slug, kind="COMMIT").exists()
+    assert dataset_epsilon_spent(dataset=fed.plan.datasets.get(organisation__slug=crashing)) == pytest.approx(0.0, abs=1e-12)
     assert_ledger_sound(fed)
+    assert_bundle_verifies(tmp_path)

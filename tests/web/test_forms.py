@@ -435,6 +435,15 @@ def test_plan_form_refuses_bad_input_next_to_the_field(cast, as_user, overrides,
     assert snapshot() == before
 
 
+def test_the_plan_purpose_is_chosen_from_the_agreements_purposes(cast, as_user):
+    page = as_user(cast.admin).get(reverse("web:plan_create")).content.decode()
+    select = re.search(r'<select name="purpose"[^>]*>(.*?)</select>', page, re.S)
+    assert select, "the purpose is a list to choose from, not free text"
+    options = re.findall(r'<option value="([^"]*)"', select.group(1))
+    assert set(cast.agreement.purposes) <= set(options)
+    assert f'<optgroup label="{cast.agreement.title}">' in unescape(select.group(1))
+
+
 def test_administrator_defines_a_plan(cast, as_user):
     response = as_user(cast.admin).post(reverse("web:plan_create"), plan_post(cast, model_kind="mlp", hidden="16, 8"))
     assert response.status_code == 302
