@@ -19,6 +19,7 @@ import json
 
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 from . import chain
 
@@ -93,10 +94,10 @@ class DatasetBudget(models.Model):
 
 class LedgerEntry(AppendOnlyModel):
     class Kind(models.TextChoices):
-        GRANT = chain.GRANT, "Budget granted"
-        RESERVE = chain.RESERVE, "Reserved"
-        COMMIT = chain.COMMIT, "Committed"
-        RELEASE = chain.RELEASE, "Released"
+        GRANT = chain.GRANT, _("Budget granted")
+        RESERVE = chain.RESERVE, _("Reserved")
+        COMMIT = chain.COMMIT, _("Committed")
+        RELEASE = chain.RELEASE, _("Released")
 
     dataset = models.ForeignKey("federation.Dataset", on_delete=models.PROTECT, related_name="ledger_entries")
     dataset_slug = models.CharField(max_length=64, help_text="Snapshot: the chain is named by slug in audit bundles.")

@@ -202,3 +202,12 @@ class ApiTokenAdmin(ReadOnlyAdmin):
 class RoundTicketAdmin(ReadOnlyAdmin):
     list_display = ("participant", "ticket_hash", "key_id", "created_at", "receipt_at")
     search_fields = ("ticket_hash",)
+
+
+@admin.register(models.UserPreference)
+class UserPreferenceAdmin(ReadOnlyAdmin):
+    """A person's UI language, set by themselves with the language switcher (federation.i18n)."""
+
+    list_display = ("user", "language", "updated_at")
+    list_filter = ("language",)
+    search_fields = ("user__username",)

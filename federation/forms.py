@@ -17,6 +17,7 @@ import re
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
+from django.utils.translation import gettext_lazy as _
 
 from fedgov.errors import ApplicationError
 
@@ -74,9 +75,9 @@ class BoundsField(forms.CharField):
             try:
                 pair = [float(p) for p in parts]
             except ValueError:
-                raise forms.ValidationError(f"Line {n}: write two numbers, low and high.") from None
+                raise forms.ValidationError(_("Line %(n)s: write two numbers, low and high.") % {"n": n}) from None
             if len(pair) != 2:
-                raise forms.ValidationError(f"Line {n}: write two numbers, low and high.")
+                raise forms.ValidationError(_("Line %(n)s: write two numbers, low and high.") % {"n": n})
             pairs.append(pair)
         return pairs
 
@@ -92,9 +93,11 @@ class TransformsField(forms.CharField):
         for n, line in enumerate((ln for ln in text.splitlines() if ln.strip()), start=1):
             feature, sep, transform = line.partition(":")
             if not sep or not feature.strip() or not transform.strip():
-                raise forms.ValidationError(f'Line {n}: write "feature: transform", e.g. "area: log1p".')
+                raise forms.ValidationError(_('Line %(n)s: write "feature: transform", e.g. "area: log1p".') % {"n": n})
             if feature.strip() in out:
-                raise forms.ValidationError(f"Line {n}: {feature.strip()!r} is given a transform twice.")
+                raise forms.ValidationError(
+                    _("Line %(n)s: %(feature)r is given a transform twice.") % {"n": n, "feature": feature.strip()}
+                )
             out[feature.strip()] = transform.strip()
         return out
 
@@ -103,27 +106,28 @@ class TransformsField(forms.CharField):
 
 
 class OrganisationForm(forms.Form):
-    name = forms.CharField(max_length=200)
-    slug = forms.SlugField(max_length=64, help_text="Short name used in URLs and audit bundles, e.g. st-marys.")
-    kind = forms.ChoiceField(choices=Organisation.Kind.choices, initial=Organisation.Kind.HOSPITAL)
+    name = forms.CharField(label=_("Name"), max_length=200)
+    slug = forms.SlugField(label=_("Slug"), max_length=64, help_text=_("Short name used in URLs and audit bundles, e.g. st-marys."))
+    kind = forms.ChoiceField(label=_("Kind"), choices=Organisation.Kind.choices, initial=Organisation.Kind.HOSPITAL)
 
 
 class RepresentativeForm(forms.Form):
     """A new person at an organisation: the user account and its membership."""
 
-    username = forms.CharField(max_length=150)
-    first_name = forms.CharField(max_length=150, required=False)
-    last_name = forms.CharField(max_length=150, required=False)
-    email = forms.EmailField(required=False)
-    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
+    username = forms.CharField(label=_("Username"), max_length=150)
+    first_name = forms.CharField(label=_("First name"), max_length=150, required=False)
+    last_name = forms.CharField(label=_("Last name"), max_length=150, required=False)
+    email = forms.EmailField(label=_("Email"), required=False)
+    role = forms.ChoiceField(label=_("Role"), choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
     password = forms.CharField(
-        widget=forms.PasswordInput(render_value=False), strip=False, help_text="Initial password; tell it to the person."
+        label=_("Password"),
+        widget=forms.PasswordInput(render_value=False), strip=False, help_text=_("Initial password; tell it to the person.")
     )
 
     def clean_username(self):
         username = self.cleaned_data["username"]
         if User.objects.filter(username__iexact=username).exists():
-            raise forms.ValidationError("A user with this username already exists.")
+            raise forms.ValidationError(_("A user with this username already exists."))
         return username
 
     def clean(self):
@@ -146,8 +150,8 @@ class RepresentativeForm(forms.Form):
 class ExistingMemberForm(forms.Form):
     """Give an existing user a role at an organisation."""
 
-    user = forms.ModelChoiceField(queryset=User.objects.order_by("username"), to_field_name="username")
-    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
+    user = forms.ModelChoiceField(label=_("User"), queryset=User.objects.order_by("username"), to_field_name="username")
+    role = forms.ChoiceField(label=_("Role"), choices=Membership.Role.choices, initial=Membership.Role.REPRESENTATIVE)
 
 
 # --- Agreements -------------------------------------------------------------------------------
@@ -164,31 +168,34 @@ class DateInput(forms.DateInput):
 
 
 class AgreementForm(forms.Form):
-    title = forms.CharField(max_length=200)
-    purposes = ListField(help_text="Permitted purposes, one per line.")
-    valid_from = forms.DateField(widget=DateInput)
-    valid_until = forms.DateField(widget=DateInput)
+    title = forms.CharField(label=_("Title"), max_length=200)
+    purposes = ListField(label=_("Purposes"), help_text=_("Permitted purposes, one per line."))
+    valid_from = forms.DateField(label=_("Valid from"), widget=DateInput)
+    valid_until = forms.DateField(label=_("Valid until"), widget=DateInput)
     parties = forms.ModelMultipleChoiceField(
-        queryset=Organisation.objects.all(), widget=forms.CheckboxSelectMultiple, help_text="At least two organisations."
+        label=_("Parties"),
+        queryset=Organisation.objects.all(), widget=forms.CheckboxSelectMultiple, help_text=_("At least two organisations.")
     )
-    min_participants = forms.IntegerField(initial=2, help_text="Fewest datasets a round may use.")
-    min_noise_multiplier = forms.FloatField(help_text="DP floor: smallest noise multiplier z a plan may use.")
-    max_clip_norm = forms.FloatField(help_text="DP ceiling: largest clipping norm C.")
-    max_delta = forms.FloatField(help_text="DP ceiling: largest delta a dataset may declare, e.g. 1e-5.")
-    max_epsilon_per_round = forms.FloatField(help_text="DP ceiling: largest epsilon one round may spend on a dataset.")
-    max_epsilon_budget = forms.FloatField(help_text="Largest total epsilon budget a dataset may be given.")
-    approval_rule = forms.ChoiceField(choices=Agreement.ApprovalRule.choices, initial=Agreement.ApprovalRule.EVERY_PARTY)
-    approval_quorum = forms.IntegerField(required=False, help_text="k, for the quorum rule.")
+    min_participants = forms.IntegerField(label=_("Min participants"), initial=2, help_text=_("Fewest datasets a round may use."))
+    min_noise_multiplier = forms.FloatField(label=_("Min noise multiplier"), help_text=_("DP floor: smallest noise multiplier z a plan may use."))
+    max_clip_norm = forms.FloatField(label=_("Max clip norm"), help_text=_("DP ceiling: largest clipping norm C."))
+    max_delta = forms.FloatField(label=_("Max delta"), help_text=_("DP ceiling: largest delta a dataset may declare, e.g. 1e-5."))
+    max_epsilon_per_round = forms.FloatField(label=_("Max epsilon per round"), help_text=_("DP ceiling: largest epsilon one round may spend on a dataset."))
+    max_epsilon_budget = forms.FloatField(label=_("Max epsilon budget"), help_text=_("Largest total epsilon budget a dataset may be given."))
+    approval_rule = forms.ChoiceField(label=_("Approval rule"), choices=Agreement.ApprovalRule.choices, initial=Agreement.ApprovalRule.EVERY_PARTY)
+    approval_quorum = forms.IntegerField(label=_("Approval quorum"), required=False, help_text=_("k, for the quorum rule."))
     auditors = forms.ModelMultipleChoiceField(
+        label=_("Auditors"),
         queryset=User.objects.filter(groups__name=AUDITORS_GROUP).order_by("username"),
         widget=forms.CheckboxSelectMultiple,
         required=False,
     )
     auditor_access = forms.ChoiceField(
+        label=_("Auditor access"),
         choices=Agreement.AuditorAccess.choices, initial=Agreement.AuditorAccess.LEDGER_AND_GOVERNANCE
     )
-    exit_notice_days = forms.IntegerField(initial=30, min_value=0, help_text="Days between an exit notice and the exit.")
-    data_retention = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    exit_notice_days = forms.IntegerField(label=_("Exit notice days"), initial=30, min_value=0, help_text=_("Days between an exit notice and the exit."))
+    data_retention = forms.CharField(label=_("Data retention"), widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
     TERM_NAMES = (
         "title", "purposes", "valid_from", "valid_until", "min_participants", "min_noise_multiplier", "max_clip_norm",
@@ -226,44 +233,46 @@ class AgreementForm(forms.Form):
 
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
 
 class SignForm(forms.Form):
     """The representative signs the hash shown to it: the service refuses any other."""
 
-    terms_hash = forms.CharField(max_length=64, widget=forms.HiddenInput)
-    confirm = forms.BooleanField(label="I have read these terms and sign them for my organisation.")
+    terms_hash = forms.CharField(label=_("Terms hash"), max_length=64, widget=forms.HiddenInput)
+    confirm = forms.BooleanField(label=_("I have read these terms and sign them for my organisation."))
 
 
 class ExitNoticeForm(forms.Form):
-    confirm = forms.BooleanField(label="I give notice that my organisation leaves this agreement.")
+    confirm = forms.BooleanField(label=_("I give notice that my organisation leaves this agreement."))
 
 
 # --- Datasets ---------------------------------------------------------------------------------
 
 
 class DatasetForm(forms.Form):
-    organisation = forms.ModelChoiceField(queryset=Organisation.objects.all(), to_field_name="slug")
-    agreement = forms.ModelChoiceField(queryset=Agreement.objects.all())
-    name = forms.CharField(max_length=200)
-    slug = forms.SlugField(max_length=64)
-    record_count = forms.IntegerField(help_text="How many records the partner holds (metadata only).")
-    feature_names = ListField(help_text="Feature columns, one per line or comma-separated, in order.")
-    label_name = forms.CharField(max_length=200)
-    label_classes = ListField(help_text="Label classes, e.g. benign, malignant.")
+    organisation = forms.ModelChoiceField(label=_("Organisation"), queryset=Organisation.objects.all(), to_field_name="slug")
+    agreement = forms.ModelChoiceField(label=_("Agreement"), queryset=Agreement.objects.all())
+    name = forms.CharField(label=_("Name"), max_length=200)
+    slug = forms.SlugField(label=_("Slug"), max_length=64)
+    record_count = forms.IntegerField(label=_("Record count"), help_text=_("How many records the partner holds (metadata only)."))
+    feature_names = ListField(label=_("Feature names"), help_text=_("Feature columns, one per line or comma-separated, in order."))
+    label_name = forms.CharField(label=_("Label name"), max_length=200)
+    label_classes = ListField(label=_("Label classes"), help_text=_("Label classes, e.g. benign, malignant."))
     feature_bounds = BoundsField(
+        label=_("Feature bounds"),
         required=False,
-        help_text='Public bounds of each feature, one "low, high" pair per line in feature order; partners scale with them.',
+        help_text=_('Public bounds of each feature, one "low, high" pair per line in feature order; partners scale with them.'),
     )
     feature_transforms = TransformsField(
+        label=_("Feature transforms"),
         required=False,
-        help_text='Public transforms applied before scaling, one "feature: log1p" (or sqrt) per line; features need a lower bound >= 0.',
+        help_text=_('Public transforms applied before scaling, one "feature: log1p" (or sqrt) per line; features need a lower bound >= 0.'),
     )
-    centred = forms.BooleanField(required=False, label="Scale features to [-1, 1] (centred) instead of [0, 1]")
-    epsilon_budget = forms.FloatField(help_text="Total epsilon this dataset may spend, within the agreement's maximum.")
-    delta = forms.FloatField(help_text="Delta at which spent epsilon is measured, e.g. 1e-5.")
-    accountant = forms.ChoiceField(choices=Dataset.Accountant.choices, initial=Dataset.Accountant.RDP)
+    centred = forms.BooleanField(required=False, label=_("Scale features to [-1, 1] (centred) instead of [0, 1]"))
+    epsilon_budget = forms.FloatField(label=_("Epsilon budget"), help_text=_("Total epsilon this dataset may spend, within the agreement's maximum."))
+    delta = forms.FloatField(label=_("Delta"), help_text=_("Delta at which spent epsilon is measured, e.g. 1e-5."))
+    accountant = forms.ChoiceField(label=_("Accountant"), choices=Dataset.Accountant.choices, initial=Dataset.Accountant.RDP)
 
     def __init__(self, *args, organisations=None, agreements=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -280,7 +289,7 @@ class DatasetForm(forms.Form):
 
 class RaiseBudgetForm(forms.Form):
     epsilon_budget = forms.FloatField(
-        label="New epsilon budget", help_text="Budgets only go up: spent privacy is never given back."
+        label=_("New epsilon budget"), help_text=_("Budgets only go up: spent privacy is never given back.")
     )
 
 
@@ -292,54 +301,58 @@ class PlanForm(forms.Form):
     then the planner's proposal fills the DP-SGD and FedAvg values (each editable), a preview
     shows every failing rule next to its field and the whole plan's epsilon per dataset."""
 
-    MODEL_CHOICES = (("logreg", "Logistic regression"), ("mlp", "Multi-layer perceptron"))
+    MODEL_CHOICES = (("logreg", _("Logistic regression")), ("mlp", _("Multi-layer perceptron")))
     ACTION_PROPOSE, ACTION_PREVIEW, ACTION_CREATE = "propose", "preview", "create"
     #: What the planner needs (step 1).
     SCHEDULE_FIELDS = ("agreement", "datasets", "rounds_total", "model_kind", "hidden")
 
-    agreement = forms.ModelChoiceField(queryset=Agreement.objects.all())
-    name = forms.CharField(max_length=200)
+    agreement = forms.ModelChoiceField(label=_("Agreement"), queryset=Agreement.objects.all())
+    name = forms.CharField(label=_("Name"), max_length=200)
     # A list of the agreements' permitted purposes (grouped by agreement), not free text; the
     # choice is checked against the chosen agreement in clean().
-    purpose = forms.CharField(max_length=200, help_text="One of the agreement's permitted purposes.", widget=forms.Select)
+    purpose = forms.CharField(label=_("Purpose"), max_length=200, help_text=_("One of the agreement's permitted purposes."), widget=forms.Select)
     datasets = forms.ModelMultipleChoiceField(
+        label=_("Datasets"),
         queryset=Dataset.objects.select_related("agreement", "organisation"), widget=forms.CheckboxSelectMultiple
     )
-    model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label="Model")
-    hidden = forms.CharField(required=False, label="Hidden layers", help_text="MLP only: widths, e.g. 64, 32.")
-    rounds_total = forms.IntegerField(initial=10, min_value=1)
+    model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label=_("Model"))
+    hidden = forms.CharField(required=False, label=_("Hidden layers"), help_text=_("MLP only: widths, e.g. 64, 32."))
+    rounds_total = forms.IntegerField(label=_("Rounds total"), initial=10, min_value=1)
     # The planner's values (services.plans.PLANNED_FIELDS): empty takes the proposal's.
-    noise_multiplier = forms.FloatField(required=False, help_text="z: Gaussian noise std as a multiple of the clip norm.")
-    clip_norm = forms.FloatField(required=False, help_text="C: per-example gradient clipping norm.")
-    batch_size = forms.IntegerField(initial=64, min_value=1, help_text="Expected batch; sampling rate q = batch / records.")
+    noise_multiplier = forms.FloatField(label=_("Noise multiplier"), required=False, help_text=_("z: Gaussian noise std as a multiple of the clip norm."))
+    clip_norm = forms.FloatField(label=_("Clip norm"), required=False, help_text=_("C: per-example gradient clipping norm."))
+    batch_size = forms.IntegerField(label=_("Batch size"), initial=64, min_value=1, help_text=_("Expected batch; sampling rate q = batch / records."))
     sampling_rate = forms.FloatField(
-        required=False, help_text="Or one sampling rate q in (0, 1] for every dataset (then the batch size is not used)."
+        label=_("Sampling rate"),
+        required=False, help_text=_("Or one sampling rate q in (0, 1] for every dataset (then the batch size is not used).")
     )
-    local_steps = forms.IntegerField(required=False, min_value=1, help_text="K: DP-SGD steps per round at each partner.")
-    learning_rate = forms.FloatField(required=False)
-    momentum = forms.FloatField(required=False)
-    server_learning_rate = forms.FloatField(required=False)
+    local_steps = forms.IntegerField(label=_("Local steps"), required=False, min_value=1, help_text=_("K: DP-SGD steps per round at each partner."))
+    learning_rate = forms.FloatField(label=_("Learning rate"), required=False)
+    momentum = forms.FloatField(label=_("Momentum"), required=False)
+    server_learning_rate = forms.FloatField(label=_("Server learning rate"), required=False)
     server_optimizer = forms.CharField(
-        required=False, help_text='JSON, e.g. {"kind": "adam", "lr": 0.05}; empty after a proposal: plain FedAvg.'
+        label=_("Server optimizer"),
+        required=False, help_text=_('JSON, e.g. {"kind": "adam", "lr": 0.05}; empty after a proposal: plain FedAvg.')
     )
     eval_noise_multiplier = forms.FloatField(
-        required=False, help_text="Noise of the evaluation counts; empty after a proposal disables the release."
+        label=_("Eval noise multiplier"),
+        required=False, help_text=_("Noise of the evaluation counts; empty after a proposal disables the release.")
     )
-    secagg_threshold = forms.IntegerField(required=False, help_text="Survivors needed to unmask; empty means two thirds.")
-    phase_timeout_seconds = forms.IntegerField(initial=120, min_value=1)
+    secagg_threshold = forms.IntegerField(label=_("Secagg threshold"), required=False, help_text=_("Survivors needed to unmask; empty means two thirds."))
+    phase_timeout_seconds = forms.IntegerField(label=_("Phase timeout seconds"), initial=120, min_value=1)
     allow_partial = forms.BooleanField(
-        required=False, label="Accept a plan the remaining budgets cannot pay for in full (its later rounds will be blocked)"
+        required=False, label=_("Accept a plan the remaining budgets cannot pay for in full (its later rounds will be blocked)")
     )
     # Set once the proposal is on the form: from then on an empty optional value means none
     # (no fixed sampling rate, no evaluation release, FedAvg), not the planner's.
-    proposed = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    proposed = forms.BooleanField(label=_("Proposed"), required=False, widget=forms.HiddenInput)
     # The retry policy (not a DP parameter): shown with its defaults.
     max_consecutive_failures = forms.IntegerField(
-        required=False, initial=3, min_value=1, max_value=1000, label="Pause after failed tries in a row",
-        help_text="A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry).",
+        required=False, initial=3, min_value=1, max_value=1000, label=_("Pause after failed tries in a row"),
+        help_text=_("A round aborted for dropouts or a missed deadline is tried again; after this many failed tries in a row the plan is paused until someone resumes it (1: never retry)."),
     )
     retry_backoff_seconds = forms.IntegerField(
-        required=False, initial=30, min_value=0, max_value=86_400, label="Retry backoff (seconds)", help_text="Wait before the next try of an aborted round."
+        required=False, initial=30, min_value=0, max_value=86_400, label=_("Retry backoff (seconds)"), help_text=_("Wait before the next try of an aborted round.")
     )
 
     ERROR_FIELDS = {"model_spec": "hidden", "feature_names": "datasets", "label_name": "datasets", "label_classes": "datasets"}
@@ -353,7 +366,7 @@ class PlanForm(forms.Form):
         if datasets is not None:
             self.fields["datasets"].queryset = datasets
         self.fields["datasets"].label_from_instance = lambda d: f"{d.slug} ({d.organisation.name}, {d.agreement.title})"
-        choices = [("", "Choose a purpose")]
+        choices = [("", _("Choose a purpose"))]
         for agreement in self.fields["agreement"].queryset.only("title", "purposes"):
             choices.append((agreement.title, [(p, p) for p in agreement.purposes or []]))
         self.fields["purpose"].widget.choices = choices
@@ -372,7 +385,7 @@ class PlanForm(forms.Form):
         try:
             return [int(p) for p in _split_list(text)]
         except ValueError:
-            raise forms.ValidationError("Write whole numbers separated by commas, e.g. 64, 32.") from None
+            raise forms.ValidationError(_("Write whole numbers separated by commas, e.g. 64, 32.")) from None
 
     def clean_server_optimizer(self):
         text = (self.cleaned_data.get("server_optimizer") or "").strip()
@@ -381,9 +394,9 @@ class PlanForm(forms.Form):
         try:
             value = json.loads(text)
         except ValueError:
-            raise forms.ValidationError('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.') from None
+            raise forms.ValidationError(_('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.')) from None
         if not isinstance(value, dict):
-            raise forms.ValidationError('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.')
+            raise forms.ValidationError(_('Write a JSON object, e.g. {"kind": "adam", "lr": 0.05}.'))
         return value
 
     def model_spec(self, data: dict | None = None) -> dict:
@@ -434,7 +447,7 @@ class PlanForm(forms.Form):
 
 
 class RejectForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), help_text="The other parties and the auditors read it.")
+    reason = forms.CharField(label=_("Reason"), widget=forms.Textarea(attrs={"rows": 2}), help_text=_("The other parties and the auditors read it."))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -443,28 +456,28 @@ class RejectForm(forms.Form):
 
 
 class StandingApprovalForm(forms.Form):
-    max_rounds = forms.IntegerField(required=False, label="At most this many rounds")
-    max_epsilon = forms.FloatField(required=False, label="At most this epsilon spent per dataset")
+    max_rounds = forms.IntegerField(required=False, label=_("At most this many rounds"))
+    max_epsilon = forms.FloatField(required=False, label=_("At most this epsilon spent per dataset"))
 
 
 class LedgerFilterForm(forms.Form):
     KIND_CHOICES = (
-        ("", "Every kind"),
-        ("GRANT", "Budget granted"),
-        ("RESERVE", "Reserved"),
-        ("COMMIT", "Committed"),
-        ("RELEASE", "Released"),
+        ("", _("Every kind")),
+        ("GRANT", _("Budget granted")),
+        ("RESERVE", _("Reserved")),
+        ("COMMIT", _("Committed")),
+        ("RELEASE", _("Released")),
     )
 
-    kind = forms.ChoiceField(choices=KIND_CHOICES, required=False)
+    kind = forms.ChoiceField(label=_("Kind"), choices=KIND_CHOICES, required=False)
     round = forms.IntegerField(
-        required=False, min_value=1, label="Round number", help_text="The round's number in its plan, as in the Round column (#1)."
+        required=False, min_value=1, label=_("Round number"), help_text=_("The round's number in its plan, as in the Round column (#1).")
     )
 
 
 class EventFilterForm(forms.Form):
-    agreement = forms.ModelChoiceField(queryset=Agreement.objects.none(), required=False, empty_label="Every agreement")
-    kind = forms.ChoiceField(required=False)
+    agreement = forms.ModelChoiceField(label=_("Agreement"), queryset=Agreement.objects.none(), required=False, empty_label=_("Every agreement"))
+    kind = forms.ChoiceField(label=_("Kind"), required=False)
 
     def __init__(self, *args, agreements=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -472,4 +485,4 @@ class EventFilterForm(forms.Form):
 
         if agreements is not None:
             self.fields["agreement"].queryset = agreements
-        self.fields["kind"].choices = [("", "Every kind"), *GovernanceEvent.Kind.choices]
+        self.fields["kind"].choices = [("", _("Every kind")), *GovernanceEvent.Kind.choices]

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from django.utils import timezone
 
+from .i18n import in_english
 from .models import Agreement, AgreementParty, AgreementSignature, RoundApproval, TrainingRound
 
 AGREEMENT_ACTIVE = "agreement_active"
@@ -82,7 +83,7 @@ def _fail(name: str, reason: str, **details) -> Check:
 def check_agreement_active(agreement: Agreement) -> Check:
     if agreement.status == Agreement.Status.ACTIVE:
         return _ok(AGREEMENT_ACTIVE, f"'{agreement.title}' v{agreement.version} is active.")
-    return _fail(AGREEMENT_ACTIVE, f"'{agreement.title}' is {agreement.get_status_display().lower()}, not active.")
+    return _fail(AGREEMENT_ACTIVE, f"'{agreement.title}' is {in_english(agreement.get_status_display()).lower()}, not active.")
 
 
 def check_agreement_signed(agreement: Agreement) -> Check:

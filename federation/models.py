@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from .guards import ApproverNotInvolved, GuardedModel, IllegalTransition, RecordFrozen, changed_fields
 
@@ -26,11 +27,11 @@ AUDITORS_GROUP = "auditors"
 
 class Organisation(models.Model):
     class Kind(models.TextChoices):
-        HOSPITAL = "hospital", "Hospital"
-        BANK = "bank", "Bank"
-        AGENCY = "agency", "Humanitarian agency"
-        RESEARCH = "research", "Research institute"
-        OTHER = "other", "Other"
+        HOSPITAL = "hospital", _("Hospital")
+        BANK = "bank", _("Bank")
+        AGENCY = "agency", _("Humanitarian agency")
+        RESEARCH = "research", _("Research institute")
+        OTHER = "other", _("Other")
 
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
@@ -48,8 +49,8 @@ class Membership(models.Model):
     """A user's role at one organisation. Auditors and administrators are site-wide groups."""
 
     class Role(models.TextChoices):
-        REPRESENTATIVE = "representative", "Partner representative"
-        AGENT = "agent", "Partner agent"
+        REPRESENTATIVE = "representative", _("Partner representative")
+        AGENT = "agent", _("Partner agent")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="memberships")
@@ -109,20 +110,20 @@ TERM_FIELDS = (
 
 class Agreement(GuardedModel):
     class Status(models.TextChoices):
-        DRAFT = "draft", "Draft"
-        AWAITING_SIGNATURES = "awaiting_signatures", "Awaiting signatures"
-        ACTIVE = "active", "Active"
-        SUSPENDED = "suspended", "Suspended"
-        TERMINATED = "terminated", "Terminated"
-        EXPIRED = "expired", "Expired"
+        DRAFT = "draft", _("Draft")
+        AWAITING_SIGNATURES = "awaiting_signatures", _("Awaiting signatures")
+        ACTIVE = "active", _("Active")
+        SUSPENDED = "suspended", _("Suspended")
+        TERMINATED = "terminated", _("Terminated")
+        EXPIRED = "expired", _("Expired")
 
     class ApprovalRule(models.TextChoices):
-        EVERY_PARTY = "every_party", "Every party approves"
-        QUORUM = "quorum", "A quorum of k parties approves"
+        EVERY_PARTY = "every_party", _("Every party approves")
+        QUORUM = "quorum", _("A quorum of k parties approves")
 
     class AuditorAccess(models.TextChoices):
-        LEDGER = "ledger", "Budget ledgers only"
-        LEDGER_AND_GOVERNANCE = "ledger_and_governance", "Ledgers and governance history"
+        LEDGER = "ledger", _("Budget ledgers only")
+        LEDGER_AND_GOVERNANCE = "ledger_and_governance", _("Ledgers and governance history")
 
     title = models.CharField(max_length=200)
     purposes = models.JSONField(help_text="Permitted purposes, a list of short phrases.")
@@ -232,9 +233,9 @@ class AgreementParty(models.Model):
     """An organisation's place in an agreement, and its exit, which never erases history."""
 
     class Status(models.TextChoices):
-        ACTIVE = "active", "Active"
-        NOTICE = "notice", "Notice given"
-        EXITED = "exited", "Exited"
+        ACTIVE = "active", _("Active")
+        NOTICE = "notice", _("Notice given")
+        EXITED = "exited", _("Exited")
 
     agreement = models.ForeignKey(Agreement, on_delete=models.CASCADE, related_name="party_links")
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="agreement_links")
@@ -290,8 +291,8 @@ class Dataset(GuardedModel):
     """Metadata of a partner's dataset. The records never leave the partner."""
 
     class Accountant(models.TextChoices):
-        RDP = "rdp", "Rényi DP (default)"
-        PLD = "pld", "Privacy loss distribution"
+        RDP = "rdp", _("Rényi DP (default)")
+        PLD = "pld", _("Privacy loss distribution")
 
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="datasets")
     agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="datasets")
@@ -358,10 +359,10 @@ class Dataset(GuardedModel):
 
 class TrainingPlan(GuardedModel):
     class Status(models.TextChoices):
-        ACTIVE = "active", "Active"
-        PAUSED = "paused", "Paused"
-        STOPPED = "stopped", "Stopped"
-        COMPLETED = "completed", "Completed"
+        ACTIVE = "active", _("Active")
+        PAUSED = "paused", _("Paused")
+        STOPPED = "stopped", _("Stopped")
+        COMPLETED = "completed", _("Completed")
 
     agreement = models.ForeignKey(Agreement, on_delete=models.PROTECT, related_name="plans")
     name = models.CharField(max_length=200)
@@ -481,16 +482,16 @@ class TrainingPlan(GuardedModel):
 
 class TrainingRound(GuardedModel):
     class Status(models.TextChoices):
-        REQUESTED = "requested", "Requested"
-        BLOCKED = "blocked", "Blocked"
-        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
-        APPROVED = "approved", "Approved"
-        REJECTED = "rejected", "Rejected"
-        RUNNING = "running", "Running"
-        AGGREGATING = "aggregating", "Aggregating"
-        COMPLETED = "completed", "Completed"
-        FAILED = "failed", "Failed"
-        ABORTED = "aborted", "Aborted"
+        REQUESTED = "requested", _("Requested")
+        BLOCKED = "blocked", _("Blocked")
+        AWAITING_APPROVAL = "awaiting_approval", _("Awaiting approval")
+        APPROVED = "approved", _("Approved")
+        REJECTED = "rejected", _("Rejected")
+        RUNNING = "running", _("Running")
+        AGGREGATING = "aggregating", _("Aggregating")
+        COMPLETED = "completed", _("Completed")
+        FAILED = "failed", _("Failed")
+        ABORTED = "aborted", _("Aborted")
 
     LIVE_STATES = (
         Status.REQUESTED,
@@ -585,13 +586,13 @@ class TrainingRound(GuardedModel):
 
 class RoundParticipant(models.Model):
     class Status(models.TextChoices):
-        INVITED = "invited", "Invited"
-        ACTIVE = "active", "Taking part"
-        DROPPED = "dropped", "Dropped out"
-        FINISHED = "finished", "Finished"
+        INVITED = "invited", _("Invited")
+        ACTIVE = "active", _("Taking part")
+        DROPPED = "dropped", _("Dropped out")
+        FINISHED = "finished", _("Finished")
         # Not taken into the round at its start (its agent was offline or not enrolled):
         # nothing reserved on its dataset; why is in round.metrics["left_out"].
-        LEFT_OUT = "left_out", "Left out"
+        LEFT_OUT = "left_out", _("Left out")
 
     round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="participant_links")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="round_links")
@@ -647,8 +648,8 @@ class RoundTicket(models.Model):
 
 class RoundApproval(GuardedModel):
     class Decision(models.TextChoices):
-        APPROVE = "approve", "Approve"
-        REJECT = "reject", "Reject"
+        APPROVE = "approve", _("Approve")
+        REJECT = "reject", _("Reject")
 
     round = models.ForeignKey(TrainingRound, on_delete=models.CASCADE, related_name="approvals")
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="approvals")
@@ -730,38 +731,38 @@ class GovernanceEvent(models.Model):
     """Every change of governance state, with actor and time. Append-only, read by auditors."""
 
     class Kind(models.TextChoices):
-        AGREEMENT_CREATED = "agreement_created", "Agreement created"
-        AGREEMENT_EDITED = "agreement_edited", "Draft edited"
-        AGREEMENT_SUBMITTED = "agreement_submitted", "Agreement sent for signature"
-        AGREEMENT_SIGNED = "agreement_signed", "Agreement signed"
-        AGREEMENT_ACTIVATED = "agreement_activated", "Agreement active"
-        AGREEMENT_AMENDED = "agreement_amended", "Agreement amended"
-        AGREEMENT_SUSPENDED = "agreement_suspended", "Agreement suspended"
-        AGREEMENT_RESUMED = "agreement_resumed", "Agreement resumed"
-        AGREEMENT_TERMINATED = "agreement_terminated", "Agreement terminated"
-        AGREEMENT_EXPIRED = "agreement_expired", "Agreement expired"
-        EXIT_NOTICE = "exit_notice", "Exit notice given"
-        PARTY_EXITED = "party_exited", "Party exited"
-        DATASET_REGISTERED = "dataset_registered", "Dataset registered"
-        BUDGET_CHANGED = "budget_changed", "Budget changed"
-        PLAN_CREATED = "plan_created", "Training plan created"
-        PLAN_STOPPED = "plan_stopped", "Training plan stopped"
-        PLAN_PAUSED = "plan_paused", "Training plan paused"
-        PLAN_RESUMED = "plan_resumed", "Training plan resumed"
-        PLAN_RETRY_SCHEDULED = "plan_retry_scheduled", "Round retry scheduled"
-        PLAN_POLICY_CHANGED = "plan_policy_changed", "Retry policy changed"
-        ROUND_REQUESTED = "round_requested", "Round requested"
-        ROUND_BLOCKED = "round_blocked", "Round blocked"
-        ROUND_APPROVED = "round_approved", "Round approved"
-        ROUND_REJECTED = "round_rejected", "Round rejected"
-        ROUND_STARTED = "round_started", "Round started"
-        ROUND_COMPLETED = "round_completed", "Round completed"
-        ROUND_FAILED = "round_failed", "Round failed"
-        ROUND_ABORTED = "round_aborted", "Round aborted"
-        STANDING_APPROVAL = "standing_approval", "Standing approval given"
-        AUDITOR_ASSIGNED = "auditor_assigned", "Auditor assigned"
-        AGENT_ENROLLED = "agent_enrolled", "Partner agent enrolled"
-        MEMBER_REMOVED = "member_removed", "Member removed from an organisation"
+        AGREEMENT_CREATED = "agreement_created", _("Agreement created")
+        AGREEMENT_EDITED = "agreement_edited", _("Draft edited")
+        AGREEMENT_SUBMITTED = "agreement_submitted", _("Agreement sent for signature")
+        AGREEMENT_SIGNED = "agreement_signed", _("Agreement signed")
+        AGREEMENT_ACTIVATED = "agreement_activated", _("Agreement active")
+        AGREEMENT_AMENDED = "agreement_amended", _("Agreement amended")
+        AGREEMENT_SUSPENDED = "agreement_suspended", _("Agreement suspended")
+        AGREEMENT_RESUMED = "agreement_resumed", _("Agreement resumed")
+        AGREEMENT_TERMINATED = "agreement_terminated", _("Agreement terminated")
+        AGREEMENT_EXPIRED = "agreement_expired", _("Agreement expired")
+        EXIT_NOTICE = "exit_notice", _("Exit notice given")
+        PARTY_EXITED = "party_exited", _("Party exited")
+        DATASET_REGISTERED = "dataset_registered", _("Dataset registered")
+        BUDGET_CHANGED = "budget_changed", _("Budget changed")
+        PLAN_CREATED = "plan_created", _("Training plan created")
+        PLAN_STOPPED = "plan_stopped", _("Training plan stopped")
+        PLAN_PAUSED = "plan_paused", _("Training plan paused")
+        PLAN_RESUMED = "plan_resumed", _("Training plan resumed")
+        PLAN_RETRY_SCHEDULED = "plan_retry_scheduled", _("Round retry scheduled")
+        PLAN_POLICY_CHANGED = "plan_policy_changed", _("Retry policy changed")
+        ROUND_REQUESTED = "round_requested", _("Round requested")
+        ROUND_BLOCKED = "round_blocked", _("Round blocked")
+        ROUND_APPROVED = "round_approved", _("Round approved")
+        ROUND_REJECTED = "round_rejected", _("Round rejected")
+        ROUND_STARTED = "round_started", _("Round started")
+        ROUND_COMPLETED = "round_completed", _("Round completed")
+        ROUND_FAILED = "round_failed", _("Round failed")
+        ROUND_ABORTED = "round_aborted", _("Round aborted")
+        STANDING_APPROVAL = "standing_approval", _("Standing approval given")
+        AUDITOR_ASSIGNED = "auditor_assigned", _("Auditor assigned")
+        AGENT_ENROLLED = "agent_enrolled", _("Partner agent enrolled")
+        MEMBER_REMOVED = "member_removed", _("Member removed from an organisation")
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     agreement = models.ForeignKey(Agreement, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
@@ -802,10 +803,10 @@ class ApiToken(models.Model):
     """
 
     class Scope(models.TextChoices):
-        READ = "read", "Read"
-        TRIGGER = "trigger", "Trigger rounds"
-        APPROVE = "approve", "Approve rounds"
-        AGENT = "agent", "Partner agent"
+        READ = "read", _("Read")
+        TRIGGER = "trigger", _("Trigger rounds")
+        APPROVE = "approve", _("Approve rounds")
+        AGENT = "agent", _("Partner agent")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100, blank=True)
@@ -954,3 +955,19 @@ class ProtocolRelay(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["round", "phase", "party"], name="protocol_relay_once_per_party_and_phase"),
         ]
+
+
+class UserPreference(models.Model):
+    """A person's settings that follow them from browser to browser: the UI language.
+
+    Stored when they pick a language with the switcher (federation.i18n.set_language) and
+    applied on every request once they are signed in, over the cookie and Accept-Language.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preference")
+    language = models.CharField(_("language"), max_length=8, choices=settings.LANGUAGES)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("user preference")
+        verbose_name_plural = _("user preferences")

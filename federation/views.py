@@ -25,6 +25,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from fedgov.errors import ApplicationError, NotFound, PermissionDenied, ValidationFailed
@@ -40,6 +42,7 @@ from .access import (
     visible_agreements,
     visible_datasets,
 )
+from .i18n import verification_line
 from .models import Agreement, AgreementParty, Membership, Organisation, RoundApproval, TrainingPlan, TrainingRound
 from .services import agents as agent_services
 from .services import agreements as agreement_services
@@ -161,7 +164,7 @@ def organisation_create(request):
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc)
         else:
-            messages.success(request, f"{org.name} registered. Add its representatives next.")
+            messages.success(request, _("%(org)s registered. Add its representatives next.") % {"org": org.name})
             return redirect("web:organisation_detail", slug=org.slug)
     return render(request, "federation/organisation_form.html", {"form": form})
 
@@ -195,7 +198,7 @@ def agent_list(request):
     user = request.user
     organisations = access.agent_organisations(user)
     if not is_administrator(user) and not organisations.exists():
-        raise DjangoPermissionDenied("Only administrators and organisations' representatives see partner agents.")
+        raise DjangoPermissionDenied(_("Only administrators and organisations' representatives see partner agents."))
     return render(
         request,
         "federation/agent_list.html",
@@ -236,7 +239,11 @@ def member_create(request, slug):
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc, {"user": "username" if form is new_form else "user"})
         else:
-            messages.success(request, f"{person.username} is now {Membership.Role(data['role']).label.lower()} of {org.name}.")
+            messages.success(
+                request,
+                _("%(user)s is now %(role)s of %(org)s.")
+                % {"user": person.username, "role": str(Membership.Role(data["role"]).label).lower(), "org": org.name},
+            )
             return redirect("web:organisation_detail", slug=org.slug)
     return render(
         request, "federation/member_form.html", {"organisation": org, "new_form": new_form, "existing_form": existing_form}
@@ -281,7 +288,7 @@ def agreement_create(request):
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc)
         else:
-            messages.success(request, f"Draft '{agreement.title}' saved. Review it, then send it for signature.")
+            messages.success(request, _("Draft '%(title)s' saved. Review it, then send it for signature.") % {"title": agreement.title})
             return redirect("web:agreement_detail", pk=agreement.pk)
     return render(request, "federation/agreement_form.html", {"form": form, "mode": "create"})
 
@@ -330,7 +337,11 @@ def agreement_edit(request, pk):
     amending = agreement.terms_frozen
     require_administrator(user, what="agreement", action="amend" if amending else "edit")
     if agreement.status in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED):
-        messages.error(request, f"'{agreement.title}' is {agreement.get_status_display().lower()} and cannot change any more.")
+        messages.error(
+            request,
+            _("'%(title)s' is %(status)s and cannot change any more.")
+            % {"title": agreement.title, "status": agreement.get_status_display().lower()},
+        )
         return redirect("web:agreement_detail", pk=agreement.pk)
     form = forms.AgreementForm(_posted(request), initial=forms.AgreementForm.initial_from(agreement))
     if request.method == "POST" and form.is_valid():
@@ -349,9 +360,13 @@ def agreement_edit(request, pk):
             form.add_error(None, exc.message)
         else:
             if amending:
-                messages.success(request, f"'{agreement.title}' amended to version {agreement.version}; every party signs again.")
+                messages.success(
+                    request,
+                    _("'%(title)s' amended to version %(version)s; every party signs again.")
+                    % {"title": agreement.title, "version": agreement.version},
+                )
             else:
-                messages.success(request, f"Draft '{agreement.title}' updated.")
+                messages.success(request, _("Draft '%(title)s' updated.") % {"title": agreement.title})
             return redirect("web:agreement_detail", pk=agreement.pk)
     return render(
         request, "federation/agreement_form.html", {"form": form, "mode": "amend" if amending else "edit", "agreement": agreement}
@@ -368,14 +383,21 @@ def agreement_submit(request, pk):
         raise
     except ApplicationError as exc:
         return _refused(request, exc, reverse("web:agreement_detail", args=[pk]))
-    messages.success(request, f"'{agreement.title}' sent for signature. Terms hash {agreement.terms_hash}.")
+    messages.success(
+        request,
+        _("'%(title)s' sent for signature. Terms hash %(hash)s.") % {"title": agreement.title, "hash": agreement.terms_hash},
+    )
     return redirect("web:agreement_detail", pk=pk)
 
 
 STATUS_ACTIONS = {
-    "suspend": (agreement_services.agreement_suspend, "Suspend", "suspended: no round starts until it is resumed"),
-    "resume": (agreement_services.agreement_resume, "Resume", "active again"),
-    "terminate": (agreement_services.agreement_terminate, "Terminate", "terminated, for good"),
+    "suspend": (
+        agreement_services.agreement_suspend,
+        gettext_lazy("Suspend"),
+        gettext_lazy("suspended: no round starts until it is resumed"),
+    ),
+    "resume": (agreement_services.agreement_resume, gettext_lazy("Resume"), gettext_lazy("active again")),
+    "terminate": (agreement_services.agreement_terminate, gettext_lazy("Terminate"), gettext_lazy("terminated, for good")),
 }
 
 
@@ -383,7 +405,7 @@ STATUS_ACTIONS = {
 @require_http_methods(["GET", "POST"])
 def agreement_status(request, pk, action):
     if action not in STATUS_ACTIONS:
-        raise Http404("No such action.")
+        raise Http404(_("No such action."))
     service, verb, outcome = STATUS_ACTIONS[action]
     agreement = selectors.agreement_for(request.user, pk)
     require_administrator(request.user, what="agreement", action="change the status of")
@@ -398,7 +420,7 @@ def agreement_status(request, pk, action):
         except ApplicationError as exc:
             return _refused(request, exc, reverse("web:agreement_detail", args=[pk]))
         else:
-            messages.success(request, f"'{agreement.title}' is {outcome}.")
+            messages.success(request, _("'%(title)s' is %(outcome)s.") % {"title": agreement.title, "outcome": outcome})
             return redirect("web:agreement_detail", pk=pk)
     return render(
         request,
@@ -436,9 +458,16 @@ def agreement_sign(request, pk, org_slug):
         else:
             agreement.refresh_from_db()
             if agreement.status == Agreement.Status.ACTIVE:
-                messages.success(request, f"{org.name} signed. Every party has signed: '{agreement.title}' is active.")
+                messages.success(
+                    request,
+                    _("%(org)s signed. Every party has signed: '%(title)s' is active.") % {"org": org.name, "title": agreement.title},
+                )
             else:
-                messages.success(request, f"{org.name} signed '{agreement.title}' v{agreement.version}.")
+                messages.success(
+                    request,
+                    _("%(org)s signed '%(title)s' v%(version)s.")
+                    % {"org": org.name, "title": agreement.title, "version": agreement.version},
+                )
             return redirect("web:agreement_detail", pk=pk)
     already = agreement.signatures.filter(organisation=org, version=agreement.version).first()
     return render(
@@ -474,7 +503,9 @@ def agreement_exit(request, pk, org_slug):
             forms.apply_service_errors(form, exc)
         else:
             messages.success(
-                request, f"{org.name} gave exit notice; the exit takes effect on {party.exit_effective_at:%Y-%m-%d %H:%M} UTC."
+                request,
+                _("%(org)s gave exit notice; the exit takes effect on %(when)s UTC.")
+                % {"org": org.name, "when": f"{party.exit_effective_at:%Y-%m-%d %H:%M}"},
             )
             return redirect("web:agreement_detail", pk=pk)
     return render(
@@ -509,7 +540,7 @@ def event_list(request):
         try:
             visible = selectors.agreement_for(user, int(request.GET["agreement"]))
         except ValueError:
-            raise Http404("Agreement not found.") from None
+            raise Http404(_("Agreement not found.")) from None
         access.require_history_reader(user, visible)
     events = selectors.events_for(user, agreement=agreement, kind=kind)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
@@ -570,7 +601,11 @@ def dataset_create(request):
         except ApplicationError as exc:
             forms.apply_service_errors(form, exc)
         else:
-            messages.success(request, f"Dataset {dataset.slug} registered with an epsilon budget of {dataset.epsilon_budget:g}.")
+            messages.success(
+                request,
+                _("Dataset %(slug)s registered with an epsilon budget of %(budget)s.")
+                % {"slug": dataset.slug, "budget": f"{dataset.epsilon_budget:g}"},
+            )
             return redirect("web:dataset_detail", slug=dataset.slug)
     terms = {a.pk: a for a in agreements}
     return render(request, "federation/dataset_form.html", {"form": form, "agreements": terms.values()})
@@ -612,7 +647,10 @@ def dataset_raise_budget(request, slug):
         except ApplicationError as exc:
             forms.apply_service_errors(form, exc)
         else:
-            messages.success(request, f"Budget of {dataset.slug} raised to {dataset.epsilon_budget:g}.")
+            messages.success(
+                request,
+                _("Budget of %(slug)s raised to %(budget)s.") % {"slug": dataset.slug, "budget": f"{dataset.epsilon_budget:g}"},
+            )
             return redirect("web:dataset_detail", slug=slug)
     else:
         access.require_budget_changer(user, dataset)
@@ -693,7 +731,7 @@ def ledger_verify(request, slug):
     result = verify_dataset(dataset)
     stored = {
         "ok": result.ok,
-        "line": result.line(),
+        "line": verification_line(result),
         "entries": result.entries,
         "signed_heads": result.signed_heads,
         "bad_seq": result.bad_seq,
@@ -705,9 +743,9 @@ def ledger_verify(request, slug):
     verifications[dataset.slug] = stored
     request.session[VERIFY_SESSION_KEY] = verifications
     if result.ok:
-        messages.success(request, f"Ledger of {dataset.slug} verified: {result.line()}")
+        messages.success(request, _("Ledger of %(slug)s verified: %(line)s") % {"slug": dataset.slug, "line": verification_line(result)})
     else:
-        messages.error(request, f"Ledger of {dataset.slug} does NOT verify: {result.line()}")
+        messages.error(request, _("Ledger of %(slug)s does NOT verify: %(line)s") % {"slug": dataset.slug, "line": verification_line(result)})
     return redirect(reverse("web:ledger", args=[slug]) + "#verification")
 
 
@@ -783,7 +821,7 @@ def plan_create(request):
                 )
             else:
                 plan = plan_services.plan_create(actor=user, **kwargs)
-                messages.success(request, f"Plan '{plan.name}' defined: {plan.rounds_total} rounds.")
+                messages.success(request, _("Plan '%(name)s' defined: %(n)s rounds.") % {"name": plan.name, "n": plan.rounds_total})
                 return redirect("web:plan_detail", pk=plan.pk)
         except ValidationFailed as exc:
             forms.apply_service_errors(form, exc, forms.PlanForm.ERROR_FIELDS)
@@ -829,9 +867,14 @@ def round_request(request, pk):
     except ApplicationError as exc:
         return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
     if round.status == TrainingRound.Status.BLOCKED:
-        messages.error(request, f"Round {round.number} is blocked by governance: {round.reason}")
+        messages.error(
+            request, _("Round %(number)s is blocked by governance: %(reason)s") % {"number": round.number, "reason": round.reason}
+        )
     else:
-        messages.success(request, f"Round {round.number} requested: {round.get_status_display().lower()}.")
+        messages.success(
+            request,
+            _("Round %(number)s requested: %(status)s.") % {"number": round.number, "status": round.get_status_display().lower()},
+        )
     return redirect("web:round_detail", pk=round.pk)
 
 
@@ -845,7 +888,7 @@ def plan_pause(request, pk):
         raise
     except ApplicationError as exc:
         return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
-    messages.success(request, "Plan paused: no round or retry is requested until it is resumed.")
+    messages.success(request, _("Plan paused: no round or retry is requested until it is resumed."))
     return redirect("web:plan_detail", pk=pk)
 
 
@@ -860,9 +903,15 @@ def plan_resume(request, pk):
     except ApplicationError as exc:
         return _refused(request, exc, reverse("web:plan_detail", args=[pk]))
     if nxt is not None and nxt.status == TrainingRound.Status.BLOCKED:
-        messages.error(request, f"Plan resumed, but round {nxt.number} is blocked by governance: {nxt.reason}")
+        messages.error(
+            request,
+            _("Plan resumed, but round %(number)s is blocked by governance: %(reason)s") % {"number": nxt.number, "reason": nxt.reason},
+        )
     else:
-        messages.success(request, "Plan resumed" + (f"; round {nxt.number} requested." if nxt is not None else "."))
+        messages.success(
+            request,
+            _("Plan resumed; round %(number)s requested.") % {"number": nxt.number} if nxt is not None else _("Plan resumed."),
+        )
     return redirect("web:plan_detail", pk=pk)
 
 
@@ -882,7 +931,7 @@ def standing_approval(request, pk, org_slug):
         except ApplicationError as exc:
             forms.apply_service_errors(form, exc)
         else:
-            messages.success(request, f"{org.name} gave a standing approval for '{plan.name}'.")
+            messages.success(request, _("%(org)s gave a standing approval for '%(plan)s'.") % {"org": org.name, "plan": plan.name})
             return redirect(_safe_next(request, reverse("web:plan_detail", args=[pk])))
     return render(
         request,
@@ -1036,7 +1085,7 @@ def round_approval_pick(request, pk):
     if len(orgs) == 1:
         return redirect("web:round_approval", pk=pk, org_slug=orgs[0].slug)
     if not orgs:
-        raise DjangoPermissionDenied("You represent no organisation whose data this round uses; only they decide on it.")
+        raise DjangoPermissionDenied(_("You represent no organisation whose data this round uses; only they decide on it."))
     return render(request, "federation/round_approval_pick.html", {"round": round, "orgs": orgs})
 
 
@@ -1058,7 +1107,9 @@ def round_approval(request, pk, org_slug):
         else:
             round.refresh_from_db()
             messages.success(
-                request, f"{org.name} approved round {round.number}. The round is {round.get_status_display().lower()}."
+                request,
+                _("%(org)s approved round %(number)s. The round is %(status)s.")
+                % {"org": org.name, "number": round.number, "status": round.get_status_display().lower()},
             )
         return redirect("web:round_approval", pk=pk, org_slug=org_slug)
     return render(request, "federation/round_approval.html", _approval_context(user, round, org))
@@ -1081,6 +1132,6 @@ def round_reject(request, pk, org_slug):
             messages.error(request, exc.message)
             return redirect("web:round_approval", pk=pk, org_slug=org_slug)
         else:
-            messages.success(request, f"{org.name} rejected round {round.number}.")
+            messages.success(request, _("%(org)s rejected round %(number)s.") % {"org": org.name, "number": round.number})
             return redirect("web:round_approval", pk=pk, org_slug=org_slug)
     return render(request, "federation/round_approval.html", _approval_context(user, round, org, reject_form=form), status=400)

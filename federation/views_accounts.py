@@ -20,6 +20,8 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods, require_POST
 from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -35,9 +37,9 @@ from .services import organisations as organisation_services
 from .services import tokens as token_services
 from .views import _role_context, web_view
 
-MSG_CODE_WRONG = "That code is not right (or was already used); try the current one."
-MSG_PENDING_EXPIRED = "Sign in again: the one-time code must follow the password within five minutes."
-MSG_DEVICE_REQUIRED = "Administrators sign in with a one-time code; you cannot remove your device."
+MSG_CODE_WRONG = gettext_lazy("That code is not right (or was already used); try the current one.")
+MSG_PENDING_EXPIRED = gettext_lazy("Sign in again: the one-time code must follow the password within five minutes.")
+MSG_DEVICE_REQUIRED = gettext_lazy("Administrators sign in with a one-time code; you cannot remove your device.")
 
 
 def _safe(request, target: str, default: str) -> str:
@@ -148,7 +150,7 @@ def two_factor(request):
             pending.confirmed = True
             pending.save(update_fields=["confirmed"])
             otp_login(request, pending)  # this session just proved the code
-            messages.success(request, "Two-factor sign-in is on: the next login asks for a code.")
+            messages.success(request, _("Two-factor sign-in is on: the next login asks for a code."))
             return redirect("account_two_factor")
     elif request.method == "POST" and action == "remove" and device is not None:
         if required:
@@ -156,7 +158,7 @@ def two_factor(request):
             return redirect("account_two_factor")
         if _check_code(device, form):
             TOTPDevice.objects.filter(user=user).delete()
-            messages.success(request, "Two-factor sign-in is off.")
+            messages.success(request, _("Two-factor sign-in is off."))
             return redirect("account_two_factor")
     elif request.method == "POST":
         return redirect("account_two_factor")
@@ -205,9 +207,9 @@ def token_list(request):
 def token_revoke(request, pk: int):
     token = ApiToken.objects.filter(pk=pk, user=request.user).first()
     if token is None:
-        raise Http404("Token not found.")
+        raise Http404(_("Token not found."))
     token_services.token_revoke(actor=request.user, token=token)
-    messages.success(request, f"Token {token.prefix}… is revoked; requests with it now get 401.")
+    messages.success(request, _("Token %(prefix)s… is revoked; requests with it now get 401.") % {"prefix": token.prefix})
     return redirect("account_tokens")
 
 
@@ -221,14 +223,16 @@ def member_remove(request, slug: str, pk: int):
     org = selectors.organisation_for(request.user, slug)
     membership = Membership.objects.filter(pk=pk, organisation=org).select_related("user").first()
     if membership is None:
-        raise Http404("Membership not found.")
+        raise Http404(_("Membership not found."))
     try:
         organisation_services.membership_remove(actor=request.user, membership=membership)
     except ApplicationError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(
-            request, f"{membership.user.username} is no longer {membership.get_role_display().lower()} of {org.name}."
+            request,
+            _("%(user)s is no longer %(role)s of %(org)s.")
+            % {"user": membership.user.username, "role": membership.get_role_display().lower(), "org": org.name},
         )
     return redirect("web:organisation_detail", slug=org.slug)
 

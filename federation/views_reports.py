@@ -21,10 +21,12 @@ from datetime import UTC, datetime, time, timedelta
 from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
 from . import access, selectors
 from .forms_accounts import EventExportForm, LedgerExportForm
+from .i18n import verification_line
 from .models import AgreementParty, AgreementSignature, TrainingRound
 from .views import _role_context, web_view
 
@@ -131,7 +133,7 @@ def event_csv(request):
             try:
                 visible = selectors.agreement_for(user, int(request.GET["agreement"]))
             except ValueError:
-                raise Http404("Agreement not found.") from None
+                raise Http404(_("Agreement not found.")) from None
             access.require_history_reader(user, visible)
         return _form_errors(form)
     data = form.cleaned_data
@@ -203,7 +205,7 @@ def _dataset_section(dataset) -> dict:
         "rows": charged,
         "verification": {
             "ok": result.ok,
-            "line": result.line(),
+            "line": verification_line(result),
             "entries": result.entries,
             "signed_heads": result.signed_heads,
             "bad_seq": result.bad_seq,

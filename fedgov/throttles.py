@@ -94,6 +94,16 @@ def locked_out_message(wait: int) -> str:
     return MSG_LOCKED_OUT.format(wait=f"{minutes} minute" if minutes == 1 else f"{minutes} minutes")
 
 
+def locked_out_message_localised(wait: int) -> str:
+    """locked_out_message in the request's language, for the login pages (the API's stays English)."""
+    from django.utils.translation import gettext, ngettext
+
+    minutes = max(1, math.ceil(wait / 60))
+    return gettext("Too many failed login attempts; try again in %(wait)s.") % {
+        "wait": ngettext("%(n)s minute", "%(n)s minutes", minutes) % {"n": minutes}
+    }
+
+
 class ThrottledLoginMixin:
     """An authentication form that refuses a locked-out client or username before the password
     is even checked (so the right password is refused too), and counts each wrong password."""
@@ -107,7 +117,7 @@ class ThrottledLoginMixin:
             return super().clean()  # a missing field: nothing was guessed
         wait = password_wait(self.request, username)
         if wait:
-            self.locked_out_message = locked_out_message(wait)
+            self.locked_out_message = locked_out_message_localised(wait)
             raise forms.ValidationError(self.locked_out_message, code="locked_out")
         try:
             return super().clean()

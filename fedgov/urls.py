@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from federation import views_accounts
+from federation import i18n, views_accounts
 from federation.views import SignOutView
 from fedgov.throttles import ThrottledAdminAuthenticationForm
 
@@ -32,6 +32,8 @@ urlpatterns = [
     path("account/two-factor/", views_accounts.two_factor, name="account_two_factor"),
     path("account/tokens/", views_accounts.token_list, name="account_tokens"),
     path("account/tokens/<int:pk>/revoke/", views_accounts.token_revoke, name="account_token_revoke"),
+    # The language switcher's form posts here (federation.i18n): cookie, and the user's choice.
+    path("i18n/setlang/", i18n.set_language, name="set_language"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's bootstrap as a script file of its own (?script=), so
     # the page runs under a script-src 'self' policy: no inline script, no CDN.

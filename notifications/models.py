@@ -13,23 +13,25 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class Kind(models.TextChoices):
     """What a person can be told. `kinds.RULES` maps governance events onto these."""
 
-    SIGNATURE_REQUESTED = "signature_requested", "Signature requested"
-    APPROVAL_WAITING = "approval_waiting", "Approval waiting"
-    ROUND_BLOCKED = "round_blocked", "Round blocked"
-    ROUND_ABORTED = "round_aborted", "Round aborted"
-    ROUND_FAILED = "round_failed", "Round failed"
-    ROUND_COMPLETED = "round_completed", "Round completed"
-    PLAN_PAUSED = "plan_paused", "Plan paused or stopped"
-    BUDGET_80 = "budget_80", "Budget 80% spent"
-    BUDGET_EXHAUSTED = "budget_exhausted", "Budget exhausted"
-    EXIT_NOTICE = "exit_notice", "Exit notice given"
-    EXIT_EFFECTIVE = "exit_effective", "Exit effective"
-    LEDGER_VERIFICATION_FAILED = "ledger_verification_failed", "Ledger verification failing"
+    SIGNATURE_REQUESTED = "signature_requested", _("Signature requested")
+    APPROVAL_WAITING = "approval_waiting", _("Approval waiting")
+    ROUND_BLOCKED = "round_blocked", _("Round blocked")
+    ROUND_ABORTED = "round_aborted", _("Round aborted")
+    ROUND_FAILED = "round_failed", _("Round failed")
+    ROUND_COMPLETED = "round_completed", _("Round completed")
+    PLAN_PAUSED = "plan_paused", _("Plan paused or stopped")
+    # xgettext:no-python-format
+    BUDGET_80 = "budget_80", _("Budget 80% spent")
+    BUDGET_EXHAUSTED = "budget_exhausted", _("Budget exhausted")
+    EXIT_NOTICE = "exit_notice", _("Exit notice given")
+    EXIT_EFFECTIVE = "exit_effective", _("Exit effective")
+    LEDGER_VERIFICATION_FAILED = "ledger_verification_failed", _("Ledger verification failing")
 
 
 class Notification(models.Model):
@@ -108,15 +110,15 @@ class Delivery(models.Model):
     """
 
     class Channel(models.TextChoices):
-        EMAIL = "email", "Email"
-        WEBHOOK = "webhook", "Webhook"
+        EMAIL = "email", _("Email")
+        WEBHOOK = "webhook", _("Webhook")
 
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        SENDING = "sending", "Sending"
-        DELIVERED = "delivered", "Delivered"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+        PENDING = "pending", _("Pending")
+        SENDING = "sending", _("Sending")
+        DELIVERED = "delivered", _("Delivered")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
 
     channel = models.CharField(max_length=8, choices=Channel.choices)
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -39,6 +39,7 @@ from federation.access import (
     is_representative_of,
     visible_organisations,
 )
+from federation.i18n import in_english
 from federation.models import (
     AgreementSignature,
     GovernanceEvent,
@@ -166,7 +167,7 @@ def round_outcome(kind: str):
         notice = Notice(
             kind=kind,
             subject_key=f"round:{round.pk}:{kind}",
-            title=f"Round {round.number} of '{round.plan.name}': {Kind(kind).label.split()[-1].lower()}",
+            title=f"Round {round.number} of '{round.plan.name}': {in_english(Kind(kind).label).split()[-1].lower()}",
             body=event.message,
             link=_round_link(round),
             organisations=_round_orgs(round),

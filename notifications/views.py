@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.translation import gettext, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from federation.views import _role_context, web_view
@@ -46,7 +47,9 @@ def notification_read(request, pk: int):
 @require_POST
 def notifications_read_all(request):
     marked = services.notifications_mark_all_read(user=request.user)
-    messages.success(request, f"{marked} notification{'s' if marked != 1 else ''} marked read.")
+    messages.success(
+        request, ngettext("%(n)s notification marked read.", "%(n)s notifications marked read.", marked) % {"n": marked}
+    )
     return redirect(reverse("notifications:list"))
 
 
@@ -59,7 +62,7 @@ def preferences(request):
             for kind in Kind
         ]
         services.preferences_update(user=request.user, preferences=chosen)
-        messages.success(request, "Your notification preferences are saved.")
+        messages.success(request, gettext("Your notification preferences are saved."))
         return redirect(reverse("notifications:preferences"))
     return render(
         request,

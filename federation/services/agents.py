@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from ..models import AgentIdentity, AgentStatus, Organisation, RoundParticipant, TrainingRound
 
@@ -36,17 +37,18 @@ MSG_RULE_MINIMUM = "the agreement requires at least {minimum}"
 MSG_RULE_THRESHOLD = "secure aggregation needs {threshold}"
 
 # What an agent's refusal code means, in plain words (federation/agent/runner.py's codes).
+# English here and in the API; marked so the pages show them translated (fedgov_ui.refusal_words).
 REFUSAL_WORDS = {
-    "agreement_unknown": "its agent does not hold this agreement's terms (was the agreement signed after the agent last learned its terms?)",
-    "terms_mismatch": "the round was prepared under another version of the agreement's terms than the one its agent holds",
-    "outside_terms": "the plan's privacy parameters are outside the agreement's terms",
-    "eval_noise_too_low": "the evaluation noise is below the agreement's floor",
-    "epsilon_over_ceiling": "the round would spend more privacy budget than the partner's own ceiling allows",
-    "ticket_unsigned": "the round ticket is not signed",
-    "ticket_signature": "the round ticket is not signed by the coordinator key its agent trusts",
-    "ticket_malformed": "the round ticket is malformed",
-    "ticket_mismatch": "what the coordinator asked differs from the signed round ticket",
-    "round_already_run": "its agent already ran this round",
+    "agreement_unknown": gettext_noop("its agent does not hold this agreement's terms (was the agreement signed after the agent last learned its terms?)"),
+    "terms_mismatch": gettext_noop("the round was prepared under another version of the agreement's terms than the one its agent holds"),
+    "outside_terms": gettext_noop("the plan's privacy parameters are outside the agreement's terms"),
+    "eval_noise_too_low": gettext_noop("the evaluation noise is below the agreement's floor"),
+    "epsilon_over_ceiling": gettext_noop("the round would spend more privacy budget than the partner's own ceiling allows"),
+    "ticket_unsigned": gettext_noop("the round ticket is not signed"),
+    "ticket_signature": gettext_noop("the round ticket is not signed by the coordinator key its agent trusts"),
+    "ticket_malformed": gettext_noop("the round ticket is malformed"),
+    "ticket_mismatch": gettext_noop("what the coordinator asked differs from the signed round ticket"),
+    "round_already_run": gettext_noop("its agent already ran this round"),
 }
 
 

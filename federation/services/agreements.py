@@ -16,6 +16,7 @@ from django.utils import timezone
 from fedgov.errors import InvalidState, ValidationFailed
 
 from ..access import require_administrator, require_representative
+from ..i18n import in_english
 from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature, GovernanceEvent, Organisation
 from .common import event_record, field_error, validated
 
@@ -217,7 +218,7 @@ def agreement_submit(*, actor, agreement: Agreement) -> Agreement:
     require_administrator(actor, what="agreement", action="submit")
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.status != Agreement.Status.DRAFT:
-        raise InvalidState(f"'{agreement.title}' is {agreement.get_status_display().lower()}, not a draft.")
+        raise InvalidState(f"'{agreement.title}' is {in_english(agreement.get_status_display()).lower()}, not a draft.")
     if agreement.party_links.count() < 2:
         raise field_error("parties", MSG_NO_PARTIES)
     agreement.status = Agreement.Status.AWAITING_SIGNATURES
@@ -246,7 +247,7 @@ def agreement_sign(*, actor, agreement: Agreement, organisation: Organisation, t
     if not agreement.party_links.filter(organisation=organisation).exists():
         raise ValidationFailed(MSG_NOT_A_PARTY.format(organisation=organisation.name, title=agreement.title))
     if agreement.status != Agreement.Status.AWAITING_SIGNATURES:
-        raise InvalidState(MSG_NOT_SIGNABLE.format(title=agreement.title, status=agreement.get_status_display().lower()))
+        raise InvalidState(MSG_NOT_SIGNABLE.format(title=agreement.title, status=in_english(agreement.get_status_display()).lower()))
     if AgreementSignature.objects.filter(agreement=agreement, organisation=organisation, version=agreement.version).exists():
         raise InvalidState(MSG_ALREADY_SIGNED.format(organisation=organisation.name, version=agreement.version, title=agreement.title))
     terms_hash = (terms_hash or "").strip().lower()
@@ -287,7 +288,7 @@ def agreement_amend(*, actor, agreement: Agreement, parties=None, auditors=None,
     require_administrator(actor, what="agreement", action="amend")
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.status not in (Agreement.Status.AWAITING_SIGNATURES, Agreement.Status.ACTIVE, Agreement.Status.SUSPENDED):
-        raise InvalidState(f"'{agreement.title}' is {agreement.get_status_display().lower()} and cannot be amended.")
+        raise InvalidState(f"'{agreement.title}' is {in_english(agreement.get_status_display()).lower()} and cannot be amended.")
     before = agreement.terms()
     _apply_terms(agreement, terms)
     _validate_terms(agreement, _parties_for_check(agreement, parties))
@@ -319,11 +320,11 @@ def _set_status(*, actor, agreement: Agreement, allowed_from: tuple, to: str, ki
     agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
     if agreement.status not in allowed_from:
         raise InvalidState(
-            f"'{agreement.title}' is {agreement.get_status_display().lower()}; cannot become {Agreement.Status(to).label.lower()}."
+            f"'{agreement.title}' is {in_english(agreement.get_status_display()).lower()}; cannot become {in_english(Agreement.Status(to).label).lower()}."
         )
     agreement.status = to
     agreement.save(update_fields=["status"])
-    event_record(kind=kind, message=f"'{agreement.title}': {Agreement.Status(to).label.lower()}. {reason}".strip(), actor=actor, agreement=agreement)
+    event_record(kind=kind, message=f"'{agreement.title}': {in_english(Agreement.Status(to).label).lower()}. {reason}".strip(), actor=actor, agreement=agreement)
     return agreement
 
 

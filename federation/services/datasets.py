@@ -7,6 +7,7 @@ from django.db import transaction
 from fedgov.errors import InvalidState, ValidationFailed
 
 from ..access import require_representative
+from ..i18n import in_english
 from ..models import Agreement, AgreementParty, Dataset, GovernanceEvent, Organisation
 from .common import event_record, field_error, validated
 
@@ -105,7 +106,7 @@ def dataset_register(
     if party.effective_status() != AgreementParty.Status.ACTIVE:
         raise InvalidState(f"{organisation.name} has given exit notice from '{agreement.title}' and cannot register datasets.")
     if agreement.status in (Agreement.Status.TERMINATED, Agreement.Status.EXPIRED):
-        raise InvalidState(f"'{agreement.title}' is {agreement.get_status_display().lower()}.")
+        raise InvalidState(f"'{agreement.title}' is {in_english(agreement.get_status_display()).lower()}.")
     if not isinstance(record_count, int) or isinstance(record_count, bool) or record_count < 1:
         raise field_error("record_count", "The record count must be a positive whole number.")
     _check_schema(feature_names, label_name, label_classes, feature_bounds)

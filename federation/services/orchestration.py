@@ -34,6 +34,7 @@ from fedgov.errors import ApplicationError, NotFound, PermissionDenied
 
 from .. import secagg, wakeup
 from ..agent import trust
+from ..i18n import in_english
 from ..learning import (
     QuantSpec,
     apply_update,
@@ -534,7 +535,7 @@ def agent_submit(*, user, round_id: int, phase: str, body: bytes) -> dict:
             raise NotFound("Round not found.")
         if round.status not in (Status.RUNNING, Status.AGGREGATING) or round.phase != phase:
             raise PhaseClosed(
-                f"Round {round.number} is {round.get_status_display().lower()}"
+                f"Round {round.number} is {in_english(round.get_status_display()).lower()}"
                 + (f" in phase {round.phase}" if round.phase else "")
                 + f"; a {phase} message is out of turn.",
                 phase=round.phase,
@@ -624,7 +625,7 @@ def agent_refuse(*, user, round_id: int, code: str, reason: str) -> dict:
         if link.refusal_code:
             return {"accepted": True, "code": link.refusal_code}  # told us already (a retried POST)
         if round.status not in (Status.RUNNING, Status.AGGREGATING):
-            raise PhaseClosed(f"Round {round.number} is {round.get_status_display().lower()}; there is nothing to decline.")
+            raise PhaseClosed(f"Round {round.number} is {in_english(round.get_status_display()).lower()}; there is nothing to decline.")
         phase = round.phase
         link.refusal_code, link.refusal_reason, link.refused_at = code, reason, timezone.now()
         # It sent its update already when it declines to evaluate: it finished, without evaluating.

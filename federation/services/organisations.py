@@ -8,6 +8,7 @@ from django.db import transaction
 from fedgov.errors import InvalidState, ValidationFailed
 
 from ..access import require_administrator
+from ..i18n import in_english
 from ..models import Agreement, AgreementParty, ApiToken, GovernanceEvent, Membership, Organisation
 from .common import event_record, validated
 from .tokens import token_revoke
@@ -89,7 +90,7 @@ def membership_remove(*, actor, membership: Membership) -> None:
                 organisation=organisation.slug,
                 agreements=live,
             )
-    role = membership.get_role_display().lower()
+    role = in_english(membership.get_role_display()).lower()
     membership.delete()
     revoked: list[str] = []
     if membership.role == Membership.Role.AGENT and not Membership.objects.filter(user=user, role=Membership.Role.AGENT).exists():

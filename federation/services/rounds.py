@@ -14,6 +14,7 @@ from fedgov.errors import InvalidState, ValidationFailed
 
 from .. import governance
 from ..access import require_representative, require_round_requester
+from ..i18n import in_english
 from ..models import (
     AgreementParty,
     GovernanceEvent,
@@ -96,12 +97,12 @@ def round_request_once(
     if plan.status != TrainingPlan.Status.ACTIVE:
         raise InvalidState(
             MSG_PLAN_NOT_ACTIVE.format(
-                plan=plan.name, status=plan.get_status_display().lower(), reason=plan.stopped_reason or "no reason recorded"
+                plan=plan.name, status=in_english(plan.get_status_display()).lower(), reason=plan.stopped_reason or "no reason recorded"
             )
         )
     live = plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).first()
     if live:
-        raise InvalidState(MSG_ROUND_LIVE.format(number=live.number, plan=plan.name, status=live.get_status_display().lower()))
+        raise InvalidState(MSG_ROUND_LIVE.format(number=live.number, plan=plan.name, status=in_english(live.get_status_display()).lower()))
     completed = plan.rounds.filter(status=Status.COMPLETED).count()
     if completed >= plan.rounds_total:
         raise InvalidState(MSG_PLAN_COMPLETE.format(plan=plan.name, total=plan.rounds_total))
@@ -206,7 +207,7 @@ def _maybe_approved(round: TrainingRound, *, actor) -> None:
 def _lock_awaiting(round: TrainingRound) -> TrainingRound:
     round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
     if round.status != Status.AWAITING_APPROVAL:
-        raise InvalidState(MSG_NOT_AWAITING.format(number=round.number, status=round.get_status_display().lower()))
+        raise InvalidState(MSG_NOT_AWAITING.format(number=round.number, status=in_english(round.get_status_display()).lower()))
     return round
 
 

@@ -218,7 +218,9 @@ def _path(pts: Sequence[tuple[float, float]], sx, sy, *, step: bool, x_end: floa
     return " ".join(parts)
 
 
-def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, height: int = 18) -> str:
+def budget_bar(
+    *, spent: float, cost: float, budget: float, width: int = 320, height: int = 18, label: str | None = None
+) -> str:
     """A horizontal bar: spent (dark), this round's cost (amber), the rest of the budget (light).
 
     Drawn as SVG because the CSP forbids style="width: ..%"; attributes are not styles.
@@ -231,11 +233,12 @@ def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, he
     spent_w = min(spent * scale, width)
     cost_w = min(cost * scale, width - spent_w)
     over = spent + cost > budget + 1e-12
-    label = (
-        f"{spent:.3g} of {budget:.3g} spent"
-        + (f", this round {cost:.3g}" if cost else "")
-        + f", {max(budget - spent, 0):.3g} remaining"
-    )
+    if label is None:
+        label = (
+            f"{spent:.3g} of {budget:.3g} spent"
+            + (f", this round {cost:.3g}" if cost else "")
+            + f", {max(budget - spent, 0):.3g} remaining"
+        )
     cls = "budget-bar-svg over" if over else "budget-bar-svg"
     return (
         f'<svg class="{cls}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
@@ -248,14 +251,17 @@ def budget_bar(*, spent: float, cost: float, budget: float, width: int = 320, he
     )
 
 
-def interval_bar(*, value: float, low: float, high: float, width: int = 320, height: int = 22) -> str:
+def interval_bar(
+    *, value: float, low: float, high: float, width: int = 320, height: int = 22, label: str | None = None
+) -> str:
     """One accuracy on a 0-100% scale with its 95% interval as a band (the round page).
 
     Same reason as ``budget_bar`` for SVG: no inline style under the CSP."""
     def px(v: float) -> float:
         return min(max(float(v), 0.0), 1.0) * (width - 2) + 1
 
-    label = f"accuracy {value:.1%}, 95% interval {low:.1%} to {high:.1%}"
+    if label is None:
+        label = f"accuracy {value:.1%}, 95% interval {low:.1%} to {high:.1%}"
     lo_x, hi_x, v_x = px(low), px(high), px(value)
     points = f"{_fmt(lo_x)},2 {_fmt(hi_x)},2 {_fmt(hi_x)},{height - 2} {_fmt(lo_x)},{height - 2}"
     return (

@@ -105,7 +105,8 @@ def test_auditor_verifies_a_ledger_sees_the_plot_downloads_the_bundle_and_change
     assert [c.dataset for c in report.chains] == ["org-a-records"]
     screenshot(page, "b-auditor-ledger-verified")
 
-    # Read-only everywhere: the only POST forms are "log out" and "verify now".
+    # Read-only everywhere: the only POST forms are "log out", "verify now" and the language
+    # switcher (the auditor's own UI language, no governance state).
     for url in (
         "/",
         f"/agreements/{cast.agreement.pk}/",
@@ -115,7 +116,7 @@ def test_auditor_verifies_a_ledger_sees_the_plot_downloads_the_bundle_and_change
     ):
         page.goto(url)
         roles = page.locator('form[method="post"]').evaluate_all("forms => forms.map(f => f.dataset.role || f.action)")
-        assert set(roles) <= {"logout", "verify"}, (url, roles)
+        assert set(roles) <= {"logout", "verify", "language"}, (url, roles)
         expect(page.get_by_role("button", name=re.compile("Amend|Suspend|Terminate|Raise|Approve|Sign|Request"))).to_have_count(0)
     no_csp_violations(page)
 
