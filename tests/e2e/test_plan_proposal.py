@@ -15,7 +15,7 @@ def test_administrator_defines_a_plan_from_the_proposal(page, cast):
     page.goto("/plans/new/")
     page.select_option("#id_agreement", str(cast.agreement.pk))
     page.fill("#id_name", "Proposed in the browser")
-    page.fill("#id_purpose", "model evaluation")
+    page.select_option("#id_purpose", "model evaluation")
     for dataset in cast.datasets:
         page.get_by_label(f"{dataset.slug} (", exact=False).check()
     page.fill("#id_rounds_total", "3")

@@ -75,8 +75,11 @@ def test_simulate_with_dropouts_retries_aborted_tries_and_completes_every_round_
     assert [t["number"] for t in report["aborted_tries"]] == [r["number"] for r in report["rounds"] if r["status"] == "aborted"]
     for t in report["aborted_tries"]:  # each listed with why: too few masked inputs
         assert "threshold is 3" in t["reason"], t
+    # A partner whose masked input never made it into a completed round may have spent
+    # nothing (its reservations were released); the federation as a whole spent something.
+    assert any(d["epsilon_spent"] > 0 for d in report["datasets"]), report["datasets"]
     for d in report["datasets"]:
-        assert 0 < d["epsilon_spent"] <= d["epsilon_budget"] == 8.0
+        assert 0 <= d["epsilon_spent"] <= d["epsilon_budget"] == 8.0
         # A simulated dropout sends no masked input: the agent releases its own reservation
         # and the coordinator releases that dataset (ARCHITECTURE.md, Ledger 2), so the two
         # ledgers hold the same charge.
