@@ -87,8 +87,12 @@ class Killer(threading.Thread):
     """Kills a target every kill_interval * U(0.5, 1.5) seconds, cycling through the targets
     in a seeded random order so every target is hit before any is hit twice."""
 
-    def __init__(self, *, stack, agents: dict, rng: random.Random, interval: float, targets, t0: float, restart_delay: float, log):
+    def __init__(
+        self, *, stack, agents: dict, rng: random.Random, interval: float, targets, t0: float, restart_delay: float, log,
+        max_kills: int | None = None,
+    ):
         super().__init__(daemon=True, name="chaos-killer")
+        self.max_kills = max_kills  # None: until the plan finishes
         self.stack, self.agents, self.rng, self.interval = stack, agents, rng, interval
         self.targets, self.t0, self.restart_delay, self.log = list(targets), t0, restart_delay, log
         self.kills: list[Kill] = []
@@ -100,6 +104,8 @@ class Killer(threading.Thread):
         order: list[str] = []
         try:
             while not self.stopping.wait(self.interval * self.rng.uniform(0.5, 1.5)):
+                if self.max_kills is not None and len(self.kills) >= self.max_kills:
+                    return
                 if not order:
                     order = self.rng.sample(self.targets, len(self.targets))
                 self.kill(order.pop(0))
@@ -177,6 +183,7 @@ def build_federation(work: Path, *, rounds: int, partners: int, epsilon: float, 
 def run_chaos(
     *, rounds: int, seed: int, kill_interval: float, work: Path, partners: int = 3, epsilon: float = 8.0, targets=TARGETS,
     phase_timeout: int = 15, restart_delay: float = 1.5, timeout: float | None = None, calm_rounds: int = 2, log=print,
+    max_kills: int | None = None,
 ) -> Report:
     """The soak; needs Django set up with a migrated database. Returns the report (report.ok).
     The killer starts once `calm_rounds` rounds have completed: with the untouched rounds
@@ -201,7 +208,10 @@ def run_chaos(
         simulation.wait_for_agents(fed, timeout=90)
         t0 = time.monotonic()
         round_request(actor=fed.admin, plan=fed.plan)
-        killer = Killer(stack=stack, agents=agents, rng=rng, interval=kill_interval, targets=targets, t0=t0, restart_delay=restart_delay, log=log)
+        killer = Killer(
+            stack=stack, agents=agents, rng=rng, interval=kill_interval, targets=targets, t0=t0, restart_delay=restart_delay, log=log,
+            max_kills=max_kills,
+        )
         plan = fed.plan
         idle_since = None
         done_rounds = 0
