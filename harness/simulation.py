@@ -379,7 +379,8 @@ def partner_epsilon_spent(state_dir: Path, data: Path) -> float | None:
     """The spent epsilon a partner's own ledger records for its data file (docs/PARTNER-LEDGER.md),
     read from the agent's state directory after replaying and verifying the file; None when
     the agent kept no ledger. Raises LedgerCorrupt if the file does not verify."""
-    from federation.agent.ledger import default_data_id, read_ledger
+    from federation.agent.ledger_format import default_data_id
+    from federation.agent.ledger_view import read_ledger
 
     try:
         view = read_ledger(state_dir, verify=True)

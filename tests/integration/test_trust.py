@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from django.core.management import call_command
 
 from accounting import receipts as receipts_mod
-from federation.agent.ledger import default_data_id, read_ledger
+from federation.agent.ledger_format import default_data_id
+from federation.agent.ledger_view import read_ledger
 from federation.agent.runner import CRASH_AFTER_ENV
 from federation.models import Membership, RoundParticipant, TrainingPlan, TrainingRound
 from harness import simulation
