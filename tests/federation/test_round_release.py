@@ -23,7 +23,7 @@ from django.utils import timezone
 from accounting import chain, ledger, services
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
-from federation import secagg, simulation
+from federation import secagg
 from federation.agent import runner, trust
 from federation.agent.checks import PlanRefused, check_round
 from federation.agent.config import AgentConfig
@@ -31,6 +31,7 @@ from federation.agent.work import RoundWork
 from federation.models import RoundTicket, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_abort, round_request, round_start
+from harness import simulation
 from tests.accounting.receipting import run_cli
 
 pytestmark = pytest.mark.django_db

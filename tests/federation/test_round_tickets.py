@@ -19,7 +19,7 @@ from django.db import transaction
 from accounting import ledger
 from accounting.accountant import canonical_json, dataset_round_event
 from accounting.models import LedgerEntry
-from federation import learning, simulation
+from federation import learning
 from federation.agent import runner, trust
 from federation.agent.checks import PlanRefused, check_evaluation, check_round
 from federation.agent.config import AgentConfig
@@ -27,6 +27,7 @@ from federation.agent.work import RoundWork
 from federation.models import ImmutableRow, RoundParticipant, RoundTicket, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_request, round_start
+from harness import simulation
 
 pytestmark = pytest.mark.django_db
 
