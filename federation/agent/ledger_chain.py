@@ -72,6 +72,8 @@ class DataState:
 
 
 class Chain:
+    """A ledger replayed so far: its head, what each data source has spent, each round's record."""
+
     def __init__(self) -> None:
         self.seq = 0
         self.head = GENESIS_HASH
