@@ -70,7 +70,7 @@ def agent_python(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install", "--quiet",
+        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", "install", "--quiet", "--no-compile",
          "--no-index", "--find-links", str(wheels), "-r", str(AGENT_REQUIREMENTS)],
         capture_output=True, text=True, timeout=300,
     )
