@@ -18,7 +18,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.installed
+# The partner's wheels (requirements-agent.txt), for tests/agent/test_agent_install.py, which
+# installs them offline into a virtualenv of their own and runs the agent from it.
+AGENT_WHEELHOUSE := $(VENV)/wheelhouse-agent
+
+$(AGENT_WHEELHOUSE)/.built: requirements-agent.txt $(VENV)/.installed
+	rm -rf $(AGENT_WHEELHOUSE)
+	$(PY) -m pip wheel --quiet -r requirements-agent.txt -w $(AGENT_WHEELHOUSE)
+	touch $@
+
+venv: $(VENV)/.installed $(AGENT_WHEELHOUSE)/.built
 
 system-packages:
 	scripts/system-packages.sh $(SYSTEM_TEST_PACKAGES)

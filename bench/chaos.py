@@ -113,7 +113,7 @@ class Killer(threading.Thread):
             self.error = exc
 
     def kill(self, target: str) -> None:
-        from federation.localstack import child_pids, kill_hard, kill_supervised_child, restart_redis
+        from harness.localstack import child_pids, kill_hard, kill_supervised_child, restart_redis
 
         at = time.monotonic() - self.t0
         wall = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -157,8 +157,8 @@ def build_federation(work: Path, *, rounds: int, partners: int, epsilon: float, 
     (dp-accounting calibration, simulation.calibrate_noise): a kill can abort a try after the
     masked input opened, which spends its budget (ARCHITECTURE.md, Ledger 2), and a partner's
     own ledger keeps every try it trained for."""
-    from federation import simulation
     from federation.services.rounds import standing_approval_give
+    from harness import simulation
 
     tries = 2 * rounds + 4
     d = simulation.DEFAULT_PLAN
@@ -188,11 +188,11 @@ def run_chaos(
     """The soak; needs Django set up with a migrated database. Returns the report (report.ok).
     The killer starts once `calm_rounds` rounds have completed: with the untouched rounds
     among the rest, they give the median round time each kill's cost is measured against."""
-    from federation import simulation
-    from federation.localstack import local_stack
     from federation.models import TrainingPlan, TrainingRound
     from federation.services.plans import plan_resume
     from federation.services.rounds import round_request
+    from harness import simulation
+    from harness.localstack import local_stack
 
     rng = random.Random(seed)
     fed, z, tries = build_federation(work, rounds=rounds, partners=partners, epsilon=epsilon, phase_timeout=phase_timeout)

@@ -515,10 +515,10 @@ def suite_schema(X, y) -> Schema:
 def suite_split(X, y, seed: int, kind: str, *, validation: bool, parts: int = 3):
     """(test or validation set, [partner (X, y)]): 25% test held out, then (validation) 25% of
     the rest as the validation set; the remainder split as ``simulate`` does (label skew,
-    federation.demo.non_iid_split) or uniformly at random (iid)."""
+    harness.demo.non_iid_split) or uniformly at random (iid)."""
     from sklearn.model_selection import train_test_split
 
-    from federation.demo import non_iid_split
+    from harness.demo import non_iid_split
 
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
     if validation:

@@ -42,10 +42,11 @@ django.setup()
 
 from django.core.management import call_command  # noqa: E402
 
-from federation import simulation  # noqa: E402
-from federation.agent.runner import Agent, AgentConfig  # noqa: E402
-from federation.localstack import local_stack  # noqa: E402
+from federation.agent.config import AgentConfig  # noqa: E402
+from federation.agent.runner import Agent  # noqa: E402
 from federation.services.rounds import round_request  # noqa: E402
+from harness import simulation  # noqa: E402
+from harness.localstack import local_stack  # noqa: E402
 
 
 class TimedAgent(Agent):

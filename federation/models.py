@@ -599,7 +599,7 @@ class RoundParticipant(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.INVITED)
     last_phase = models.CharField(max_length=32, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
-    # Why the partner's agent declined the round (federation/agent/runner.py's checks): a
+    # Why the partner's agent declined the round (federation/agent/checks.py): a
     # stable code and the agent's own words, shown on the round page and in the round API.
     refusal_code = models.CharField(max_length=64, blank=True)
     refusal_reason = models.TextField(blank=True)

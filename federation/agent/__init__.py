@@ -7,6 +7,8 @@ never connects to it. It never sends a record: only its masked, quantised DP-SGD
 the protocol's keys and shares, and noisy evaluation counts.
 """
 
-from .runner import Agent, AgentConfig, PlanRefused
+from .checks import PlanRefused
+from .config import AgentConfig
+from .runner import Agent
 
 __all__ = ["Agent", "AgentConfig", "PlanRefused"]

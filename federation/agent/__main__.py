@@ -13,8 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from . import ledger as partner_ledger
-from .runner import Agent, AgentConfig, load_coordinator_key
+from .config import AgentConfig
+from .identity import load_coordinator_key
+from .ledger_format import LEDGER_FILE
+from .ledger_view import LedgerView, read_ledger
+from .runner import Agent
 
 DEFAULT_STATE = Path.home() / ".fedgov-agent"
 
@@ -106,11 +109,11 @@ def ledger_main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
-        view = partner_ledger.read_ledger(args.state, verify=args.verify)
+        view = read_ledger(args.state, verify=args.verify)
     except OSError as exc:
-        message = f"no partner ledger readable at {args.state / partner_ledger.LEDGER_FILE}: {exc.strerror or exc}"
+        message = f"no partner ledger readable at {args.state / LEDGER_FILE}: {exc.strerror or exc}"
         if args.json:
-            print(json.dumps({"path": str(args.state / partner_ledger.LEDGER_FILE), "ok": False, "error": {"code": "ledger_unreadable", "message": message}}))
+            print(json.dumps({"path": str(args.state / LEDGER_FILE), "ok": False, "error": {"code": "ledger_unreadable", "message": message}}))
         else:
             print(message, file=sys.stderr)
         return 1
@@ -125,7 +128,7 @@ def _fmt(value: object, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def _print_ledger(view: partner_ledger.LedgerView) -> None:
+def _print_ledger(view: LedgerView) -> None:
     status = "verified (hash chain, protocol and composition recomputed)" if view.verified and view.error is None else (
         "NOT verified (stored figures; use --verify)" if not view.verified else "VERIFICATION FAILED"
     )

@@ -21,85 +21,28 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from accounting import accountant as acc
 
 from .. import learning, secagg
 from . import trust
+from .checks import PlanRefused, check_evaluation, check_round
+from .config import AgentConfig
 from .http import ApiError, CoordinatorClient
+from .identity import load_identity, public_hex
+from .work import WORK_TTL, RoundWork
 
 try:  # the partner's own privacy ledger (docs/PARTNER-LEDGER.md)
-    from . import ledger as partner_ledger
+    from .ledger import PartnerLedger
+    from .ledger_errors import LedgerError
+    from .ledger_format import RoundKey, default_data_id
 except ImportError:  # pragma: no cover - a build without it runs on the coordinator's word alone
-    partner_ledger = None
+    PartnerLedger = None
 
 logger = logging.getLogger("fedgov.agent")
 
-
-class PlanRefused(Exception):
-    """The agent declines a round: an unsigned or mismatched ticket, parameters outside the
-    terms it enrolled under, its local budget. `code` is stable (the coordinator stores it
-    and shows it with the reason); the message says why in words."""
-
-    def __init__(self, message: str, code: str = "outside_terms") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# Below this, a Gaussian count release is no protection at all (sigma=1e-9 releases the true
-# counts); an agreement's own floor (min_noise_multiplier) applies when it is higher.
-EVAL_NOISE_FLOOR = 0.5
-# The agent's epsilon and the coordinator's come from the same dp-accounting code; this only
-# absorbs a different libm.
-EPSILON_RTOL = 1e-9
-
-
-@dataclass
-class AgentConfig:
-    server: str
-    token: str
-    data: Path
-    state_dir: Path
-    dropout: float = 0.0  # probability of skipping a round's masked input (simulations)
-    eval_fraction: float = 0.2
-    poll_wait: float = 10.0
-    send_retry: float = 60.0  # seconds a message is retried before waiting to be asked again
-    seed: int | None = None  # tests only: the coordinator never chooses a partner's noise
-    coordinator_key: str | None = None  # pinned ledger key (hex); None: pinned at first enrolment
-    eval_noise_floor: float = EVAL_NOISE_FLOOR
-    # The partner's own ledger (docs/PARTNER-LEDGER.md)
-    data_id: str | None = None  # None: the data file's resolved path
-    budget: float | None = None  # the operator's local epsilon budget (None: the smallest shown)
-    delta: float | None = None
-
-
-@dataclass
-class RoundWork:
-    round_pk: int
-    config: secagg.RoundConfig
-    client: secagg.SecAggClient
-    update: np.ndarray | None = None
-    spec: dict = field(default_factory=dict)
-    skip_masked_input: bool = False
-    sent: dict[str, tuple[bytes, bool]] = field(default_factory=dict)  # phase -> (body, binary)
-    started: float = field(default_factory=time.monotonic)
-    ticket: dict = field(default_factory=dict)  # the verified ticket the round runs
-    ticket_hash: str = ""
-    dataset: str = ""  # the coordinator's dataset slug the round ran on
-    data_key: str = ""  # which local split the round trained on: it evaluates on the same
-    local_key: object = None  # the round's key in the partner ledger, once reserved
-    committed: bool = False  # the partner ledger committed it (the masked input may have left)
-    receipt: dict | None = None  # signed, not yet accepted by the coordinator
-
-
-WORK_TTL = 24 * 3600.0  # a round's keys and update are forgotten a day after it began
 
 #: Test hook: FEDGOV_AGENT_CRASH_AFTER=local_reserve makes the agent SIGKILL itself right after
 #: a round's RESERVE is durable in its own ledger (tests/integration/test_trust.py), the crash
@@ -115,151 +58,6 @@ def crash_point(name: str) -> None:
         for handler in logging.getLogger().handlers + logger.handlers:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-
-def load_identity(state_dir: Path) -> Ed25519PrivateKey:
-    """The long-term Ed25519 identity key, created on first run and kept (0600) in state_dir."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "identity_ed25519.pem"
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    return key
-
-
-def public_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-
-
-def load_coordinator_key(value: str) -> str:
-    """--coordinator-key: 64 hex digits, or a file holding them or a PEM public key."""
-    text = value.strip()
-    path = Path(text)
-    if not (len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)) and path.is_file():
-        data = path.read_bytes()
-        if b"BEGIN PUBLIC KEY" in data:
-            key = serialization.load_pem_public_key(data)
-            return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-        text = data.decode().strip()
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise ValueError("--coordinator-key must be a raw Ed25519 public key (64 hex digits), or a file holding one or its PEM")
-    return raw.hex()
-
-
-def _refuse_if(problems: list[str], code: str) -> None:
-    if problems:
-        raise PlanRefused("; ".join(problems), code)
-
-
-def check_round(round_pk: int, payload: dict, *, coordinator_key: str | None, terms: list[dict], organisation: str | None,
-                eval_noise_floor: float = EVAL_NOISE_FLOOR) -> tuple[dict, str]:
-    """Every check before the agent touches its data for a round. Returns (ticket, its hash).
-
-    1. the ticket is signed by the pinned coordinator key (`ticket_unsigned`, `ticket_malformed`,
-       `ticket_signature`);
-    2. it is this round's ticket and matches what the task shows: the plan's parameters, the
-       global model, the secure-aggregation round, the RESERVE's event (`ticket_mismatch`);
-    3. it is under an agreement this organisation holds, at the version and terms it holds
-       (`agreement_unknown`, `terms_mismatch`), and every parameter is inside those terms
-       (`outside_terms`), the evaluation noise above the floor (`eval_noise_too_low`), and the
-       round's composed epsilon, training and evaluation, at the dataset's delta, at most the
-       per-round ceiling (`epsilon_over_ceiling`).
-    """
-    if not coordinator_key:
-        raise PlanRefused("no coordinator ledger key is pinned: no ticket can be trusted", "ticket_signature")
-    try:
-        ticket_hash = trust.ticket_verify(payload.get("ticket"), bytes.fromhex(coordinator_key))
-    except trust.TrustError as exc:
-        raise PlanRefused(str(exc), exc.code) from None
-    ticket = payload["ticket"]
-    plan, dp, model = payload.get("plan") or {}, (payload.get("plan") or {}).get("dp") or {}, payload.get("model") or {}
-    cfg = payload.get("config") or {}
-
-    # 2. the ticket is this round's, and the task agrees with it
-    problems = []
-    shown = {
-        "round": round_pk, "secagg_round_id": cfg.get("round_id"), "organisation": organisation,
-        "q": dp.get("q"), "z": dp.get("z"), "K": dp.get("K"), "C": dp.get("C"),
-        "eval_noise": dp.get("eval_noise_multiplier"), "eval_count": dp.get("eval_count"),
-        "delta": plan.get("delta"), "model_spec": plan.get("model_spec"), "learning_rate": plan.get("learning_rate"),
-        "momentum": plan.get("momentum"), "weight": plan.get("weight"), "quant": plan.get("quant"),
-        "agreement_id": plan.get("agreement"), "start_model_sha256": model.get("sha256"), "model_version": model.get("version"),
-        "records": (payload.get("dataset") or {}).get("record_count"),
-    }
-    for name, value in shown.items():
-        if ticket[name] != value:
-            problems.append(f"{name}: the ticket says {ticket[name]!r}, the task {value!r}")
-    try:
-        event = acc.dataset_round_event({
-            "q": ticket["q"], "z": ticket["z"], "K": ticket["K"],
-            "eval_noise_multiplier": ticket["eval_noise"], "eval_count": ticket["eval_count"],
-        })
-        if acc.event_key(ticket["event"]) != acc.canonical_json(event):
-            problems.append("the ticket's event is not the event of its q, z, K and evaluation")
-    except (acc.InvalidDpEvent, ValueError, TypeError, KeyError) as exc:
-        raise PlanRefused(f"the ticket's DP parameters do not make a valid event: {exc}", "ticket_mismatch") from None
-    _refuse_if(problems, "ticket_mismatch")
-
-    # 3. the terms this organisation holds
-    agreement = next((t for t in terms if t["agreement"] == ticket["agreement_id"]), None)
-    if agreement is None:
-        raise PlanRefused(f"the round is under agreement {ticket['agreement_id']}, which this organisation had not signed when the agent enrolled", "agreement_unknown")
-    _refuse_if(
-        [f"agreement {name}: the ticket says {ticket[mine]!r}, this organisation holds {agreement[name]!r}"
-         for mine, name in (("agreement_version", "version"), ("terms_hash", "terms_hash")) if ticket[mine] != agreement[name]],
-        "terms_mismatch",
-    )
-    problems = []
-    if not (isinstance(ticket["q"], (int, float)) and 0 < ticket["q"] <= 1) or not (isinstance(ticket["K"], int) and ticket["K"] >= 1):
-        problems.append(f"sampling rate {ticket['q']} / steps {ticket['K']} break the accounting")
-    if ticket["z"] < agreement["min_noise_multiplier"]:
-        problems.append(f"noise multiplier {ticket['z']} < floor {agreement['min_noise_multiplier']}")
-    if ticket["C"] > agreement["max_clip_norm"]:
-        problems.append(f"clip norm {ticket['C']} > ceiling {agreement['max_clip_norm']}")
-    if ticket["delta"] > agreement["max_delta"]:
-        problems.append(f"delta {ticket['delta']} > ceiling {agreement['max_delta']}")
-    _refuse_if(problems, "outside_terms")
-    if ticket["eval_noise"] is not None:
-        floor = max(eval_noise_floor, agreement["min_noise_multiplier"])
-        if ticket["eval_noise"] < floor:
-            raise PlanRefused(f"evaluation noise multiplier {ticket['eval_noise']} < floor {floor}", "eval_noise_too_low")
-        if ticket["eval_count"] != 2:  # this agent releases two counts (correct, total)
-            raise PlanRefused(f"the ticket charges {ticket['eval_count']} evaluation counts; this agent releases 2", "ticket_mismatch")
-    elif ticket["eval_count"] != 0:
-        raise PlanRefused("the ticket charges evaluation counts without evaluation noise", "ticket_mismatch")
-    eps = acc.compose_epsilon([event], ticket["delta"], ticket["accountant"])
-    ceiling = agreement["max_epsilon_per_round"]
-    if eps > ceiling * (1 + EPSILON_RTOL):
-        raise PlanRefused(
-            f"one round costs epsilon {eps:.4g} at delta {ticket['delta']} (training and evaluation), above the per-round ceiling {ceiling}",
-            "epsilon_over_ceiling",
-        )
-    return ticket, ticket_hash
-
-
-def check_evaluation(payload: dict, work: RoundWork) -> float:
-    """The evaluation the coordinator asks for is the one the round's ticket charged, on the
-    round's own dataset. Returns the noise multiplier to use (the ticket's)."""
-    ticket = work.ticket
-    if ticket.get("eval_noise") is None:
-        raise PlanRefused("the round's ticket charged no evaluation release", "ticket_mismatch")
-    if payload.get("eval_noise_multiplier") != ticket["eval_noise"]:
-        raise PlanRefused(
-            f"evaluation noise {payload.get('eval_noise_multiplier')!r} is not the ticket's {ticket['eval_noise']!r}", "ticket_mismatch"
-        )
-    if payload.get("dataset") != work.dataset:
-        raise PlanRefused(f"evaluation asked on dataset {payload.get('dataset')!r}; the round trained on {work.dataset!r}", "ticket_mismatch")
-    return ticket["eval_noise"]
 
 
 class Agent:
@@ -281,11 +79,11 @@ class Agent:
 
     def _open_local_ledger(self):
         """The partner's own privacy ledger (docs/PARTNER-LEDGER.md), in the state directory."""
-        if partner_ledger is None:
+        if PartnerLedger is None:
             logger.warning("this agent has no partner ledger module: only the coordinator's ledger limits the budget")
             return None
-        book = partner_ledger.PartnerLedger.open(self.config.state_dir)
-        self.data_id = self.config.data_id or partner_ledger.default_data_id(self.config.data)
+        book = PartnerLedger.open(self.config.state_dir)
+        self.data_id = self.config.data_id or default_data_id(self.config.data)
         if self.config.budget is not None:
             book.set_budget(self.data_id, epsilon=self.config.budget, delta=self.config.delta)
         return book
@@ -451,9 +249,9 @@ class Agent:
         """Reserve the round's event in the partner ledger before training; None without one."""
         if self.local_ledger is None:
             return None
-        book, errors = self.local_ledger, partner_ledger
+        book = self.local_ledger
         coordinator = self.coordinator_key or self.config.server
-        key = errors.RoundKey(coordinator=coordinator, round=round_pk, dataset=ticket["dataset"])
+        key = RoundKey(coordinator=coordinator, round=round_pk, dataset=ticket["dataset"])
         existing = book.reservation_for(key)
         if existing is not None:
             # Reserved by an earlier process (which may have trained and lost its update): a
@@ -471,7 +269,7 @@ class Agent:
         try:
             book.record_shown_budget(self.data_id, coordinator=coordinator, dataset=ticket["dataset"], epsilon=ticket["epsilon_budget"], delta=ticket["delta"])
             book.reserve(key, data_id=self.data_id, event=ticket["event"], ticket_hash=ticket_hash, data_path=self.config.data)
-        except errors.LedgerError as exc:
+        except LedgerError as exc:
             raise PlanRefused(exc.message, exc.code) from None
         crash_point("local_reserve")
         return key
@@ -492,7 +290,7 @@ class Agent:
             return
         try:
             self.local_ledger.release(key, reason=reason)
-        except partner_ledger.LedgerError as exc:
+        except LedgerError as exc:
             logger.error("round %s: the partner ledger refused the release: %s", round_pk, exc)
 
     def _local_head(self) -> str | None:

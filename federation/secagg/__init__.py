@@ -45,7 +45,8 @@ from .messages import (
     default_threshold,
     max_body_bytes,
 )
-from .server import AggregateResult, Contribution, SecAggServer
+from .server import AggregateResult, SecAggServer
+from .server_state import Contribution
 
 __all__ = [
     "ADVERTISE_KEYS",

@@ -36,7 +36,7 @@ MSG_TOO_FEW_ONLINE = "Only {n} of {total} participants have an agent online ({wh
 MSG_RULE_MINIMUM = "the agreement requires at least {minimum}"
 MSG_RULE_THRESHOLD = "secure aggregation needs {threshold}"
 
-# What an agent's refusal code means, in plain words (federation/agent/runner.py's codes).
+# What an agent's refusal code means, in plain words (federation/agent/checks.py's codes).
 # English here and in the API; marked so the pages show them translated (fedgov_ui.refusal_words).
 REFUSAL_WORDS = {
     "agreement_unknown": gettext_noop("its agent does not hold this agreement's terms (was the agreement signed after the agent last learned its terms?)"),

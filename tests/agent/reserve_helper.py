@@ -5,7 +5,8 @@ import sys
 import time
 
 from accounting import accountant as acc
-from federation.agent.ledger import PartnerLedger, RoundKey, default_data_id
+from federation.agent.ledger import PartnerLedger
+from federation.agent.ledger_format import RoundKey, default_data_id
 
 state, round_id, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ledger = PartnerLedger.open(state)

@@ -16,21 +16,20 @@ import pytest
 from accounting import accountant as acc
 from accounting import chain
 from federation.agent import __main__ as agent_cli
-from federation.agent import ledger as pl
-from federation.agent.ledger import (
+from federation.agent import ledger_format as pl
+from federation.agent.ledger import PartnerLedger
+from federation.agent.ledger_errors import (
     LedgerCorrupt,
     LedgerError,
     LedgerLocked,
     LocalBudgetExceeded,
     LocalBudgetUnset,
-    PartnerLedger,
     ReleaseRefused,
     RoundAlreadyReserved,
-    RoundKey,
     UnknownRound,
-    default_data_id,
-    read_ledger,
 )
+from federation.agent.ledger_format import RoundKey, default_data_id
+from federation.agent.ledger_view import read_ledger
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HELPER = pathlib.Path(__file__).with_name("reserve_helper.py")

@@ -15,12 +15,12 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from federation import simulation
 from federation.agent.http import VERSION as AGENT_VERSION
-from federation.localstack import django_env, start_agent, stop
 from federation.models import AgentStatus, StandingApproval
 from federation.services import agents as agent_services
 from federation.services.rounds import round_request
+from harness import simulation
+from harness.localstack import django_env, start_agent, stop
 from tests.e2e.conftest import login, no_csp_violations, screenshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.xdist_group("stack")]

@@ -5,7 +5,7 @@ partner agents train and aggregate securely.
 The browser talks to pytest-django's live server (threaded: one thread per request, so the
 agents' long polls and htmx's polls are answered side by side; it also serves the static
 files, htmx among them, from the source tree). Redis, a Celery worker and beat are real
-processes (federation.localstack), and so are the three partner agents, which reach the
+processes (harness.localstack), and so are the three partner agents, which reach the
 live server over HTTP. All of them share the file-SQLite test database.
 """
 
@@ -18,9 +18,9 @@ import signal
 import pytest
 from playwright.sync_api import expect
 
-from federation import simulation
-from federation.localstack import local_stack
 from federation.models import ModelVersion, StandingApproval, TrainingRound
+from harness import simulation
+from harness.localstack import local_stack
 from tests.e2e.conftest import login, logout, new_page, no_csp_violations, screenshot
 
 # "stack": the group of the integration tests, so that no two stacks of processes share

@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from federation import secagg, simulation
+from federation import secagg
 from federation.models import ProtocolMessage, ProtocolRelay, RoundProtocol, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_request, round_start
+from harness import simulation
 
 pytestmark = pytest.mark.django_db
 

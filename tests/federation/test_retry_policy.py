@@ -20,13 +20,14 @@ from rest_framework.test import APIClient
 
 from accounting.models import LedgerEntry
 from accounting.selectors import dataset_epsilon_spent
-from federation import secagg, simulation
+from federation import secagg
 from federation.models import GovernanceEvent, StandingApproval, TrainingPlan, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.plans import plan_pause, plan_resume, plan_retry, plan_retry_policy_set, plans_retry_overdue
 from federation.services.rounds import round_abort, round_reject, round_request, round_start
 from federation.services.tokens import token_issue
 from fedgov.errors import InvalidState, NotFound, PermissionDenied, ValidationFailed
+from harness import simulation
 from tests.factories import UserFactory, build_cast
 
 pytestmark = pytest.mark.django_db

@@ -23,11 +23,15 @@ from django.utils import timezone
 from accounting import chain, ledger, services
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
-from federation import secagg, simulation
+from federation import secagg
 from federation.agent import runner, trust
+from federation.agent.checks import PlanRefused, check_round
+from federation.agent.config import AgentConfig
+from federation.agent.work import RoundWork
 from federation.models import RoundTicket, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_abort, round_request, round_start
+from harness import simulation
 from tests.accounting.receipting import run_cli
 
 pytestmark = pytest.mark.django_db
@@ -203,10 +207,10 @@ def _agent_reserving(user, state_dir, data):
     """A real runner Agent with its partner ledger, reserving the round of `user`'s task."""
     (task,) = orch.agent_tasks(user=user)
     org = user.memberships.get(role="agent").organisation
-    ticket, ticket_hash = runner.check_round(
+    ticket, ticket_hash = check_round(
         task["round"], task["payload"], coordinator_key=ledger.public_key_hex(), terms=orch.agent_terms(org), organisation=org.slug
     )
-    agent = runner.Agent(runner.AgentConfig(server="http://127.0.0.1:9", token="t", data=data, state_dir=state_dir, budget=8.0, delta=1e-5))
+    agent = runner.Agent(AgentConfig(server="http://127.0.0.1:9", token="t", data=data, state_dir=state_dir, budget=8.0, delta=1e-5))
     agent.coordinator_key = ledger.public_key_hex()
     return agent, task, ticket, ticket_hash
 
@@ -219,12 +223,12 @@ def test_an_agent_restarted_after_its_local_reserve_declines_and_releases_what_i
     assert agent.local_ledger.reservation_for(key).state == "reserved"
     agent.local_ledger.close()  # the process dies here; a new one opens the same state directory
     again, *_ = _agent_reserving(agents[slug], tmp_path / "a", parts[0])
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         again._local_reserve(task["round"], ticket, ticket_hash)
     assert info.value.code == "round_already_run"
     assert again.local_ledger.reservation_for(key).state == "released"
     assert again.local_ledger.spent(again.data_id) == 0.0
-    with pytest.raises(runner.PlanRefused):  # and it is still never run twice
+    with pytest.raises(PlanRefused):  # and it is still never run twice
         again._local_reserve(task["round"], ticket, ticket_hash)
     again.local_ledger.close()
 
@@ -236,7 +240,7 @@ def test_an_agent_releases_a_round_that_ended_before_its_masked_input_and_keeps_
     for i, slug in enumerate(slugs[:2]):
         agent, task, ticket, ticket_hash = _agent_reserving(agents[slug], tmp_path / slug, parts[i])
         key = agent._local_reserve(task["round"], ticket, ticket_hash)
-        agent.work[round.pk] = runner.RoundWork(round.pk, None, None, local_key=key)
+        agent.work[round.pk] = RoundWork(round.pk, None, None, local_key=key)
         works[slug] = (agent, key)
     committed_agent, committed_key = works[slugs[1]]
     committed_agent._local_commit(committed_agent.work[round.pk])

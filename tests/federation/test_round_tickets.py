@@ -1,7 +1,7 @@
 """Round tickets, the agent's checks before it touches its data, refusals and receipts.
 
 The coordinator side runs through the services on a real round (budget reserved, protocol
-open); the agent's checks are `federation.agent.runner.check_round` / `check_evaluation`
+open); the agent's checks are `federation.agent.check_round` / `check_evaluation`
 applied to the task payload the coordinator really serves."""
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from django.db import transaction
 from accounting import ledger
 from accounting.accountant import canonical_json, dataset_round_event
 from accounting.models import LedgerEntry
-from federation import learning, simulation
+from federation import learning
 from federation.agent import runner, trust
+from federation.agent.checks import PlanRefused, check_evaluation, check_round
+from federation.agent.config import AgentConfig
+from federation.agent.work import RoundWork
 from federation.models import ImmutableRow, RoundParticipant, RoundTicket, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.rounds import round_request, round_start
+from harness import simulation
 
 pytestmark = pytest.mark.django_db
 
@@ -55,7 +59,7 @@ def _task(user):
 
 def _check(task, user, *, key=None):
     org = user.memberships.get(role="agent").organisation
-    return runner.check_round(
+    return check_round(
         task["round"], task["payload"], coordinator_key=key or ledger.public_key_hex(),
         terms=orch.agent_terms(org), organisation=org.slug,
     )
@@ -119,7 +123,7 @@ def test_the_agent_refuses_a_round_whose_epsilon_is_above_the_ceiling_it_was_sho
     _, agents, _, _ = running_round
     user = next(iter(agents.values()))
     task = _resign(_task(user), q=1.0, z=0.8, K=10**6)  # the plan the old agent ran
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check(task, user)
     assert info.value.code == "epsilon_over_ceiling" and "per-round ceiling" in str(info.value)
 
@@ -128,7 +132,7 @@ def test_the_agent_refuses_evaluation_noise_below_the_floor(running_round):
     _, agents, _, _ = running_round
     user = next(iter(agents.values()))
     task = _resign(_task(user), eval_noise=1e-9)  # would release the true counts
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check(task, user)
     assert info.value.code == "eval_noise_too_low"
 
@@ -138,14 +142,14 @@ def test_the_agent_refuses_evaluation_noise_other_than_its_ticket(running_round)
     user = next(iter(agents.values()))
     task = _task(user)
     ticket, ticket_hash = _check(task, user)
-    work = runner.RoundWork(task["round"], None, None, ticket=ticket, ticket_hash=ticket_hash, dataset=task["payload"]["dataset"]["slug"])
-    with pytest.raises(runner.PlanRefused) as info:
-        runner.check_evaluation({"eval_noise_multiplier": 1e-9, "dataset": work.dataset}, work)
+    work = RoundWork(task["round"], None, None, ticket=ticket, ticket_hash=ticket_hash, dataset=task["payload"]["dataset"]["slug"])
+    with pytest.raises(PlanRefused) as info:
+        check_evaluation({"eval_noise_multiplier": 1e-9, "dataset": work.dataset}, work)
     assert info.value.code == "ticket_mismatch"
-    with pytest.raises(runner.PlanRefused) as info:
-        runner.check_evaluation({"eval_noise_multiplier": ticket["eval_noise"], "dataset": "someone-elses"}, work)
+    with pytest.raises(PlanRefused) as info:
+        check_evaluation({"eval_noise_multiplier": ticket["eval_noise"], "dataset": "someone-elses"}, work)
     assert info.value.code == "ticket_mismatch" and "someone-elses" in str(info.value)
-    assert runner.check_evaluation({"eval_noise_multiplier": ticket["eval_noise"], "dataset": work.dataset}, work) == ticket["eval_noise"]
+    assert check_evaluation({"eval_noise_multiplier": ticket["eval_noise"], "dataset": work.dataset}, work) == ticket["eval_noise"]
 
 
 def test_the_agent_refuses_a_ticket_that_the_task_contradicts(running_round):
@@ -153,7 +157,7 @@ def test_the_agent_refuses_a_ticket_that_the_task_contradicts(running_round):
     user = next(iter(agents.values()))
     task = _task(user)
     task["payload"]["plan"]["dp"]["z"] = 0.01
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check(task, user)
     assert info.value.code == "ticket_mismatch" and "z:" in str(info.value)
 
@@ -163,17 +167,17 @@ def test_the_agent_refuses_unsigned_and_foreign_tickets(running_round):
     user = next(iter(agents.values()))
     task = _task(user)
     other = Ed25519PrivateKey.generate()
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check(task, user, key=other.public_key().public_bytes_raw().hex())
     assert info.value.code == "ticket_signature"
     forged = dict(task["payload"]["ticket"], key_id=trust.key_id(other.public_key().public_bytes_raw()))
     forged = trust.ticket_sign(forged, other)
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check({**task, "payload": {**task["payload"], "ticket": forged}}, user)
     assert info.value.code == "ticket_signature"
     unsigned = {k: v for k, v in task["payload"]["ticket"].items() if k != "signature"}
     for ticket in (None, unsigned):
-        with pytest.raises(runner.PlanRefused) as info:
+        with pytest.raises(PlanRefused) as info:
             _check({**task, "payload": {**task["payload"], "ticket": ticket}}, user)
         assert info.value.code == "ticket_unsigned"
 
@@ -182,7 +186,7 @@ def test_the_agent_refuses_terms_it_does_not_hold(running_round):
     _, agents, _, _ = running_round
     user = next(iter(agents.values()))
     task = _resign(_task(user), terms_hash="0" * 64)
-    with pytest.raises(runner.PlanRefused) as info:
+    with pytest.raises(PlanRefused) as info:
         _check(task, user)
     assert info.value.code == "terms_mismatch"
 
@@ -208,7 +212,7 @@ def test_the_agent_evaluates_on_the_rounds_own_dataset(running_round, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        agent = runner.Agent(runner.AgentConfig(server=f"http://127.0.0.1:{server.server_port}", token="t", data=parts[0], state_dir=tmp_path / "a"))
+        agent = runner.Agent(AgentConfig(server=f"http://127.0.0.1:{server.server_port}", token="t", data=parts[0], state_dir=tmp_path / "a"))
         rng = np.random.default_rng(0)
         agent._data_cache["another-plan"] = (None, None, rng.random((5000, 4)), np.zeros(5000, dtype=np.int64))
         user = next(iter(agents.values()))
@@ -216,7 +220,7 @@ def test_the_agent_evaluates_on_the_rounds_own_dataset(running_round, tmp_path):
         ticket, ticket_hash = _check(task, user)
         key = agent._data_key(task["payload"]["dataset"]["schema"])
         assert next(iter(agent._data_cache)) == "another-plan"
-        work = runner.RoundWork(
+        work = RoundWork(
             task["round"], None, None, spec=ticket["model_spec"], ticket=ticket, ticket_hash=ticket_hash,
             dataset=task["payload"]["dataset"]["slug"], data_key=key,
         )
@@ -348,8 +352,8 @@ def test_the_agent_refuses_a_round_its_own_ledger_cannot_pay_for(running_round, 
     user = next(iter(agents.values()))
     task = _task(user)
     ticket, ticket_hash = _check(task, user)
-    agent = runner.Agent(runner.AgentConfig(server="http://127.0.0.1:9", token="t", data=parts[0], state_dir=tmp_path / "a", budget=0.5, delta=1e-5))
-    with pytest.raises(runner.PlanRefused) as info:
+    agent = runner.Agent(AgentConfig(server="http://127.0.0.1:9", token="t", data=parts[0], state_dir=tmp_path / "a", budget=0.5, delta=1e-5))
+    with pytest.raises(PlanRefused) as info:
         agent._local_reserve(task["round"], ticket, ticket_hash)
     assert info.value.code == "local_budget_exceeded"
     assert agent.local_ledger.spent(agent.data_id) == 0.0

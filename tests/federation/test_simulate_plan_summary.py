@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from federation import simulation
+from harness import simulation
 
 pytestmark = pytest.mark.django_db
 

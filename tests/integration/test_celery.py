@@ -2,7 +2,7 @@
 
 import pytest
 
-from federation.localstack import django_env, start_redis, start_worker, stop
+from harness.localstack import django_env, start_redis, start_worker, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

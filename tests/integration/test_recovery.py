@@ -15,9 +15,9 @@ import time
 import pytest
 
 from accounting.models import LedgerEntry
-from federation import simulation
-from federation.localstack import kill_hard, local_stack
 from federation.models import GovernanceEvent, TrainingPlan, TrainingRound
+from harness import simulation
+from harness.localstack import kill_hard, local_stack
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents
 

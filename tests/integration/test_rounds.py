@@ -9,9 +9,9 @@ import time
 import pytest
 from django.core.management import call_command
 
-from federation import simulation
-from federation.localstack import kill_hard, local_stack, start_redis, start_worker, stop, wait_for_port
 from federation.models import RoundParticipant, TrainingPlan, TrainingRound
+from harness import simulation
+from harness.localstack import kill_hard, local_stack, start_redis, start_worker, stop, wait_for_port
 
 from .lossy_proxy import LossyProxy
 

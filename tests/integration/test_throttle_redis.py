@@ -8,8 +8,8 @@ import redis as redis_client
 import requests
 from django.test import RequestFactory, override_settings
 
-from federation.localstack import django_env, start_redis, start_web, stop
 from fedgov.throttles import password_wait
+from harness.localstack import django_env, start_redis, start_web, stop
 from tests.factories import UserFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

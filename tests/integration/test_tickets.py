@@ -11,9 +11,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
 
-from federation import simulation
-from federation.localstack import local_stack, stop
 from federation.models import RoundParticipant, RoundTicket, TrainingPlan, TrainingRound
+from harness import simulation
+from harness.localstack import local_stack, stop
 from tests.tamper import force_update
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents

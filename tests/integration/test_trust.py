@@ -1,5 +1,5 @@
 """Partners need not trust the coordinator (issue #14), through the real stack: Redis, Celery
-workers, gunicorn and partner agents over HTTP on loopback (federation/localstack.py).
+workers, gunicorn and partner agents over HTTP on loopback (harness/localstack.py).
 
 (b) two coordinator datasets over one partner file draw on one local budget;
 (d) a bundle exported after a real round, with a receipt removed, altered or re-signed by
@@ -21,11 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from django.core.management import call_command
 
 from accounting import receipts as receipts_mod
-from federation import simulation
-from federation.agent.ledger import default_data_id, read_ledger
+from federation.agent.ledger_format import default_data_id
+from federation.agent.ledger_view import read_ledger
 from federation.agent.runner import CRASH_AFTER_ENV
-from federation.localstack import ROOT, django_env, local_stack, start_agent
 from federation.models import Membership, RoundParticipant, TrainingPlan, TrainingRound
+from harness import simulation
+from harness.localstack import ROOT, django_env, local_stack, start_agent
 
 from .test_rounds import assert_ledger_sound, make_federation, start_agents
 from .test_tickets import _wait_round, assert_bundle_verifies

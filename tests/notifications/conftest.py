@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.localstack import free_port, stop, wait_for_port
+from harness.localstack import free_port, stop, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 

@@ -107,7 +107,7 @@ def test_failed_calls_are_retried_with_exponential_backoff_and_logged(cast, tmp_
 def test_a_delivery_out_of_attempts_fails_and_says_why(cast, settings):
     settings.FEDGOV_NOTIFY_MAX_ATTEMPTS = 2
     settings.FEDGOV_NOTIFY_BACKOFF_SECONDS = 0
-    from federation.localstack import free_port
+    from harness.localstack import free_port
 
     request_round(cast, url=f"http://127.0.0.1:{free_port()}/nobody-listens")
     [delivery] = Delivery.objects.filter(channel=Delivery.Channel.WEBHOOK)
@@ -119,7 +119,7 @@ def test_a_delivery_out_of_attempts_fails_and_says_why(cast, settings):
 
 
 def test_an_smtp_server_that_is_down_leaves_the_email_pending(cast, settings):
-    from federation.localstack import free_port
+    from harness.localstack import free_port
 
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
@@ -179,8 +179,8 @@ def test_webhooks_to_private_addresses_are_refused_when_not_allowed(cast, settin
 def test_a_broker_that_is_down_at_commit_loses_nothing(cast, django_capture_on_commit_callbacks, settings):
     """Enqueueing fails (no Redis listens): the request still succeeds, the outbox rows stay
     pending, and the sweep hands them out once they are overdue."""
-    from federation.localstack import free_port, use_broker
     from fedgov.celery import app
+    from harness.localstack import free_port, use_broker
 
     settings.FEDGOV_NOTIFY_SWEEP_GRACE_SECONDS = 0
     previous = app.conf.broker_url

@@ -11,10 +11,10 @@ import json
 import pytest
 import requests
 
-from federation.localstack import kill_hard, local_stack, start_worker
 from federation.models import ApiToken, TrainingRound
 from federation.services.rounds import round_request
 from federation.services.tokens import token_issue
+from harness.localstack import kill_hard, local_stack, start_worker
 from notifications.models import Delivery, Kind
 from notifications.services import webhook_create
 from tests.factories import build_cast

@@ -9,8 +9,8 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from federation import demo
 from federation.services.tokens import token_issue
+from harness import demo
 
 
 class Command(BaseCommand):

@@ -10,7 +10,6 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from federation import demo
 from federation.models import (
     ADMINISTRATORS_GROUP,
     AUDITORS_GROUP,
@@ -25,6 +24,7 @@ from federation.services.agreements import agreement_create, agreement_sign, agr
 from federation.services.datasets import dataset_register
 from federation.services.organisations import membership_add, organisation_create
 from federation.services.plans import plan_create
+from harness import demo
 
 AGREEMENT_TITLE = "Breast cancer screening consortium"
 PLAN_NAME = "Screening model (logistic regression)"
@@ -129,7 +129,7 @@ class Command(BaseCommand):
             )
             datasets.append(dataset)
         if not TrainingPlan.objects.filter(name=PLAN_NAME, agreement=agreement).exists():
-            from federation.simulation import DEFAULT_PLAN, SAMPLING_RATE, calibrate_noise
+            from harness.simulation import DEFAULT_PLAN, SAMPLING_RATE, calibrate_noise
 
             batch = max(1, round(SAMPLING_RATE * min(sizes)))
             # Ten rounds, evaluation releases included, must fit every hospital's budget of 8.

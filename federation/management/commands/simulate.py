@@ -29,13 +29,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from federation import simulation
 from federation.learning import LearningError
-from federation.localstack import local_stack
 from federation.models import ModelVersion, TrainingRound
 from federation.services.orchestration import model_params
 from federation.services.rounds import round_request
 from fedgov.errors import ApplicationError
+from harness import simulation
+from harness.localstack import local_stack
 
 
 class Command(BaseCommand):

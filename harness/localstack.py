@@ -176,15 +176,17 @@ def start_beat(env: dict, log_dir: Path) -> Proc:
 
 def start_agent(
     env: dict, log_dir: Path, *, name: str, server: str, token: str, data: Path, state_dir: Path, dropout: float = 0.0,
-    poll_wait: float = 5.0, send_retry: float | None = None, coordinator_key: str | None = None,
+    poll_wait: float = 5.0, send_retry: float | None = None, coordinator_key: str | None = None, python: str | None = None,
 ) -> Proc:
+    """`python`: the interpreter to run it with (default this one's), e.g. a partner's own
+    virtualenv holding only requirements-agent.txt."""
     agent_env = {k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"}  # the agent has no Django
     extra = ["--send-retry", str(send_retry)] if send_retry is not None else []
     if coordinator_key is not None:
         extra += ["--coordinator-key", coordinator_key]
     return _spawn(
         name,
-        [sys.executable, "-m", "federation.agent", "--server", server, "--token", token, "--data", str(data), "--state", str(state_dir),
+        [python or sys.executable, "-m", "federation.agent", "--server", server, "--token", token, "--data", str(data), "--state", str(state_dir),
          "--dropout", str(dropout), "--poll-wait", str(poll_wait), *extra],
         agent_env,
         log_dir,

@@ -19,20 +19,20 @@ import numpy as np
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from .demo import non_iid_split
-from .models import (
+from federation.models import (
     ADMINISTRATORS_GROUP,
     Agreement,
     Membership,
     TrainingPlan,
     TrainingRound,
 )
-from .services.agreements import agreement_create, agreement_sign, agreement_submit
-from .services.datasets import dataset_register
-from .services.organisations import membership_add, organisation_create
-from .services.plans import plan_create
-from .services.rounds import standing_approval_give
-from .services.tokens import token_issue
+from federation.services.agreements import agreement_create, agreement_sign, agreement_submit
+from federation.services.datasets import dataset_register
+from federation.services.organisations import membership_add, organisation_create
+from federation.services.plans import plan_create
+from federation.services.rounds import standing_approval_give
+from federation.services.tokens import token_issue
+from harness.demo import non_iid_split
 
 User = get_user_model()
 
@@ -74,7 +74,7 @@ def calibrate_noise(*, q: float, K: int, rounds: int, epsilon: float, delta: flo
 
 def plan_for(*, sizes: list[int], schema: dict, model_spec: dict, rounds: int, epsilon: float, delta: float):
     """The planner's schedule for partitions of ``sizes`` records (federation.learning.planner)."""
-    from .learning.planner import plan_schedule
+    from federation.learning.planner import plan_schedule
 
     return plan_schedule(
         record_counts=sizes,
@@ -181,7 +181,7 @@ class Table:
 
 
 def read_table(path: Path, label: str) -> Table:
-    from .learning import DataError
+    from federation.learning import DataError
 
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
@@ -198,7 +198,7 @@ def read_table(path: Path, label: str) -> Table:
 
 
 def default_table() -> Table:
-    from .demo import LABEL, breast_cancer_table
+    from harness.demo import LABEL, breast_cancer_table
 
     names, X, y = breast_cancer_table()
     return Table([*names, LABEL], LABEL, [[*(f"{v:.6g}" for v in x), lab] for x, lab in zip(X, y)])
@@ -212,7 +212,7 @@ def split_train_test(table: Table, *, test_fraction: float = 0.2, seed: int = 11
 
 def schema_for(table: Table, path: Path) -> dict:
     """Stand-in for the metadata partners would declare: derived from the file."""
-    from .learning import schema_from_csv
+    from federation.learning import schema_from_csv
 
     s = schema_from_csv(path, table.label)
     bounds = [[lo, hi if hi > lo else lo + 1.0] for lo, hi in s.bounds]
@@ -330,7 +330,7 @@ def partition(table: Table, parts: int, out_dir: Path, *, seed: int = 7) -> list
     paths = []
     for i, idx in enumerate(non_iid_split(table.labels, parts, seed=seed)):
         if len(idx) < 5:
-            from .learning import DataError
+            from federation.learning import DataError
 
             raise DataError(f"partition {i + 1} of {parts} has only {len(idx)} rows: use fewer partners or more data")
         paths.append(table.subset(idx).write(out_dir / f"partner-{i + 1}.csv"))
@@ -363,7 +363,7 @@ def wait_for_plan(plan: TrainingPlan, *, timeout: float, on_progress=None, poll:
 
 def wait_for_agents(fed: Federation, *, timeout: float) -> None:
     """Until every partner's agent has enrolled its identity key."""
-    from .models import AgentIdentity
+    from federation.models import AgentIdentity
 
     deadline = time.monotonic() + timeout
     slugs = set(fed.tokens)
@@ -379,7 +379,8 @@ def partner_epsilon_spent(state_dir: Path, data: Path) -> float | None:
     """The spent epsilon a partner's own ledger records for its data file (docs/PARTNER-LEDGER.md),
     read from the agent's state directory after replaying and verifying the file; None when
     the agent kept no ledger. Raises LedgerCorrupt if the file does not verify."""
-    from .agent.ledger import default_data_id, read_ledger
+    from federation.agent.ledger_format import default_data_id
+    from federation.agent.ledger_view import read_ledger
 
     try:
         view = read_ledger(state_dir, verify=True)
