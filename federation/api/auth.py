@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 from rest_framework.settings import api_settings
 
-from fedgov.throttles import FailureLimit, client_ident
+from fedgov.throttles import FailureThrottle, client_ident
 
 from ..models import ApiToken
 from ..token_cache import find_token, record_use
@@ -17,29 +17,25 @@ from ..token_cache import find_token, record_use
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-class FailedAuthThrottle:
+class FailedAuthThrottle(FailureThrottle):
     """Refuses a client that sent too many invalid tokens: the `failed_auth` rate (settings,
     20/min) per client, the client as `NUM_PROXIES` identifies it (fedgov.throttles).
 
     Only failures count, so a well-behaved client is never slowed down, and a guesser is
-    stopped (429) before its next guess is even looked up. The counter lives in Django's
+    stopped (429) before its next guess is even looked up. The history lives in Django's
     cache, shared by every web process in production (Redis).
     """
 
-    scope = "failed_auth"
-
     def __init__(self) -> None:
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope) or "20/min"
-        limit, window = throttling.SimpleRateThrottle.parse_rate(None, rate)
-        self.failures = FailureLimit("token", limit, window)
+        super().__init__("failed_auth", api_settings.DEFAULT_THROTTLE_RATES.get("failed_auth") or "20/min")
 
-    def check(self, request) -> None:
-        wait = self.failures.wait([("client", client_ident(request))])
+    def check_request(self, request) -> None:
+        wait = self.check([("client", client_ident(request))])
         if wait:
             raise exceptions.Throttled(wait=wait)
 
     def record_failure(self, request) -> None:
-        self.failures.record([("client", client_ident(request))])
+        self.record([("client", client_ident(request))])
 
 
 class LoginThrottle(throttling.ScopedRateThrottle):
@@ -61,7 +57,7 @@ class ScopedTokenAuthentication(authentication.TokenAuthentication):
         if not header or header[0].lower() != self.keyword.lower().encode():
             return None
         throttle = self.failed_auth_throttle_class()
-        throttle.check(request)
+        throttle.check_request(request)
         try:
             return super().authenticate(request)
         except exceptions.AuthenticationFailed:
