@@ -119,10 +119,8 @@ def is_member(user) -> bool:
 def _visible_agreements_subquery(user) -> QuerySet:
     """Ids of the agreements a party of which the user is a member of, and of those the user
     audits: one UNION of two index lookups (no DISTINCT over joins)."""
-    parties = AgreementParty.objects.filter(
-        organisation_id__in=Membership.objects.filter(user=user).values("organisation_id")
-    ).values_list("agreement_id", flat=True)
-    audited = Agreement.auditors.through.objects.filter(user=user).values_list("agreement_id", flat=True)
+    parties = AgreementParty.objects.filter(organisation__memberships__user_id=user.pk).values_list("agreement_id", flat=True)
+    audited = Agreement.auditors.through.objects.filter(user_id=user.pk).values_list("agreement_id", flat=True)
     return parties.union(audited)
 
 

@@ -99,7 +99,8 @@ class RoundOutput(serializers.Serializer):
 
     @extend_schema_field(ApprovalOutput(many=True))
     def get_approvals(self, round: TrainingRound) -> list:
-        return ApprovalOutput(self.context["approvals"].get(round.pk, []), many=True).data
+        approvals = self.context["approvals"].get(round.pk)
+        return ApprovalOutput(approvals, many=True).data if approvals else []
 
     def get_participant_count(self, round: TrainingRound) -> int:
         return self.context["participant_counts"].get(round.pk, 0)
