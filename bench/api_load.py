@@ -195,6 +195,9 @@ def main() -> int:
         FEDGOV_VAR_DIR=str(var),
         DEBUG="false",
         DB_CONN_MAX_AGE="600",  # keep connections: what a deployment does
+        # Token rows cached, as a deployment's shared cache (Redis) has them; each worker's
+        # memory here is safe as no token changes during the run (federation/token_cache.py).
+        FEDGOV_API_TOKEN_CACHE_SECONDS="30",
         LOG_LEVEL="WARNING",
     )
     server = None

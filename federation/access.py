@@ -20,12 +20,8 @@ who may see it but not do this gets PermissionDenied naming the rule.
 
 from __future__ import annotations
 
-import functools
-
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections, router
 from django.db.models import Q, QuerySet
-from django.db.models.expressions import RawSQL
 
 from fedgov.errors import NotFound, PermissionDenied, ValidationFailed
 
@@ -120,37 +116,16 @@ def is_member(user) -> bool:
 # --- Visible agreements: one UNION query ------------------------------------------------------
 
 
-@functools.cache
-def _visible_agreements_sql(alias: str) -> str:
-    """The agreements a party of which the user is a member of, and those the user audits:
-    one UNION of two index lookups (no DISTINCT over joins). Hand-written from the models'
-    own table and column names: the ORM's compiler took most of a millisecond to build this
-    UNION on every request of every non-administrator (bench/api_load.py)."""
-    qn = connections[alias].ops.quote_name
-    party, membership = AgreementParty._meta, Membership._meta
-    auditors = Agreement.auditors.through._meta
-
-    def col(meta, name: str) -> str:
-        return qn(meta.get_field(name).column)
-
-    return (
-        f"SELECT p.{col(party, 'agreement')} FROM {qn(party.db_table)} p"
-        f" INNER JOIN {qn(membership.db_table)} m ON m.{col(membership, 'organisation')} = p.{col(party, 'organisation')}"
-        f" WHERE m.{col(membership, 'user')} = %s"
-        f" UNION SELECT a.{col(auditors, 'agreement')} FROM {qn(auditors.db_table)} a WHERE a.{col(auditors, 'user')} = %s"
-    )
-
-
-def _visible_agreements_subquery(user) -> RawSQL:
-    alias = router.db_for_read(AgreementParty)
-    return RawSQL(_visible_agreements_sql(alias), [user.pk, user.pk])
+def _visible_agreements_subquery(user) -> QuerySet:
+    """Ids of the agreements a party of which the user is a member of, and of those the user
+    audits: one UNION of two index lookups (no DISTINCT over joins)."""
+    parties = AgreementParty.objects.filter(organisation__memberships__user_id=user.pk).values_list("agreement_id", flat=True)
+    audited = Agreement.auditors.through.objects.filter(user_id=user.pk).values_list("agreement_id", flat=True)
+    return parties.union(audited)
 
 
 def _visible_agreement_ids(user) -> list[int]:
-    connection = connections[router.db_for_read(AgreementParty)]
-    with connection.cursor() as cursor:
-        cursor.execute(_visible_agreements_sql(connection.alias), [user.pk, user.pk])
-        return sorted({row[0] for row in cursor.fetchall()})
+    return sorted(set(_visible_agreements_subquery(user)))
 
 
 def visible_agreement_ids(user, *, cached: bool = False) -> list[int] | None:

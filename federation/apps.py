@@ -27,3 +27,6 @@ class FederationConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_reinstall_guards, sender=self, dispatch_uid="federation_reinstall_guards")
+        from .token_cache import connect_signals
+
+        connect_signals()

@@ -260,6 +260,13 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
 }
+# How long the API keeps a token's row (token, user, role groups) in the cache
+# (federation/token_cache.py); every change to them marks it stale at once. Only a cache
+# shared by every web process (Redis) carries that mark to the others, so with each process's
+# memory (development, the tests) the default is 0: read the database on every request.
+FEDGOV_API_TOKEN_CACHE_SECONDS = env_int("FEDGOV_API_TOKEN_CACHE_SECONDS", 30 if "redis" in CACHES["default"]["BACKEND"] else 0)
+if FEDGOV_API_TOKEN_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured(f"FEDGOV_API_TOKEN_CACHE_SECONDS must be 0 or more, got {FEDGOV_API_TOKEN_CACHE_SECONDS}")
 # How many reverse proxies in front of fedgov append to X-Forwarded-For. 0 (the default): the
 # header is ignored and the client is the connection's address. N: the Nth address from the
 # right of X-Forwarded-For, the one the outermost trusted proxy saw (DRF's NUM_PROXIES).

@@ -7,24 +7,25 @@ the Nth address from the right of `X-Forwarded-For` (the one the outermost trust
 A client-supplied header therefore never picks the key a guess is counted under.
 
 Password failures count twice, per client and per username, so neither rotating addresses
-against one account nor one address against many accounts gets more than the limit. Counters
-live in Django's cache (Redis in production, shared by every web process) and grow with the
-cache's atomic `incr`, so concurrent guesses cannot overwrite each other's counts.
+against one account nor one address against many accounts gets more than the limit. The
+failures are DRF's throttle history (`FailureThrottle`, a SimpleRateThrottle) in Django's cache
+(Redis in production, shared by every web process). Like DRF's own throttles, a failure is
+recorded by reading the key's history and writing it back, so two failures of one key recorded
+at the same instant can count once; a guess is checked before its password is, so a guesser
+running requests in parallel gains about its parallelism in guesses either way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import time
 
 from django import forms
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.cache import cache
-from rest_framework.throttling import BaseThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 MSG_LOCKED_OUT = "Too many failed login attempts; try again in {wait}."
 
@@ -35,45 +36,63 @@ def client_ident(request) -> str:
     return BaseThrottle().get_ident(request) or ""
 
 
-class FailureLimit:
-    """At most `limit` failures per key in a window of `window` seconds from the key's first
-    failure; the key is refused until the window ends."""
+class FailureThrottle(SimpleRateThrottle):
+    """DRF's rate throttle applied to failures rather than requests: at most `rate` failures
+    (DRF's `parse_rate`, plus a count of units, e.g. "10/15m") per key in the sliding window;
+    a key over it waits until its oldest counted failure leaves the window (DRF's `wait`).
 
-    def __init__(self, name: str, limit: int, window: int) -> None:
-        self.name, self.limit, self.window = name, limit, window
+    The history is DRF's (a list of timestamps per key in the cache, pruned to the window),
+    kept under one key per (kind, value): `check` reads every key in one cache round trip
+    and `record` adds a failure to each.
+    """
 
-    def _cache_keys(self, kind: str, value: str) -> tuple[str, str]:
+    cache_format = "failed:%(scope)s:%(ident)s"
+
+    def __init__(self, scope: str, rate: str) -> None:
+        self.scope, self.rate = scope, rate
+        super().__init__()
+
+    def parse_rate(self, rate: str) -> tuple[int, int]:
+        num, period = rate.split("/")
+        units = period.rstrip("abcdefghijklmnopqrstuvwxyz")
+        num_requests, duration = super().parse_rate(f"{num}/{period[len(units):]}")
+        return num_requests, duration * int(units or 1)
+
+    def cache_key(self, kind: str, value: str) -> str:
         digest = hashlib.sha256(value.encode()).hexdigest()[:40]
-        base = f"fedgov:failed:{self.name}:{kind}:{digest}"
-        return f"{base}:n", f"{base}:since"
+        return self.cache_format % {"scope": self.scope, "ident": f"{kind}:{digest}"}
 
-    def wait(self, keys: list[tuple[str, str]]) -> int:
+    def _load(self, key: str, history: list[float]) -> None:
+        """Make `key` the throttle's current key, with its history pruned to the window."""
+        self.key, self.history = key, list(history)
+        while self.history and self.history[-1] <= self.now - self.duration:
+            self.history.pop()
+
+    def check(self, keys: list[tuple[str, str]]) -> int:
         """Seconds until every key may try again; 0 when none is over the limit."""
-        pairs = [self._cache_keys(*key) for key in keys]
-        values = cache.get_many([k for pair in pairs for k in pair])
-        now = time.time()
+        cache_keys = [self.cache_key(*key) for key in keys]
+        histories = self.cache.get_many(cache_keys)
+        self.now = self.timer()
         wait = 0
-        for count_key, since_key in pairs:
-            if values.get(count_key, 0) >= self.limit:
-                since = values.get(since_key)
-                wait = max(wait, math.ceil(since + self.window - now) if since is not None else 1, 1)
+        for key in cache_keys:
+            self._load(key, histories.get(key, []))
+            if len(self.history) >= self.num_requests:
+                # DRF's wait counts from the oldest entry, so the history holds at most the limit.
+                del self.history[: len(self.history) - self.num_requests]
+                wait = max(wait, math.ceil(self.wait()), 1)
         return wait
 
     def record(self, keys: list[tuple[str, str]]) -> None:
-        now = time.time()
+        self.now = self.timer()
         for key in keys:
-            count_key, since_key = self._cache_keys(*key)
-            cache.add(since_key, now, self.window)
-            if cache.add(count_key, 1, self.window):
-                continue
-            try:
-                cache.incr(count_key)
-            except ValueError:  # expired between add and incr: this failure opens a new window
-                cache.add(count_key, 1, self.window)
+            cache_key = self.cache_key(*key)
+            self._load(cache_key, self.cache.get(cache_key, []))
+            del self.history[self.num_requests - 1 :]  # the newest failures are the ones that count
+            self.throttle_success()  # DRF's: the timestamp first in the history, the history cached
 
 
-def password_failures() -> FailureLimit:
-    return FailureLimit("password", settings.FEDGOV_LOGIN_FAILURE_LIMIT, settings.FEDGOV_LOGIN_LOCKOUT_MINUTES * 60)
+def password_failures() -> FailureThrottle:
+    return FailureThrottle("password", f"{settings.FEDGOV_LOGIN_FAILURE_LIMIT}/{settings.FEDGOV_LOGIN_LOCKOUT_MINUTES}m")
 
 
 def _password_keys(request, username: str) -> list[tuple[str, str]]:
@@ -82,7 +101,7 @@ def _password_keys(request, username: str) -> list[tuple[str, str]]:
 
 def password_wait(request, username: str) -> int:
     """Seconds before `username` may be tried again from this client; 0: now."""
-    return password_failures().wait(_password_keys(request, username))
+    return password_failures().check(_password_keys(request, username))
 
 
 def password_failed(request, username: str) -> None:

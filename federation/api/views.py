@@ -19,8 +19,10 @@ class HealthView(APIView):
 
     @extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()}))
     def get(self, request):
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        connection.ensure_connection()
+        if not connection.is_usable():  # a kept connection the database dropped: connect again (or fail)
+            connection.close()
+            connection.ensure_connection()
         return Response({"status": "ok", "database": connection.vendor})
 
 

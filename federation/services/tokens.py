@@ -12,6 +12,7 @@ from fedgov.errors import PermissionDenied, ValidationFailed
 
 from ..access import is_administrator
 from ..models import ApiToken, Membership
+from ..token_cache import forget_tokens
 
 MSG_UNKNOWN_SCOPE = "Unknown scope {scope!r}; choose from {choices}."
 MSG_AGENT_SCOPE = "The agent scope is only for a partner agent's user (a member with the agent role)."
@@ -113,8 +114,10 @@ def token_revoke(*, actor, token: ApiToken) -> ApiToken:
     level = [token.pk]
     while level:
         # Each generation locked before it is revoked: see _check_parent.
-        ids = list(ApiToken.objects.select_for_update().filter(pk__in=level).values_list("pk", flat=True))
+        rows = list(ApiToken.objects.select_for_update().filter(pk__in=level).values_list("pk", "key_hash"))
+        ids = [pk for pk, _ in rows]
         ApiToken.objects.filter(pk__in=ids, revoked_at__isnull=True).update(revoked_at=now)
+        forget_tokens(key_hash for _, key_hash in rows)  # a bulk update sends no signal
         level = list(ApiToken.objects.filter(parent_id__in=ids).values_list("pk", flat=True))
     token.refresh_from_db(fields=["revoked_at"])
     return token

@@ -101,6 +101,13 @@ def build_world() -> World:
 
 
 @pytest.fixture(autouse=True)
+def _token_cache_on(settings):
+    """The API as production runs it: token rows cached (a shared cache, federation/token_cache.py),
+    so every API test also checks that its changes reach the next request."""
+    settings.FEDGOV_API_TOKEN_CACHE_SECONDS = 30
+
+
+@pytest.fixture(autouse=True)
 def _fresh_throttles():
     """Throttle counters live in the cache: every test starts with none."""
     cache.clear()

@@ -3,6 +3,8 @@ answer, the stable error codes, and the Idempotency-Key."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 from federation import governance
@@ -168,8 +170,8 @@ def test_round_participants_and_status_are_readable_by_the_parties(cast):
 
 
 def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast):
-    """RoundOutput and ApprovalOutput write their dicts by hand (the round status is the most
-    polled read); the declared fields document the shape, so both must agree, key for key."""
+    """RoundOutput and ApprovalOutput render through their declared fields (no hand-written
+    dicts beside them, #18): DRF's rendering of those fields is what they answer, key for key."""
     from django.utils import timezone
     from rest_framework import serializers
 
@@ -193,6 +195,71 @@ def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast)
     for approval in approvals:
         output = ApprovalOutput(approval)
         assert list(output.data.items()) == list(serializers.Serializer.to_representation(output, approval).items())
+
+
+def _iso(value) -> str | None:
+    """A timestamp as the API has always written it: ISO 8601 in UTC with a `Z`."""
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_the_round_json_keeps_its_keys_their_order_and_their_values(cast):
+    """The round's JSON, key for key and in order, as the API wrote it before the serializers
+    produced it (#18): every field's value and format, with and without approvals, metrics,
+    an interval, a requester and timestamps."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from federation.models import RoundApproval, RoundParticipant
+
+    waiting = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
+    client_for(cast.rep_a).post(f"/api/v1/rounds/{waiting}/approve/", {}, format="json")
+    client_for(cast.rep_b).post(f"/api/v1/rounds/{waiting}/reject/", {"reason": "Not yet."}, format="json")
+    now = timezone.now().replace(microsecond=123456)
+    metrics = {"loss": 0.5, "accuracy": 0.75, "accuracy_interval": [0.5, 1], "per_party": {"a": 1}, "none": None}
+    force_update(
+        TrainingRound, waiting, phase="training", phase_deadline=now + timedelta(seconds=30), started_at=now, finished_at=now, metrics=metrics
+    )
+    bare = TrainingRound.objects.create(plan=cast.plan, number=99, governance_report={}, metrics={})
+    reader = client_for(cast.auditor, ["read"])
+    for round in TrainingRound.objects.filter(pk__in=[waiting, bare.pk]).select_related("requested_by"):
+        approvals = sorted(RoundApproval.objects.filter(round=round).select_related("organisation"), key=lambda a: (a.decided_at, a.pk))
+        expected = {
+            "id": round.pk,
+            "plan": round.plan_id,
+            "number": round.number,
+            "status": round.status,
+            "phase": round.phase,
+            "phase_deadline": _iso(round.phase_deadline),
+            "reason": round.reason,
+            "governance_report": round.governance_report or None,
+            "metrics": round.metrics,
+            "accuracy_interval": [0.5, 1.0] if round.pk == waiting else None,
+            "approvals": [
+                {
+                    "organisation": a.organisation_id,
+                    "organisation_slug": a.organisation.slug,
+                    "decision": a.decision,
+                    "reason": a.reason,
+                    "decided_at": _iso(a.decided_at),
+                    "standing": a.standing_approval_id is not None,
+                }
+                for a in approvals
+            ],
+            "participant_count": RoundParticipant.objects.filter(round=round).count(),
+            "requested_by": round.requested_by.username if round.requested_by else None,
+            "requested_at": _iso(round.requested_at),
+            "started_at": _iso(round.started_at),
+            "finished_at": _iso(round.finished_at),
+        }
+        detail = reader.get(f"/api/v1/rounds/{round.pk}/")
+        assert detail.status_code == 200
+        assert list(detail.json().items()) == list(expected.items())
+        listed = reader.get("/api/v1/rounds/", {"plan": cast.plan.pk}).json()["results"]
+        assert [list(r.items()) for r in listed if r["id"] == round.pk] == [list(expected.items())]
+    waiting_json = reader.get(f"/api/v1/rounds/{waiting}/").json()
+    assert waiting_json["phase_deadline"].endswith(".123456Z") and len(waiting_json["approvals"]) == 2
+    assert isinstance(waiting_json["accuracy_interval"][1], float)
 
 
 def test_the_round_api_returns_the_accuracy_interval(cast):

@@ -107,3 +107,20 @@ def test_the_limit_and_lockout_come_from_the_settings(cast, settings):
     refused = login(client, "/accounts/login/", "rep-a", "pw")
     assert refused.status_code == 429
     assert "Too many failed login attempts; try again in 1 minute." in refused.content.decode()
+
+
+def test_the_failure_throttle_reads_drf_rates_with_a_count_of_units_and_waits_for_the_oldest_failure():
+    from fedgov.throttles import FailureThrottle
+
+    throttle = FailureThrottle("probe", "3/15m")
+    assert (throttle.num_requests, throttle.duration) == (3, 900)
+    assert FailureThrottle("probe", "20/min").duration == 60
+    clock = iter([1000.0, 1100.0, 1200.0, 1300.0, 1300.0, 1950.0, 2001.0])
+    throttle.timer = lambda: next(clock)
+    keys = [("client", "192.0.2.1")]
+    for _ in range(3):
+        throttle.record(keys)  # at 1000, 1100 and 1200
+    throttle.record(keys)  # at 1300: the history keeps the newest three
+    assert throttle.check(keys) == 700  # at 1300: the oldest kept (1100) leaves the window at 2000
+    assert throttle.check(keys) == 50  # at 1950
+    assert throttle.check(keys) == 0  # at 2001: two failures left in the window
