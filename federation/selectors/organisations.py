@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db.models import Count, QuerySet
+from django.utils.translation import gettext_noop
 
 from fedgov.errors import NotFound, PermissionDenied
 
@@ -10,7 +11,7 @@ from .. import access
 from ..models import Membership, Organisation
 from .common import get_visible
 
-MSG_AGENTS_FORBIDDEN = "Only administrators and organisations' representatives see partner agents."
+MSG_AGENTS_FORBIDDEN = gettext_noop("Only administrators and organisations' representatives see partner agents.")
 
 
 def organisation_for(*, user, slug: str) -> Organisation:
@@ -40,7 +41,7 @@ def membership_of(*, organisation, pk: int) -> Membership:
     """One membership of `organisation` (the organisation already scoped to the user), or NotFound."""
     membership = Membership.objects.filter(pk=pk, organisation=organisation).select_related("user").first()
     if membership is None:
-        raise NotFound("Membership not found.")
+        raise NotFound(gettext_noop("Membership not found."))
     return membership
 
 

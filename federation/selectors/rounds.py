@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from django.db.models import F, QuerySet
+from django.utils.translation import gettext_noop
 
 from fedgov.errors import NotFound, PermissionDenied
 
@@ -12,7 +13,7 @@ from .. import access
 from ..models import Membership, Organisation, RoundApproval, RoundParticipant, RoundProtocol, TrainingRound
 from .common import get_visible
 
-MSG_NO_DECIDER = "You represent no organisation whose data this round uses; only they decide on it."
+MSG_NO_DECIDER = gettext_noop("You represent no organisation whose data this round uses; only they decide on it.")
 
 
 def round_for(*, user, pk: int) -> TrainingRound:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
+from django.utils.translation import gettext_noop
 
 from fedgov.errors import NotFound
 
@@ -29,7 +30,7 @@ def own_tokens(*, user) -> QuerySet[ApiToken]:
 def own_token(*, user, pk: int) -> ApiToken:
     token = ApiToken.objects.filter(pk=pk, user=user).first()
     if token is None:
-        raise NotFound("Token not found.")
+        raise NotFound(gettext_noop("Token not found."))
     return token
 
 

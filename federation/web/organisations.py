@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -16,8 +14,6 @@ from ..selectors import organisations as organisation_selectors
 from ..services import agents as agent_services
 from ..services import organisations as organisation_services
 from .base import attempt, posted, role_context, web_view
-
-User = get_user_model()
 
 
 @web_view
@@ -75,29 +71,11 @@ def agent_list(request):
     )
 
 
-def _register_member(*, actor, organisation, data: dict, new: bool):
-    """A new user account and its membership, or a role for an existing user, in one
-    transaction: a refused membership leaves no orphan account behind."""
-    with transaction.atomic():
-        if new:
-            person = User.objects.create_user(
-                username=data["username"],
-                password=data["password"],
-                email=data.get("email") or "",
-                first_name=data.get("first_name") or "",
-                last_name=data.get("last_name") or "",
-            )
-        else:
-            person = data["user"]
-        organisation_services.membership_add(actor=actor, user=person, organisation=organisation, role=data["role"])
-    return person
-
-
 @web_view
 @require_http_methods(["GET", "POST"])
 def member_create(request, slug):
-    """Register a person at an organisation: a new user account and its membership, or a
-    role for an existing user."""
+    """Register a person at an organisation: a new user account and its membership (one
+    transaction: a refused membership leaves no orphan account), or a role for an existing user."""
     access.require_administrator(request.user, what="membership", action="create")
     org = organisation_selectors.organisation_for(user=request.user, slug=slug)
     which = request.POST.get("which")
@@ -105,21 +83,37 @@ def member_create(request, slug):
     existing_form = forms.ExistingMemberForm(request.POST if which == "existing" else None, prefix="existing")
     form = new_form if which == "new" else existing_form
     if request.method == "POST" and form.is_bound and form.is_valid():
-        done = attempt(
-            request,
-            _register_member,
-            form=form,
-            field_map={"user": "username" if form is new_form else "user"},
-            actor=request.user,
-            organisation=org,
-            data=form.cleaned_data,
-            new=form is new_form,
-        )
+        data = form.cleaned_data
+        if form is new_form:
+            done = attempt(
+                request,
+                organisation_services.member_register,
+                form=form,
+                field_map={"user": "username"},
+                actor=request.user,
+                organisation=org,
+                role=data["role"],
+                username=data["username"],
+                password=data["password"],
+                email=data.get("email") or "",
+                first_name=data.get("first_name") or "",
+                last_name=data.get("last_name") or "",
+            )
+        else:
+            done = attempt(
+                request,
+                organisation_services.membership_add,
+                form=form,
+                actor=request.user,
+                user=data["user"],
+                organisation=org,
+                role=data["role"],
+            )
         if done.ok:
             role = str(Membership.Role(form.cleaned_data["role"]).label).lower()
             messages.success(
                 request,
-                _("%(user)s is now %(role)s of %(org)s.") % {"user": done.value.username, "role": role, "org": org.name},
+                _("%(user)s is now %(role)s of %(org)s.") % {"user": done.value.user.username, "role": role, "org": org.name},
             )
             return redirect("web:organisation_detail", slug=org.slug)
     return render(
