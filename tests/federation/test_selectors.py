@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedgov.errors import NotFound, PermissionDenied
 from federation.selectors import agreements, datasets, events, ledger, model_versions, organisations, plans, rounds, tokens
 from federation.services.rounds import round_approve, round_request
 from federation.services.tokens import token_issue
+from fedgov.errors import NotFound, PermissionDenied
 
 
 @pytest.fixture

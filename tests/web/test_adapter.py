@@ -12,12 +12,12 @@ from django.test import RequestFactory
 from django.urls import reverse
 
 from accounting.models import LedgerEntry
-from fedgov.errors import PermissionDenied
 from federation import forms
 from federation.models import Agreement, Dataset, GovernanceEvent
 from federation.services.agreements import agreement_submit
 from federation.services.datasets import MSG_BUDGET_LOWERED, dataset_raise_budget
 from federation.web.base import attempt
+from fedgov.errors import PermissionDenied
 
 
 def _request(user):
