@@ -63,19 +63,17 @@ def agents_page_for(*, user) -> QuerySet[Organisation]:
     return organisations
 
 
-def organisation_agents(*, user, organisation):
-    """The organisation page's agent panel: its agent's overview, or None when the user may
-    not see it (`access.may_see_agent`)."""
-    from ..services import agents as agent_services
-
+def agent_scope(*, user, organisation) -> QuerySet[Organisation] | None:
+    """The organisation page's agent panel: `organisation` alone, as the queryset the agents'
+    overview reads, or None when the user may not see its agent (`access.may_see_agent`)."""
     if not access.may_see_agent(user, organisation):
         return None
-    return agent_services.agents_overview(access.agent_organisations(user).filter(pk=organisation.pk), refusals=None)
+    return access.agent_organisations(user).filter(pk=organisation.pk)
 
 
 def organisation_page(*, user, organisation) -> dict:
-    """The organisation page: its people (for those who may see them), and the agreements,
-    datasets and partner agent the user sees of it."""
+    """The organisation page: its people (for those who may see them), and the agreements and
+    datasets the user sees of it."""
     from .agreements import agreements_of
     from .datasets import datasets_of
 
@@ -84,5 +82,4 @@ def organisation_page(*, user, organisation) -> dict:
         "memberships": memberships_of(organisation=organisation) if access.may_see_members(user, organisation) else [],
         "agreements": agreements_of(user=user, organisation=organisation),
         "datasets": datasets_of(user=user, organisation=organisation),
-        "agents": organisation_agents(user=user, organisation=organisation),
     }

@@ -242,9 +242,8 @@ def round_progress(*, round: TrainingRound, now=None) -> dict:
 
 def round_live(*, user, round: TrainingRound) -> dict:
     """Everything on the round page that changes while the round runs: progress, the
-    decisions, the budget on the ledger, whether the user still has to decide."""
-    from ..services import agents as agent_services
-
+    decisions, the budget on the ledger, whether the user still has to decide (the view adds
+    which partners' agents are online)."""
     return {
         "round": round,
         "plan": round.plan,
@@ -253,15 +252,14 @@ def round_live(*, user, round: TrainingRound) -> dict:
         "undecided_orgs": undecided_organisations(user=user, round=round),
         "reservations": round_reservations(round=round),
         **round_progress(round=round),
-        "partners_online": agent_services.partners_online(round),
     }
 
 
 def approval_page(*, round: TrainingRound, organisation) -> dict:
     """The reads of a representative's decision page: governance report, the epsilon this
     round costs each dataset against what was spent and what remains, the plan's progress,
-    the decisions so far and this organisation's own."""
-    from ..services import agents as agent_services
+    the decisions so far and this organisation's own (the view adds which partners' agents are
+    online)."""
     from .plans import plan_progress
 
     decision = decision_of(round=round, organisation=organisation)
@@ -275,7 +273,6 @@ def approval_page(*, round: TrainingRound, organisation) -> dict:
         "progress": plan_progress(plan=round.plan),
         "decisions": round_decisions(round=round),
         "needed": approvals_needed(round=round),
-        "partners_online": agent_services.partners_online(round),
         "decision": decision,
         "open": round.status == TrainingRound.Status.AWAITING_APPROVAL and decision is None,
         "standing": standing_approvals_of(round=round, organisation=organisation),

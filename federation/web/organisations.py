@@ -46,10 +46,15 @@ def organisation_create(request):
 def organisation_detail(request, slug):
     user = request.user
     org = organisation_selectors.organisation_for(user=user, slug=slug)
+    agents = organisation_selectors.agent_scope(user=user, organisation=org)
     return render(
         request,
         "federation/organisation_detail.html",
-        {**role_context(user), **organisation_selectors.organisation_page(user=user, organisation=org)},
+        {
+            **role_context(user),
+            **organisation_selectors.organisation_page(user=user, organisation=org),
+            "agents": agent_services.agents_overview(agents, refusals=None) if agents is not None else None,
+        },
     )
 
 

@@ -14,6 +14,7 @@ from .. import forms
 from ..models import TrainingRound
 from ..selectors import plans as plan_selectors
 from ..selectors import rounds as round_selectors
+from ..services import agents as agent_services
 from ..services import rounds as round_services
 from .base import attempt, role_context, web_view
 
@@ -54,6 +55,11 @@ def round_list(request):
     )
 
 
+def _live(user, round) -> dict:
+    """The part of the round page that changes while the round runs, and whose agents are online."""
+    return {**round_selectors.round_live(user=user, round=round), "partners_online": agent_services.partners_online(round)}
+
+
 @web_view
 @require_GET
 def round_detail(request, pk):
@@ -66,7 +72,7 @@ def round_detail(request, pk):
             **role_context(user),
             "checks": round_selectors.report_checks(round=round),
             "report": round.governance_report or {},
-            **round_selectors.round_live(user=user, round=round),
+            **_live(user, round),
         },
     )
 
@@ -87,6 +93,7 @@ def round_progress(request, pk):
 def _approval_page(request, round, org, *, reject_form=None, status: int = 200):
     context = {
         **round_selectors.approval_page(round=round, organisation=org),
+        "partners_online": agent_services.partners_online(round),
         "reject_form": reject_form or forms.RejectForm(),
         "standing_form": forms.StandingApprovalForm(),
     }
