@@ -26,8 +26,8 @@ def plan_list(request):
 
 
 def _define(*, actor, plan_form, action: str, state: dict):
-    """ "Preview" (every definition-time check and the projection, nothing saved) or "Define"
-    (saved). Values left empty take the planner's (`plan_fill`). `state` keeps the planner's
+    """The plan previewed (every definition-time check and the projection, nothing saved) or
+    defined (saved). Values left empty take the planner's (`plan_fill`). `state` keeps the planner's
     explanation for the page when a check refuses."""
     data = plan_form.cleaned_data
     filled, explanation = plan_services.plan_fill(
