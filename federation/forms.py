@@ -3,7 +3,7 @@
 A form here checks only what a browser could get wrong (a missing value, text where a number
 belongs). Everything the domain decides (is this delta within the agreement's ceiling? is the
 quorum larger than the number of parties?) is the service's business: the view calls the
-service and `apply_service_errors` puts each `ValidationFailed.details["fields"]` message next
+service through `federation.web.base.attempt`, which puts each `ValidationFailed.details["fields"]` message next
 to its field, so the web UI and the API say the same thing. The agreement form also asks the
 service's own rule list (`agreement_terms_problems`) about the values that did parse, so one
 submit reports every problem, not the parse errors first and the domain rules on the next try.
@@ -19,33 +19,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.utils.translation import gettext_lazy as _
 
-from fedgov.errors import ApplicationError
-
 from .models import AUDITORS_GROUP, Agreement, Dataset, Membership, Organisation
 from .services.agreements import agreement_terms_problems
 
 User = get_user_model()
-
-
-def apply_service_errors(form: forms.Form, exc: ApplicationError, field_map: dict[str, str] | None = None) -> None:
-    """Show a service's error on the form: each field's messages next to that field, the rest
-    (or an error without fields) at the top of the form."""
-    field_map = field_map or {}
-    fields = (exc.details or {}).get("fields") or {}
-    if not fields:
-        form.add_error(None, exc.message)
-        return
-    for name, messages in fields.items():
-        if isinstance(messages, str):
-            messages = [messages]
-        target = field_map.get(name, name)
-        if target in form.fields:
-            for message in messages:
-                form.add_error(target, message)
-        else:
-            label = "" if name == "__all__" else f"{name.replace('_', ' ')}: "
-            for message in messages:
-                form.add_error(None, f"{label}{message}")
 
 
 def _split_list(text: str) -> list[str]:

@@ -47,6 +47,25 @@ def confirmed_device(user) -> TOTPDevice | None:
     return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
 
 
+def enrolment_device(user) -> TOTPDevice:
+    """The user's unconfirmed device (its secret shown until a code confirms it), made once."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-id").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    return device
+
+
+def device_confirm(device: TOTPDevice) -> None:
+    """A first right code confirms an enrolled device: the next login asks for a code."""
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+
+
+def devices_remove(user) -> None:
+    """Two-factor sign-in off for `user` (the caller checked a current code)."""
+    TOTPDevice.objects.filter(user=user).delete()
+
+
 def needs_second_factor(user) -> bool:
     """Whether a session of `user` must pass a one-time code."""
     if user is None or not user.is_authenticated:

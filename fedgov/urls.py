@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from federation import i18n, views_accounts
-from federation.views import SignOutView
+from federation import i18n
+from federation.web import accounts
 from fedgov.throttles import ThrottledAdminAuthenticationForm
 
 # Both login pages refuse a client or username after repeated wrong passwords (fedgov.throttles).
@@ -13,25 +13,25 @@ admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 def admin_login(request, extra_context=None):
-    # The throttled admin login with the one-time-code step (federation.views_accounts).
-    return views_accounts.admin_login(request, extra_context)
+    # The throttled admin login with the one-time-code step (federation.web.accounts).
+    return accounts.admin_login(request, extra_context)
 
 
 urlpatterns = [
     path("admin/login/", admin_login),  # before admin.site.urls, which it answers for
     path("admin/", admin.site.urls),
-    path("accounts/login/", views_accounts.TwoFactorLoginView.as_view(), name="login"),
-    path("accounts/login/code/", views_accounts.login_verify, name="account_login_verify"),
-    path("accounts/logout/", SignOutView.as_view(), name="logout"),
-    path("accounts/password/change/", views_accounts.password_change, name="password_change"),
-    path("accounts/password/change/done/", views_accounts.password_change_done, name="password_change_done"),
-    path("accounts/password/reset/", views_accounts.password_reset, name="password_reset"),
-    path("accounts/password/reset/sent/", views_accounts.password_reset_done, name="password_reset_done"),
-    path("accounts/reset/<uidb64>/<token>/", views_accounts.password_reset_confirm, name="password_reset_confirm"),
-    path("accounts/reset/done/", views_accounts.password_reset_complete, name="password_reset_complete"),
-    path("account/two-factor/", views_accounts.two_factor, name="account_two_factor"),
-    path("account/tokens/", views_accounts.token_list, name="account_tokens"),
-    path("account/tokens/<int:pk>/revoke/", views_accounts.token_revoke, name="account_token_revoke"),
+    path("accounts/login/", accounts.TwoFactorLoginView.as_view(), name="login"),
+    path("accounts/login/code/", accounts.login_verify, name="account_login_verify"),
+    path("accounts/logout/", accounts.SignOutView.as_view(), name="logout"),
+    path("accounts/password/change/", accounts.password_change, name="password_change"),
+    path("accounts/password/change/done/", accounts.password_change_done, name="password_change_done"),
+    path("accounts/password/reset/", accounts.password_reset, name="password_reset"),
+    path("accounts/password/reset/sent/", accounts.password_reset_done, name="password_reset_done"),
+    path("accounts/reset/<uidb64>/<token>/", accounts.password_reset_confirm, name="password_reset_confirm"),
+    path("accounts/reset/done/", accounts.password_reset_complete, name="password_reset_complete"),
+    path("account/two-factor/", accounts.two_factor, name="account_two_factor"),
+    path("account/tokens/", accounts.token_list, name="account_tokens"),
+    path("account/tokens/<int:pk>/revoke/", accounts.token_revoke, name="account_token_revoke"),
     # The language switcher's form posts here (federation.i18n): cookie, and the user's choice.
     path("i18n/setlang/", i18n.set_language, name="set_language"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.translation import gettext, ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from federation.views import _role_context, web_view
+from federation.web.base import role_context, web_view
 
 from . import selectors, services
 from .models import Kind
@@ -25,7 +25,7 @@ def notification_list(request):
         request,
         "notifications/list.html",
         {
-            **_role_context(request.user),
+            **role_context(request.user),
             "page": page,
             "unread_only": unread_only,
             "query": "unread=1" if unread_only else "",
@@ -67,5 +67,5 @@ def preferences(request):
     return render(
         request,
         "notifications/preferences.html",
-        {**_role_context(request.user), "preferences": selectors.preferences_for(request.user), "has_email": bool(request.user.email)},
+        {**role_context(request.user), "preferences": selectors.preferences_for(request.user), "has_email": bool(request.user.email)},
     )

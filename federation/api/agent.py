@@ -18,7 +18,8 @@ from rest_framework.views import APIView
 from fedgov.errors import NotFound, ValidationFailed
 
 from .. import secagg, wakeup
-from ..models import ApiToken, RoundProtocol
+from ..models import ApiToken
+from ..selectors.rounds import round_protocol_config
 from ..services import orchestration
 from .base import Input, ReadsBody, StrictJSONParser, parse_json
 from .errors import MessageTooLarge
@@ -147,10 +148,9 @@ class TasksView(AgentView):
 def _body_limit(round_id: int, phase: str) -> int:
     if phase == orchestration.EVALUATE:
         return EVALUATION_MAX_BYTES
-    protocol = RoundProtocol.objects.filter(round_id=round_id).only("config", "round_id").first()
-    if protocol is None or not protocol.config:
+    cfg = round_protocol_config(round_id=round_id)
+    if not cfg:
         return 4096
-    cfg = protocol.config
     config = secagg.RoundConfig(
         round_id=f"round-{round_id}", roster=tuple(cfg["roster"]), threshold=cfg["threshold"], vector_length=cfg["vector_length"]
     )

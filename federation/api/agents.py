@@ -10,7 +10,8 @@ from rest_framework import serializers
 
 from fedgov.errors import PermissionDenied
 
-from ..access import agent_organisations, visible_organisations
+from ..access import agent_organisations
+from ..selectors.organisations import agent_organisations_for, organisations_for
 from ..services.agents import agents_overview
 from .base import ApiView
 from .filters import AgentFilter
@@ -67,7 +68,7 @@ class AgentListView(ApiView):
     ordering = ["name"]
 
     def get_queryset(self):
-        return agent_organisations(self.request.user).order_by("name")
+        return agent_organisations_for(user=self.request.user)
 
     @extend_schema(operation_id="agents_list", responses=AgentOutput(many=True))
     def get(self, request):
@@ -82,7 +83,7 @@ class AgentDetailView(ApiView):
     object_name = "Agent"
 
     def object_queryset(self):
-        return visible_organisations(self.request.user)
+        return organisations_for(user=self.request.user)
 
     @extend_schema(operation_id="agents_retrieve", responses=AgentOutput)
     def get(self, request, pk: int):

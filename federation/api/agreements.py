@@ -5,12 +5,12 @@ current version."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db.models import Prefetch
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
-from ..access import acting_organisation, require_administrator, visible_agreements, visible_organisations
+from ..access import acting_organisation, require_administrator, visible_organisations
 from ..models import AUDITORS_GROUP, TERM_FIELDS, Agreement, AgreementParty, AgreementSignature
+from ..selectors.agreements import agreements_for
 from ..services.agreements import (
     agreement_amend,
     agreement_create,
@@ -74,14 +74,6 @@ class AgreementOutput(serializers.ModelSerializer):
         return SignatureOutput(current, many=True).data
 
 
-def agreements_for(user):
-    return visible_agreements(user).prefetch_related(
-        Prefetch("party_links", queryset=AgreementParty.objects.select_related("organisation").order_by("organisation__slug")),
-        Prefetch("signatures", queryset=AgreementSignature.objects.select_related("organisation", "signed_by")),
-        "auditors",
-    )
-
-
 class TermsInput(Input):
     """The terms of an agreement (see the Agreement schema for their meaning)."""
 
@@ -138,7 +130,7 @@ class AgreementListView(ApiView):
     ordering_fields = ["created_at", "title", "valid_until", "status"]
 
     def get_queryset(self):
-        return agreements_for(self.request.user)
+        return agreements_for(user=self.request.user)
 
     @extend_schema(operation_id="agreements_list", responses=AgreementOutput(many=True))
     def get(self, request):
@@ -150,7 +142,7 @@ class AgreementListView(ApiView):
         data = dict(self.validated_input(TermsInput))
         agreement = agreement_create(actor=request.user, parties=data.pop("parties"), auditors=data.pop("auditors", []), **data)
         return self.output(
-            AgreementOutput, agreements_for(request.user).get(pk=agreement.pk), status_code=status.HTTP_201_CREATED
+            AgreementOutput, agreements_for(user=request.user).get(pk=agreement.pk), status_code=status.HTTP_201_CREATED
         )
 
 
@@ -158,7 +150,7 @@ class AgreementObjectView(ApiView):
     object_name = "Agreement"
 
     def object_queryset(self):
-        return agreements_for(self.request.user)
+        return agreements_for(user=self.request.user)
 
     def respond(self, agreement: Agreement):
         return self.output(AgreementOutput, self.object_queryset().get(pk=agreement.pk))

@@ -7,9 +7,10 @@ from rest_framework import serializers, status
 
 from accounting.selectors import datasets_budget_figures
 
-from ..access import visible_agreements, visible_datasets, visible_organisations
+from ..access import visible_agreements, visible_organisations
 from ..learning import TRANSFORMS
 from ..models import Dataset
+from ..selectors.datasets import datasets_for
 from ..services.datasets import dataset_register
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
@@ -68,12 +69,6 @@ class DatasetViewMixin:
         return {**super().context_for(objects), "budgets": datasets_budget_figures(datasets=objects)}
 
 
-def datasets_for(user):
-    """access.visible_datasets(user) (from the per-request list of visible agreements), with
-    the organisation each shows."""
-    return visible_datasets(user, cached=True).select_related("organisation")
-
-
 class DatasetListView(DatasetViewMixin, ApiView):
     """Datasets of the agreements you are a party to or audit (administrators: all)."""
 
@@ -111,7 +106,7 @@ class DatasetListView(DatasetViewMixin, ApiView):
             ref_name = "DatasetInput"
 
     def get_queryset(self):
-        return datasets_for(self.request.user)
+        return datasets_for(user=self.request.user)
 
     @extend_schema(operation_id="datasets_list", responses=DatasetOutput(many=True))
     def get(self, request):
@@ -128,7 +123,7 @@ class DatasetDetailView(DatasetViewMixin, ApiView):
     object_name = "Dataset"
 
     def object_queryset(self):
-        return datasets_for(self.request.user)
+        return datasets_for(user=self.request.user)
 
     @extend_schema(operation_id="datasets_retrieve", responses=DatasetOutput)
     def get(self, request, pk: int):

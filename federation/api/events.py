@@ -5,8 +5,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
-from ..access import visible_events
 from ..models import GovernanceEvent
+from ..selectors.events import event_feed_for
 from .base import ApiView
 from .filters import EventFilter
 
@@ -30,7 +30,7 @@ class EventListView(ApiView):
     ordering_fields = ["created_at", "id"]
 
     def get_queryset(self):
-        return visible_events(self.request.user).order_by("-created_at", "-id")
+        return event_feed_for(user=self.request.user)
 
     @extend_schema(operation_id="events_list", responses=EventOutput(many=True))
     def get(self, request):

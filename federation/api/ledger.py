@@ -16,11 +16,11 @@ from accounting import ledger as accounting_ledger
 from accounting import selectors as accounting
 from accounting.models import LedgerEntry
 
-from ..access import is_administrator, is_auditor, require_ledger_reader
 from ..models import Dataset
+from ..selectors.datasets import datasets_for
+from ..selectors.ledger import ledger_dataset_by_pk
 from ..services.datasets import dataset_raise_budget
 from .base import ApiView, Input
-from .datasets import datasets_for
 from .fields import valid_pk
 from .filters import LedgerEntryFilter
 
@@ -89,30 +89,12 @@ class LedgerView(ApiView):
     object_name = "Dataset"
 
     def object_queryset(self):
-        return datasets_for(self.request.user)
+        return datasets_for(user=self.request.user)
 
     def get_ledger_dataset(self) -> Dataset:
-        """The dataset, if the requester reads its ledger; else 404 or 403 (see module doc).
-
-        Administrators and the agreement's auditors always see the dataset, so for them (an
-        auditor's read API is what these endpoints are for) one query answers: the dataset,
-        if it exists and (for an auditor) its agreement lists them among its auditors; that
-        is `audits()`, joined into the lookup. Everyone else, and an auditor of another
-        agreement, goes through the visible set and `require_ledger_reader` instead."""
-        user = self.request.user
-        pk = valid_pk(self.kwargs.get("pk"))
-        if pk is not None and (is_administrator(user) or is_auditor(user)):
-            # The row alone: no join for the organisation (only the 403 message names it, and
-            # that path loads it), no ORDER BY to compile for a primary-key lookup.
-            datasets = Dataset.objects.filter(pk=pk).order_by()
-            if not is_administrator(user):
-                datasets = datasets.filter(agreement__auditors=user.pk)
-            dataset = next(iter(datasets[:1]), None)
-            if dataset is not None:
-                return dataset
-        dataset = self.get_object()
-        require_ledger_reader(user, dataset)
-        return dataset
+        """The dataset, if the requester reads its ledger; else 404 or 403 (see module doc and
+        `selectors.ledger.ledger_dataset_by_pk`)."""
+        return ledger_dataset_by_pk(user=self.request.user, pk=valid_pk(self.kwargs.get("pk")))
 
 
 class LedgerEntryListView(LedgerView):

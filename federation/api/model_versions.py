@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from django.db.models.functions import Length
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 
-from ..access import require_party_member, visible_model_versions
+from ..access import require_party_member
 from ..models import ModelVersion
+from ..selectors.model_versions import downloadable_model_versions, model_versions_for
 from .base import ApiView
 from .filters import ModelVersionFilter
 
@@ -24,11 +24,6 @@ class ModelVersionOutput(serializers.ModelSerializer):
         ref_name = "ModelVersion"
 
 
-def model_versions_for(user):
-    # The parameters can be megabytes: never loaded by a list or a detail, only by a download.
-    return visible_model_versions(user).defer("params").annotate(size_bytes=Length("params"))
-
-
 class ModelVersionListView(ApiView):
     """Global models of the plans you can see: version 0 is a plan's initial model, version
     n the result of its round n."""
@@ -37,7 +32,7 @@ class ModelVersionListView(ApiView):
     ordering_fields = ["created_at", "version"]
 
     def get_queryset(self):
-        return model_versions_for(self.request.user).order_by("plan_id", "version")
+        return model_versions_for(user=self.request.user).order_by("plan_id", "version")
 
     @extend_schema(operation_id="model_versions_list", responses=ModelVersionOutput(many=True))
     def get(self, request):
@@ -48,7 +43,7 @@ class ModelVersionDetailView(ApiView):
     object_name = "Model version"
 
     def object_queryset(self):
-        return model_versions_for(self.request.user)
+        return model_versions_for(user=self.request.user)
 
     @extend_schema(operation_id="model_versions_retrieve", responses=ModelVersionOutput)
     def get(self, request, pk: int):
@@ -63,7 +58,7 @@ class ModelVersionParamsView(ApiView):
     object_name = "Model version"
 
     def object_queryset(self):
-        return visible_model_versions(self.request.user).select_related("plan__agreement")
+        return downloadable_model_versions(user=self.request.user)
 
     def perform_content_negotiation(self, request, force=False):
         # The body is bytes, written below without a renderer; errors are JSON whatever the

@@ -6,8 +6,9 @@ from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 
-from ..access import require_administrator, visible_memberships, visible_organisations
+from ..access import require_administrator
 from ..models import Membership, Organisation
+from ..selectors.organisations import memberships_for, organisations_for
 from ..services.organisations import membership_add, membership_remove, organisation_create
 from .base import ApiView, Input
 from .filters import MembershipFilter, OrganisationFilter
@@ -47,7 +48,7 @@ class OrganisationListView(ApiView):
             ref_name = "OrganisationInput"
 
     def get_queryset(self):
-        return visible_organisations(self.request.user)
+        return organisations_for(user=self.request.user)
 
     @extend_schema(operation_id="organisations_list", responses=OrganisationOutput(many=True))
     def get(self, request):
@@ -65,7 +66,7 @@ class OrganisationDetailView(ApiView):
     object_name = "Organisation"
 
     def object_queryset(self):
-        return visible_organisations(self.request.user)
+        return organisations_for(user=self.request.user)
 
     @extend_schema(operation_id="organisations_retrieve", responses=OrganisationOutput)
     def get(self, request, pk: int):
@@ -80,10 +81,6 @@ class MembershipOutput(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "user", "organisation", "organisation_slug", "role", "created_at"]
         ref_name = "Membership"
-
-
-def _memberships(user):
-    return visible_memberships(user).select_related("user", "organisation").order_by("-created_at", "-id")
 
 
 class MembershipListView(ApiView):
@@ -102,7 +99,7 @@ class MembershipListView(ApiView):
             ref_name = "MembershipInput"
 
     def get_queryset(self):
-        return _memberships(self.request.user)
+        return memberships_for(user=self.request.user)
 
     @extend_schema(operation_id="memberships_list", responses=MembershipOutput(many=True))
     def get(self, request):
@@ -122,7 +119,7 @@ class MembershipDetailView(ApiView):
     required_scope = {"GET": "read", "DELETE": "approve"}
 
     def object_queryset(self):
-        return _memberships(self.request.user)
+        return memberships_for(user=self.request.user)
 
     @extend_schema(operation_id="memberships_retrieve", responses=MembershipOutput)
     def get(self, request, pk: int):

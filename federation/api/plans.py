@@ -5,8 +5,9 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 
-from ..access import require_administrator, visible_agreements, visible_datasets, visible_plans
+from ..access import require_administrator, visible_agreements, visible_datasets
 from ..models import TrainingPlan
+from ..selectors.plans import plans_for
 from ..services.plans import (
     PLANNED_FIELDS,
     plan_create,
@@ -62,10 +63,6 @@ class PlanOutput(serializers.ModelSerializer):
             "created_at",
         ]
         ref_name = "TrainingPlan"
-
-
-def plans_for(user):
-    return visible_plans(user).prefetch_related("datasets")
 
 
 class PlanScheduleInput(Input):
@@ -160,7 +157,7 @@ class PlanListView(ApiView):
             ref_name = "TrainingPlanInput"
 
     def get_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_list", responses=PlanOutput(many=True))
     def get(self, request):
@@ -177,7 +174,7 @@ class PlanListView(ApiView):
             model_spec=data["model_spec"], given=given,
         )
         plan = plan_create(actor=request.user, **data, **filled, explanation=explanation)
-        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk), status_code=status.HTTP_201_CREATED)
+        return self.output(PlanOutput, plans_for(user=request.user).get(pk=plan.pk), status_code=status.HTTP_201_CREATED)
 
 
 class PlanProposeView(ApiView):
@@ -201,7 +198,7 @@ class PlanDetailView(ApiView):
     object_name = "Training plan"
 
     def object_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_retrieve", responses=PlanOutput)
     def get(self, request, pk: int):
@@ -222,14 +219,14 @@ class PlanPauseView(ApiView):
             ref_name = "TrainingPlanPauseInput"
 
     def object_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_pause", request=InputSerializer, responses=PlanOutput)
     def post(self, request, pk: int):
         plan = self.get_object()
         data = self.validated_input(self.InputSerializer)
         plan_pause(actor=request.user, plan=plan, reason=data["reason"])
-        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))
+        return self.output(PlanOutput, plans_for(user=request.user).get(pk=plan.pk))
 
 
 class PlanResumeView(ApiView):
@@ -240,13 +237,13 @@ class PlanResumeView(ApiView):
     required_scope = "trigger"
 
     def object_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_resume", request=None, responses=PlanOutput)
     def post(self, request, pk: int):
         plan = self.get_object()
         plan_resume(actor=request.user, plan=plan)
-        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))
+        return self.output(PlanOutput, plans_for(user=request.user).get(pk=plan.pk))
 
 
 class PlanRetryPolicyView(ApiView):
@@ -264,11 +261,11 @@ class PlanRetryPolicyView(ApiView):
             ref_name = "TrainingPlanRetryPolicyInput"
 
     def object_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_retry_policy", request=InputSerializer, responses=PlanOutput)
     def post(self, request, pk: int):
         plan = self.get_object()
         data = self.validated_input(self.InputSerializer)
         plan_retry_policy_set(actor=request.user, plan=plan, **data)
-        return self.output(PlanOutput, plans_for(request.user).get(pk=plan.pk))
+        return self.output(PlanOutput, plans_for(user=request.user).get(pk=plan.pk))

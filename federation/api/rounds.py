@@ -3,9 +3,6 @@ by the representatives whose data they use, read by every party and auditor."""
 
 from __future__ import annotations
 
-from collections import Counter
-
-from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -14,13 +11,14 @@ from accounting.errors import BudgetExceeded
 from fedgov.errors import GovernanceCheckFailed
 
 from .. import governance
-from ..access import acting_organisation, visible_rounds
+from ..access import acting_organisation
 from ..models import Organisation, RoundApproval, RoundParticipant, TrainingRound
+from ..selectors.plans import plans_for
+from ..selectors.rounds import round_context, round_organisations, round_participants, rounds_for
 from ..services.rounds import round_approve, round_reject, round_request_once
 from .agreements import OrganisationChoice
 from .base import ApiView
 from .filters import ParticipantFilter, RoundFilter
-from .plans import plans_for
 from .schema import ErrorSerializer
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -106,33 +104,11 @@ class RoundOutput(serializers.Serializer):
         return self.context["participant_counts"].get(round.pk, 0)
 
 
-def rounds_for(user):
-    """access.visible_rounds(user) (from the per-request list of visible agreements), with
-    the requester's username (one joined column, not the whole user row)."""
-    rounds = visible_rounds(user, cached=True)
-    return rounds.annotate(requested_by_username=F("requested_by__username"))
-
-
-def round_context(rounds: list) -> dict:
-    """Approvals and participant counts of a page of rounds: two queries, whatever its size."""
-    ids = [r.pk for r in rounds]
-    approvals: dict[int, list] = {}
-    # Sorted here, not with ORDER BY: a round has a handful of approvals, and compiling the
-    # ORDER BY cost Django more than the rest of the query.
-    rows = RoundApproval.objects.filter(round_id__in=ids).select_related("organisation")
-    for approval in sorted(rows, key=lambda a: (a.decided_at, a.pk)):
-        approvals.setdefault(approval.round_id, []).append(approval)
-    # Counted here rather than with GROUP BY: a round has a handful of participants, and the
-    # plain lookup costs Django far less to build than an aggregate.
-    counts = Counter(RoundParticipant.objects.filter(round_id__in=ids).values_list("round_id", flat=True))
-    return {"approvals": approvals, "participant_counts": counts}
-
-
 class RoundViewMixin:
     def context_for(self, objects):
         context = super().context_for(objects)
         if all(isinstance(o, TrainingRound) for o in objects):
-            context.update(round_context(objects))
+            context.update(round_context(rounds=objects))
         return context
 
 
@@ -143,7 +119,7 @@ class RoundListView(RoundViewMixin, ApiView):
     ordering_fields = ["requested_at", "number", "status", "finished_at"]
 
     def get_queryset(self):
-        return rounds_for(self.request.user).order_by("-requested_at", "-id")
+        return rounds_for(user=self.request.user).order_by("-requested_at", "-id")
 
     @extend_schema(operation_id="rounds_list", responses=RoundOutput(many=True))
     def get(self, request):
@@ -171,12 +147,12 @@ class PlanRoundsView(RoundViewMixin, ApiView):
     ordering_fields = ["requested_at", "number", "status", "finished_at"]
 
     def object_queryset(self):
-        return plans_for(self.request.user)
+        return plans_for(user=self.request.user)
 
     @extend_schema(operation_id="plans_rounds_list", responses=RoundOutput(many=True))
     def get(self, request, pk: int):
         plan = self.get_object()
-        return self.list_response(rounds_for(request.user).filter(plan=plan).order_by("-number"), RoundOutput)
+        return self.list_response(rounds_for(user=request.user).filter(plan=plan).order_by("-number"), RoundOutput)
 
     @extend_schema(
         operation_id="plans_rounds_request",
@@ -204,7 +180,7 @@ class PlanRoundsView(RoundViewMixin, ApiView):
         plan = self.get_object()
         key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
         round, created = round_request_once(actor=request.user, plan=plan, idempotency_key=key)
-        round = rounds_for(request.user).get(pk=round.pk)
+        round = rounds_for(user=request.user).get(pk=round.pk)
         if round.status == TrainingRound.Status.BLOCKED:
             raise blocked_error(round, RoundOutput(round, context=self.context_for([round])).data)
         if created:
@@ -241,13 +217,13 @@ class RoundObjectView(RoundViewMixin, ApiView):
     object_name = "Round"
 
     def object_queryset(self):
-        return rounds_for(self.request.user).select_related("plan__agreement")
+        return rounds_for(user=self.request.user).select_related("plan__agreement")
 
     def respond(self, round: TrainingRound):
-        return self.output(RoundOutput, rounds_for(self.request.user).get(pk=round.pk))
+        return self.output(RoundOutput, rounds_for(user=self.request.user).get(pk=round.pk))
 
     def deciding_organisation(self, round: TrainingRound, given: Organisation | None) -> Organisation:
-        candidates = list(Organisation.objects.filter(datasets__round_links__round=round).distinct().order_by("slug"))
+        candidates = round_organisations(round=round)
         return acting_organisation(
             self.request.user, candidates=candidates, given=given, agreement=round.plan.agreement, action="decide on this round"
         )
@@ -257,7 +233,7 @@ class RoundDetailView(RoundObjectView):
     """A round: status, phase, governance report, approvals and metrics."""
 
     def object_queryset(self):
-        return rounds_for(self.request.user)
+        return rounds_for(user=self.request.user)
 
     @extend_schema(operation_id="rounds_retrieve", responses=RoundOutput)
     def get(self, request, pk: int):
@@ -325,7 +301,4 @@ class RoundParticipantsView(RoundObjectView):
     @extend_schema(operation_id="rounds_participants_list", responses=ParticipantOutput(many=True))
     def get(self, request, pk: int):
         round = self.get_object()
-        participants = (
-            RoundParticipant.objects.filter(round=round).select_related("dataset__organisation").order_by("dataset__slug")
-        )
-        return self.list_response(participants, ParticipantOutput)
+        return self.list_response(round_participants(round=round), ParticipantOutput)

@@ -13,6 +13,7 @@ from fedgov.throttles import locked_out_message, password_failed, password_wait
 
 from ..access import is_administrator
 from ..models import ApiToken
+from ..selectors.tokens import tokens_for, user_named
 from ..services.tokens import MSG_MINT_OTHER_USER, TokenMintingRefused, token_issue, token_revoke
 from ..twofactor import MSG_SECOND_FACTOR_REQUIRED, SecondFactorRequired, needs_second_factor
 from .auth import LoginThrottle
@@ -62,15 +63,6 @@ class TokenInput(Input):
         ref_name = "ApiTokenInput"
 
 
-def tokens_for(user):
-    tokens = ApiToken.objects.select_related("user")
-    if is_administrator(user):
-        return tokens
-    if not user or not user.is_authenticated:
-        return tokens.none()
-    return tokens.filter(user=user)
-
-
 def issue(*, actor, user, data: dict, parent: ApiToken | None = None) -> ApiToken:
     token, key = token_issue(actor=actor, user=user, parent=parent, **data)
     token.key = key  # kept on the instance for the one answer that shows it
@@ -94,7 +86,7 @@ class TokenListView(ApiView):
             ref_name = "ApiTokenCreateInput"
 
     def get_queryset(self):
-        return tokens_for(self.request.user)
+        return tokens_for(user=self.request.user)
 
     @extend_schema(operation_id="tokens_list", responses=TokenOutput(many=True))
     def get(self, request):
@@ -128,7 +120,7 @@ class TokenListView(ApiView):
         if not is_administrator(me):
             # Before looking the name up: nobody but an administrator learns which users exist.
             raise PermissionDenied("Only an administrator can create tokens for someone else.")
-        user = User.objects.filter(username=username).first()
+        user = user_named(username=username)
         if user is None:
             message = MSG_UNKNOWN_USER.format(username=username)
             raise ValidationFailed(message, fields={"user": [message]})
@@ -142,7 +134,7 @@ class TokenRevokeView(ApiView):
     required_scope = "read"
 
     def object_queryset(self):
-        return tokens_for(self.request.user)
+        return tokens_for(user=self.request.user)
 
     @extend_schema(operation_id="tokens_revoke", request=None, responses=TokenOutput)
     def post(self, request, pk: int):

@@ -36,6 +36,28 @@ def membership_add(*, actor, user, organisation: Organisation, role: str) -> Mem
     return membership
 
 
+
+@transaction.atomic
+def member_register(
+    *,
+    actor,
+    organisation: Organisation,
+    role: str,
+    username: str,
+    password: str,
+    email: str = "",
+    first_name: str = "",
+    last_name: str = "",
+) -> Membership:
+    """A new person at an organisation: their user account and its membership, in one
+    transaction, so a refused membership leaves no orphan account behind."""
+    require_administrator(actor, what="membership", action="create")
+    person = User.objects.create_user(
+        username=username, password=password, email=email, first_name=first_name, last_name=last_name
+    )
+    return membership_add(actor=actor, user=person, organisation=organisation, role=role)
+
+
 MSG_LAST_REPRESENTATIVE = (
     "{user} is the last representative of {organisation}, a party to {agreements}: nobody would be left to "
     "sign, approve rounds or give exit notice. Add another representative first."

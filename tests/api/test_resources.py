@@ -275,9 +275,9 @@ def test_the_apis_scoped_querysets_select_what_the_access_module_does(world: Wor
         visible_datasets,
         visible_rounds,
     )
-    from federation.api.datasets import datasets_for
-    from federation.api.rounds import rounds_for
     from federation.models import Agreement, Dataset
+    from federation.selectors.datasets import datasets_for
+    from federation.selectors.rounds import rounds_for
     from fedgov.errors import PermissionDenied
 
     round_request(actor=world.cast.admin, plan=world.idle_plan)
@@ -290,8 +290,8 @@ def test_the_apis_scoped_querysets_select_what_the_access_module_does(world: Wor
         ids = visible_agreement_ids(user, cached=True)
         expected = set(visible_agreements(user).values_list("id", flat=True))
         assert (ids is None and role == "admin") or set(ids) == expected == spec, role
-        assert set(rounds_for(user)) == set(visible_rounds(user)), role
-        assert set(datasets_for(user)) == set(visible_datasets(user)), role
+        assert set(rounds_for(user=user)) == set(visible_rounds(user)), role
+        assert set(datasets_for(user=user)) == set(visible_datasets(user)), role
         readable = set(ledger_datasets(user))
         for dataset in Dataset.objects.select_related("organisation", "agreement"):
             try:

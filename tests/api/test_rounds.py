@@ -175,7 +175,8 @@ def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast)
     from django.utils import timezone
     from rest_framework import serializers
 
-    from federation.api.rounds import ApprovalOutput, RoundOutput, round_context, rounds_for
+    from federation.api.rounds import ApprovalOutput, RoundOutput
+    from federation.selectors.rounds import round_context, rounds_for
 
     waiting = client_for(cast.admin).post(rounds_url(cast.plan)).json()["id"]
     client_for(cast.rep_a).post(f"/api/v1/rounds/{waiting}/approve/", {}, format="json")
@@ -185,8 +186,8 @@ def test_the_round_outputs_fast_paths_render_what_their_declared_fields_do(cast)
         TrainingRound, waiting, phase="training", phase_deadline=now, started_at=now, finished_at=now, metrics={"loss": 0.5, "per_party": {"a": 1}}
     )
     bare = TrainingRound.objects.create(plan=cast.plan, number=99, governance_report={}, metrics={})
-    rounds = list(rounds_for(cast.admin).filter(pk__in=[waiting, bare.pk]).order_by("pk"))
-    context = round_context(rounds)
+    rounds = list(rounds_for(user=cast.admin).filter(pk__in=[waiting, bare.pk]).order_by("pk"))
+    context = round_context(rounds=rounds)
     approvals = [a for page in context["approvals"].values() for a in page]
     assert len(approvals) == 2 and rounds[1].requested_by_username is None
     for round in rounds:

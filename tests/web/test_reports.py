@@ -109,9 +109,9 @@ def test_privacy_report_fingerprint_is_the_downloaded_bundles_hash(cast, complet
     import json
 
     from accounting.accountant import canonical_json
-    from federation import views_reports
+    from federation.web import reports
 
-    fp = views_reports._bundle_fingerprint(cast.dataset_a)
+    fp = reports._bundle_fingerprint(cast.dataset_a)
     body = as_user(cast.admin).get(f"/datasets/{cast.dataset_a.slug}/ledger/bundle/").content
     # Computed from the downloaded bundle as an auditor would: canonical JSON of its chains.
     chains = json.loads(body)["chains"]

@@ -16,19 +16,23 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime
 
-from django.http import Http404, HttpResponseBadRequest, StreamingHttpResponse
+from django.http import HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
-from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
-from . import access, selectors
-from .forms_accounts import EventExportForm, LedgerExportForm
-from .i18n import verification_line
-from .models import AgreementParty, AgreementSignature, TrainingRound
-from .views import _role_context, web_view
+from .. import access
+from ..forms_accounts import EventExportForm, LedgerExportForm
+from ..i18n import verification_line
+from ..selectors import agreements as agreement_selectors
+from ..selectors import datasets as dataset_selectors
+from ..selectors import events as event_selectors
+from ..selectors import ledger as ledger_selectors
+from ..selectors.common import date_range
+from .base import role_context, web_view
+from .dashboard import agreement_pk
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 BOM = "\ufeff"
@@ -67,13 +71,9 @@ def _csv_response(filename: str, header: list[str], rows) -> StreamingHttpRespon
     return response
 
 
-def _date_range(qs, data, field: str = "created_at"):
+def _date_range(qs, data):
     """Narrow `qs` to the form's inclusive UTC date range."""
-    if data.get("date_from"):
-        qs = qs.filter(**{f"{field}__gte": datetime.combine(data["date_from"], time.min, tzinfo=UTC)})
-    if data.get("date_to"):
-        qs = qs.filter(**{f"{field}__lt": datetime.combine(data["date_to"] + timedelta(days=1), time.min, tzinfo=UTC)})
-    return qs
+    return date_range(qs, date_from=data.get("date_from"), date_to=data.get("date_to"))
 
 
 def _form_errors(form) -> HttpResponseBadRequest:
@@ -95,12 +95,12 @@ LEDGER_HEADER = [
 @require_GET
 def ledger_csv(request, slug):
     """A dataset's ledger as CSV, with the ledger page's filters (kind, round) and a date range."""
-    dataset = selectors.ledger_dataset_for(request.user, slug)
+    dataset = ledger_selectors.ledger_dataset_for(user=request.user, slug=slug)
     form = LedgerExportForm(request.GET)
     if not form.is_valid():
         return _form_errors(form)
     data = form.cleaned_data
-    entries = selectors.ledger_entries(dataset, kind=data.get("kind") or None, round_id=data.get("round"))
+    entries = ledger_selectors.ledger_entries(dataset=dataset, kind=data.get("kind") or None, round_id=data.get("round"))
     entries = _date_range(entries, data).order_by("seq")
 
     def rows():
@@ -126,19 +126,15 @@ def event_csv(request):
     """The governance history as CSV, with the history page's filters (agreement, kind) and a
     date range. An agreement whose history the user may not read: 404 or 403, as on the page."""
     user = request.user
-    agreements = access.history_agreements(user)
+    agreements = event_selectors.history_agreements(user=user)
     form = EventExportForm(request.GET, agreements=agreements)
     if not form.is_valid():
         if "agreement" in form.errors and request.GET.get("agreement"):
-            try:
-                visible = selectors.agreement_for(user, int(request.GET["agreement"]))
-            except ValueError:
-                raise Http404(_("Agreement not found.")) from None
-            access.require_history_reader(user, visible)
+            event_selectors.require_history_of(user=user, pk=agreement_pk(request.GET["agreement"]))
         return _form_errors(form)
     data = form.cleaned_data
     agreement = data.get("agreement")
-    events = selectors.events_for(user, agreement=agreement, kind=data.get("kind") or None)
+    events = event_selectors.events_for(user=user, agreement=agreement, kind=data.get("kind") or None)
     events = _date_range(events, data).order_by("created_at", "id")
 
     def rows():
@@ -175,9 +171,8 @@ def _bundle_fingerprint(dataset) -> dict | None:
     import json
 
     from accounting.ledger import export_bundle
-    from accounting.models import SignedHead
 
-    if not SignedHead.objects.filter(dataset_id=dataset.pk).exists():
+    if not ledger_selectors.has_signed_head(dataset=dataset):
         return None
     out = io.StringIO()
     summary = export_bundle(out, datasets=[dataset])
@@ -195,12 +190,12 @@ def _bundle_fingerprint(dataset) -> dict | None:
 def _dataset_section(dataset) -> dict:
     from accounting.ledger import verify_dataset
 
-    series = selectors.ledger_series(dataset)
+    series = ledger_selectors.ledger_series(dataset=dataset)
     result = verify_dataset(dataset)
     charged = [row for row in series if row["kind"] in ("GRANT", "RESERVE", "COMMIT", "RELEASE")]
     return {
         "dataset": dataset,
-        "figures": selectors.budget_of(dataset),
+        "figures": dataset_selectors.budget_of(dataset=dataset),
         "series": series,
         "rows": charged,
         "verification": {
@@ -224,29 +219,19 @@ def agreement_report(request, pk: int):
     a dataset's section only for the readers of its ledger (a party's representative reads its
     own organisation's ledgers, not the other parties')."""
     user = request.user
-    agreement = selectors.agreement_for(user, pk)
+    agreement = agreement_selectors.agreement_for(user=user, pk=pk)
     access.require_history_reader(user, agreement)
-    datasets = list(agreement.datasets.select_related("organisation").order_by("organisation__name", "slug"))
-    readable = [d for d in datasets if access.may_read_ledger(user, d)]
-    hidden = [d for d in datasets if d not in readable]
-    rounds = (
-        TrainingRound.objects.filter(plan__agreement=agreement)
-        .select_related("plan")
-        .prefetch_related("participants")
-        .order_by("plan__name", "number")
-    )
+    rows = agreement_selectors.agreement_report_rows(agreement=agreement)
+    readable = [d for d in rows["datasets"] if access.may_read_ledger(user, d)]
+    hidden = [d for d in rows["datasets"] if d not in readable]
     context = {
-        **_role_context(user),
+        **role_context(user),
         "agreement": agreement,
-        "parties": AgreementParty.objects.filter(agreement=agreement)
-        .select_related("organisation")
-        .order_by("organisation__name"),
-        "signatures": AgreementSignature.objects.filter(agreement=agreement)
-        .select_related("organisation", "signed_by")
-        .order_by("version", "signed_at"),
+        "parties": rows["parties"],
+        "signatures": rows["signatures"],
         "sections": [_dataset_section(d) for d in readable],
         "hidden": hidden,
-        "rounds": rounds,
+        "rounds": rows["rounds"],
         "generated_at": timezone.now(),
         "generated_by": user.username,
     }
