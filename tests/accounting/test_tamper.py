@@ -21,14 +21,14 @@ def sql(statement, params=()):
 
 @pytest.fixture
 def triggers_dropped(history):
-    triggers.uninstall(connection)
-    assert not triggers.installed(connection)
+    triggers.APPEND_ONLY.uninstall(connection)
+    assert not triggers.APPEND_ONLY.installed(connection)
     yield history
-    triggers.install(connection)
+    triggers.APPEND_ONLY.install(connection)
 
 
 def test_the_migration_installed_the_triggers(db):
-    assert triggers.installed(connection) == triggers.expected()
+    assert triggers.APPEND_ONLY.installed(connection) == triggers.APPEND_ONLY.expected()
 
 
 @pytest.mark.parametrize("table", ["accounting_ledgerentry", "accounting_signedhead"])

@@ -78,7 +78,7 @@ class Command(BaseCommand):
             datasets = list(Dataset.objects.filter(slug=options["dataset"]))
             if not datasets:
                 raise CommandError(f"no dataset {options['dataset']!r}", returncode=2)
-        missing = triggers.expected() - triggers.installed(connection)
+        missing = triggers.APPEND_ONLY.expected() - triggers.APPEND_ONLY.installed(connection)
         if missing:
             self.stderr.write(f"warning: append-only triggers missing: {', '.join(sorted(missing))}")
         results = ledger.verify_all(datasets=datasets, chunk_size=options["chunk_size"])
