@@ -1,6 +1,6 @@
 """The ledger on the database: locking, appending, signing, verifying, exporting.
 
-Services (accounting/services.py) decide *what* to append; this module does the appending
+Services (accounting/services/budget.py) decide *what* to append; this module does the appending
 the one way it may be done:
 
 1. the caller is inside `transaction.atomic()`;

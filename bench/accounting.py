@@ -8,7 +8,7 @@ sampling rate q and noise multiplier z, K = 50 steps), chained with the ledger's
 functions (`ledger.project`, `ledger.build_entry`, `ledger.advance`) in batches inside one
 transaction, as the real append path does one at a time. Then, for each size:
 
-  * fedgov's check: `accounting.services.budget_check(round=...)` for a new round on the
+  * fedgov's check: `accounting.services.budget.budget_check(round=...)` for a new round on the
     dataset (database reads of the participants, the budget row and the round's
     reservations, then the cumulative RDP vector + the round's memoised RDP vector -> epsilon
     with dp-accounting's compute_epsilon), p50 and p99 over many calls; and its core alone
@@ -68,8 +68,9 @@ from django.utils import timezone  # noqa: E402
 from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
-from accounting import chain, ledger, receipts, services  # noqa: E402
+from accounting import chain, ledger, receipts  # noqa: E402
 from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
+from accounting.services import budget as services  # noqa: E402
 from federation.models import (  # noqa: E402
     AgentIdentity,
     Agreement,

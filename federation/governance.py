@@ -278,7 +278,7 @@ def check_feature_schema(round: TrainingRound) -> Check:
 
 
 def check_budget(round: TrainingRound) -> Check:
-    from accounting.services import budget_check
+    from accounting.services.budget import budget_check
 
     results = budget_check(round=round)
     details = {
@@ -385,7 +385,7 @@ def plan_projection(plan, datasets) -> list[PlanProjection]:
 
     from accounting import accountant as acc
     from accounting.selectors import dataset_budget_state
-    from accounting.services import effective_budget
+    from accounting.services.budget import effective_budget
 
     out = []
     for dataset in datasets:

@@ -691,7 +691,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
             raise ReceiptConflict("A different receipt for this round is already stored.")
         # Beside the ledger too, in the dataset's receipt chain that audit bundles carry
         # (ARCHITECTURE.md, Trust 3): checked again there against the RESERVE's event.
-        from accounting.services import receipt_record
+        from accounting.services.receipts import receipt_record
 
         receipt_record(receipt=receipt, organisation=organisation, public_key=enrolled)
         ticket.receipt, ticket.receipt_at = receipt, timezone.now()
@@ -882,7 +882,7 @@ def round_budget_settle(*, round: TrainingRound, actor=None) -> dict[str, list[i
     Idempotent: a second call finds every reservation final and writes nothing."""
     from accounting import chain
     from accounting.models import LedgerEntry
-    from accounting.services import budget_commit, budget_release_datasets
+    from accounting.services.budget import budget_commit, budget_release_datasets
 
     protocol = RoundProtocol.objects.filter(round=round).only("config", "state").first()
     config = protocol.config if protocol is not None else {}

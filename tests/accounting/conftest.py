@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accounting import services
+from accounting.services import budget as services
 from federation.models import TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
 

@@ -16,8 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
 from accounting import accountant as acc
-from accounting import chain, ledger, receipts, services
+from accounting import chain, ledger, receipts
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
+from accounting.services import receipts as receipt_services
 from federation.models import Membership, TrainingRound
 from federation.services.orchestration import agent_enrol
 from tests.accounting.helpers import make_rounds, set_status
@@ -102,7 +104,7 @@ def enrol_agents(cast) -> dict:
 
 def record(h: Receipted, round_id: int, slug: str, **kw):
     org = slug.rsplit("-records", 1)[0]
-    return services.receipt_record(
+    return receipt_services.receipt_record(
         receipt=h.receipt(round_id, slug, **kw), organisation=org, public_key=h.keys[org].public_key().public_bytes_raw().hex()
     )
 

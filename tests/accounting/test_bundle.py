@@ -7,7 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import bundle, chain, ledger, services
+from accounting import bundle, chain, ledger
+from accounting.services import budget as services
 from tests.accounting.helpers import make_rounds
 
 pytestmark = pytest.mark.django_db

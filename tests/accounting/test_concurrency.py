@@ -22,8 +22,9 @@ from django.db import connection
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import errors, ledger, selectors, services
+from accounting import errors, ledger, selectors
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
 from federation.models import TrainingRound
 from tests.accounting import procs
 from tests.accounting.helpers import make_rounds, set_status

@@ -20,9 +20,10 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from accounting import chain, ledger, services
+from accounting import chain, ledger
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
 from federation import secagg, simulation
 from federation.agent import runner, trust
 from federation.models import RoundTicket, TrainingRound

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from accounting import ledger
-from accounting import services as accounting_services
+from accounting.services import budget as accounting_services
 from federation.models import ModelVersion, TrainingRound
 from tests.factories import Cast
 from tests.tamper import force_update

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from accounting import bundle, ledger
-from accounting import services as accounting_services
 from accounting.models import DatasetBudget, SignedHead
+from accounting.services import budget as accounting_services
 from federation.models import TrainingRound
 from federation.tasks import deadlines_sweep
 

@@ -6,8 +6,9 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import errors, ledger, selectors, services
+from accounting import errors, ledger, selectors
 from accounting.models import AppendOnlyError, DatasetBudget, LedgerEntry, SignedHead
+from accounting.services import budget as services
 from federation.models import Dataset, TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
 from tests.tamper import force_update
