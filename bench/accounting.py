@@ -68,7 +68,7 @@ from django.utils import timezone  # noqa: E402
 from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
-from accounting import chain, ledger, receipts  # noqa: E402
+from accounting import chain, heads, ledger, receipts  # noqa: E402
 from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
 from accounting.services import budget as services  # noqa: E402
 from federation.models import (  # noqa: E402
@@ -186,7 +186,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                 pending = []
         LedgerEntry.objects.bulk_create(pending)
         budget.save()
-        ledger.sign_head(dataset)
+        heads.sign_head(dataset)
         # The partner's receipt of every round, hash-chained as receipt_record stores them.
         agent_hex = AGENT_KEY.public_key().public_bytes_raw().hex()
         prev, rows, now = receipts.GENESIS_HASH, [], timezone.now()
@@ -317,7 +317,7 @@ def time_bundle_verify(dataset) -> tuple[float, float, float, int]:
         "accounting.verify",
         str(path),
         "--public-key",
-        ledger.public_key_hex(),
+        heads.public_key_hex(),
     ]
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout.splitlines()

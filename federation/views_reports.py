@@ -174,7 +174,7 @@ def _bundle_fingerprint(dataset) -> dict | None:
     import io
     import json
 
-    from accounting.ledger import export_bundle
+    from accounting.audit import export_bundle
     from accounting.models import SignedHead
 
     if not SignedHead.objects.filter(dataset_id=dataset.pk).exists():
@@ -193,7 +193,7 @@ def _bundle_fingerprint(dataset) -> dict | None:
 
 
 def _dataset_section(dataset) -> dict:
-    from accounting.ledger import verify_dataset
+    from accounting.audit import verify_dataset
 
     series = selectors.ledger_series(dataset)
     result = verify_dataset(dataset)

@@ -726,9 +726,9 @@ def deliveries_due(*, now=None, limit: int = 500) -> list[int]:
 
 
 def ledger_verification_check() -> list[Notification]:
-    """Verify every ledger (accounting.ledger.verify_all) and tell the administrators and the
+    """Verify every ledger (accounting.audit.verify_all) and tell the administrators and the
     dataset's representatives about each chain that fails, once per distinct failure."""
-    from accounting.ledger import verify_all
+    from accounting.audit import verify_all
     from federation.models import Dataset
 
     out: list[Notification] = []

@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 
 from .. import accountant as acc
-from .. import chain, ledger
+from .. import chain, heads, ledger
 from ..errors import (
     MSG_ALREADY_FINAL,
     MSG_BAD_BUDGET,
@@ -168,7 +168,7 @@ def budget_grant(*, dataset, epsilon_budget: float, actor, reason: str = "") -> 
             actor=ledger.actor_name(actor),
             payload=payload,
         )
-        ledger.sign_heads_after_commit([dataset.pk])
+        heads.sign_heads_after_commit([dataset.pk])
     return entry
 
 
@@ -301,7 +301,7 @@ def budget_reserve(*, round, actor) -> list[LedgerEntry]:
                 payload={"plan": round.plan_id, "round_number": round.number},
             )
         if todo:
-            ledger.sign_heads_after_commit([d.pk for d, *_ in todo])
+            heads.sign_heads_after_commit([d.pk for d, *_ in todo])
         return list(
             LedgerEntry.objects.filter(round_id=round.pk, kind=chain.RESERVE, dataset_id__in=list(budgets)).order_by("dataset_id")
         )
@@ -375,7 +375,7 @@ def budget_commit(
                 )
             )
         if entries:
-            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+            heads.sign_heads_after_commit([e.dataset_id for e in entries])
         return entries
 
 
@@ -486,5 +486,5 @@ def _release(*, round, actor, states, reason: str = "", per_dataset: dict[int, s
                 )
             )
         if entries:
-            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+            heads.sign_heads_after_commit([e.dataset_id for e in entries])
         return entries

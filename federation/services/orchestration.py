@@ -238,7 +238,7 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
     charged and the partner runs, as frozen at reservation."""
     import json
 
-    from accounting import ledger
+    from accounting import heads
     from accounting.models import iso
 
     plan, dataset = round.plan, link.dataset
@@ -277,7 +277,7 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
         "weight": config["weights"][slug],
         "quant": config["quant"],
         "epsilon_budget": dataset.epsilon_budget,
-        "key_id": ledger.key_id(),
+        "key_id": heads.key_id(),
         "issued_at": iso(timezone.now()),
     }
 
@@ -285,12 +285,12 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
 def round_tickets_issue(*, round: TrainingRound, links: list[RoundParticipant], model: ModelVersion, config: dict) -> list[RoundTicket]:
     """Freeze and sign one ticket per participant, in the transaction that reserved the budget
     (round_start -> round_open_protocol). A participant already holding one keeps it."""
-    from accounting import ledger
+    from accounting import heads
     from accounting.models import LedgerEntry
 
     reserves = {e.dataset_id: e for e in LedgerEntry.objects.filter(round_id=round.pk, kind="RESERVE")}
     held = set(RoundTicket.objects.filter(participant__in=links).values_list("participant_id", flat=True))
-    key = ledger.signing_key()
+    key = heads.signing_key()
     out = []
     for link in links:
         if link.pk in held:

@@ -34,11 +34,11 @@ class History:
 
 @pytest.fixture
 def history(cast):
-    from accounting import ledger
+    from accounting import heads
 
     h = History(cast)
     for d in cast.datasets:
-        ledger.sign_head(d)
+        heads.sign_head(d)
     return h
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
 from accounting import accountant as acc
-from accounting import chain, ledger, receipts
+from accounting import chain, heads, receipts
 from accounting.models import LedgerEntry
 from accounting.services import budget as services
 from accounting.services import receipts as receipt_services
@@ -146,7 +146,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def pinned() -> str:
-    return ledger.public_key_hex()
+    return heads.public_key_hex()
 
 
 def both_fail(data: dict | None, tmp_path, match: str, *, path=None, extra: tuple = ()) -> None:

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from accounting import bundle, chain, receipts, selectors
+from accounting import bundle, chain, manifest, receipts, selectors
 from accounting.errors import ReceiptConflict, ReceiptInvalid, ReceiptMismatch
 from accounting.models import AppendOnlyError, LedgerEntry, Receipt
 from accounting.services import budget as services
@@ -247,7 +247,7 @@ def test_the_library_verifier_agrees(receipted):
     report = bundle.verify(data)
     assert [c.receipts for c in report.chains] == [3, 3, 3]
     data["chains"][0]["receipts"].pop()
-    with pytest.raises(bundle.BundleError) as excinfo:
+    with pytest.raises(manifest.BundleError) as excinfo:
         bundle.verify(data)
     assert excinfo.value.seq == commit_seq(receipted, 2) and excinfo.value.dataset == "org-a-records"
 
