@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from . import accountant as acc
 from . import bundle as bundle_mod
-from . import chain, manifest
+from . import chain, dp_events, manifest
 from .heads import key_id, public_key_block, signing_key
 from .ledger import VERIFY_CHUNK_SIZE
 from .models import DatasetBudget, LedgerEntry, Receipt, SignedHead, iso
@@ -216,11 +216,11 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
             doc = entry.document()
             if doc["kind"] == chain.COMMIT and "ticket_hash" in doc["payload"]:
                 ticketed.add(doc["round"])
-            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(doc))
+            out.write(("\n   " if i == 0 else ",\n   ") + dp_events.canonical_json(doc))
         heads = SignedHead.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq, key_id=kid).order_by("seq")
         out.write('\n  ], "signed_heads": [')
         for i, h in enumerate(heads):
-            out.write(("\n   " if i == 0 else ",\n   ") + acc.canonical_json(h.document()))
+            out.write(("\n   " if i == 0 else ",\n   ") + dp_events.canonical_json(h.document()))
         out.write('\n  ], "receipts": [')
         first_receipt = True
         for round_id, body in (

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import accountant as acc
-from . import chain, manifest
+from . import chain, dp_events, manifest
 from . import receipts as receipts_mod
 
 BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
@@ -411,7 +411,7 @@ def verify_consistency(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
                 seq=len(new_entries) + 1,
             )
         for i in range(n):
-            if acc.canonical_json(new_entries[i]) != acc.canonical_json(old_chain["entries"][i]):
+            if dp_events.canonical_json(new_entries[i]) != dp_events.canonical_json(old_chain["entries"][i]):
                 raise manifest.BundleError(
                     f"dataset {slug}: entry #{i + 1} differs from the old bundle: history was rewritten",
                     dataset=slug,

@@ -27,7 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from . import accountant as acc
-from . import chain
+from . import chain, dp_events
 from .models import DatasetBudget, LedgerEntry
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def build_entry(
     if kind not in chain.KINDS:
         raise ValueError(f"unknown ledger entry kind {kind!r}")
     created_at = (now or timezone.now()).astimezone(UTC)
-    payload_text = acc.canonical_json(payload or {})
+    payload_text = dp_events.canonical_json(payload or {})
     entry = LedgerEntry(
         dataset_id=budget.dataset_id,
         dataset_slug=dataset_slug,

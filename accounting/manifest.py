@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import accountant as acc
+from . import dp_events
 
 HEAD_TYPE = "fedgov.ledger.head.v1"
 MANIFEST_TYPE = "fedgov.audit-bundle.manifest.v1"
@@ -39,7 +39,7 @@ class BundleError(Exception):
 
 def head_message(*, dataset: str, seq: int, head_hash: str, key_id: str, signed_at: str) -> bytes:
     """The bytes the coordinator signs for a chain head (canonical JSON, domain-separated)."""
-    return acc.canonical_json(
+    return dp_events.canonical_json(
         {"type": HEAD_TYPE, "dataset": dataset, "seq": seq, "head_hash": head_hash, "key_id": key_id, "signed_at": signed_at}
     ).encode("utf-8")
 
@@ -48,7 +48,7 @@ def manifest_message(manifest: Mapping[str, Any]) -> bytes:
     """The bytes the coordinator signs for a bundle's manifest (domain, then canonical JSON
     of the manifest without its signature)."""
     body = {k: v for k, v in manifest.items() if k != "signature"}
-    return MANIFEST_DOMAIN + acc.canonical_json(body).encode("utf-8")
+    return MANIFEST_DOMAIN + dp_events.canonical_json(body).encode("utf-8")
 
 
 def sign_manifest(*, private_key, key_id: str, exported_at: str, agents: list, chains: list) -> dict:
@@ -144,7 +144,7 @@ def check_manifest(bundle: Mapping[str, Any], key: Ed25519PublicKey, kid: str) -
         raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org} is not in the coordinator's signed manifest")
     for org, hex_key in sorted(signed_agents - listed_agents, key=str):
         raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org}, in the signed manifest, is missing")
-    if acc.canonical_json(manifest["agents"]) != acc.canonical_json(listed):
+    if dp_events.canonical_json(manifest["agents"]) != dp_events.canonical_json(listed):
         raise BundleError("agents: the list differs from the coordinator's signed manifest")
     lines: dict[str, Mapping[str, Any]] = {}
     for line in manifest["chains"] if isinstance(manifest["chains"], list) else [None]:

@@ -68,7 +68,7 @@ from django.utils import timezone  # noqa: E402
 from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
-from accounting import chain, heads, ledger, receipts  # noqa: E402
+from accounting import chain, dp_events, heads, ledger, receipts  # noqa: E402
 from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
 from accounting.services import budget as services  # noqa: E402
 from federation.models import (  # noqa: E402
@@ -146,7 +146,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
         delta=1e-5,
     )
     plan.datasets.add(dataset)
-    events = [acc.canonical_json(acc.round_event(q, z, STEPS)) for q in QS for z in ZS]
+    events = [dp_events.canonical_json(dp_events.round_event(q, z, STEPS)) for q in QS for z in ZS]
     vectors = {e: acc.rdp_vector_from_json(e) for e in events}
     n_rounds = (n_entries - 1) // 2
     first = (plan.rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
@@ -212,7 +212,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                     organisation_slug=org.slug,
                     ticket_hash=body["ticket_hash"],
                     agent_public_key=agent_hex,
-                    body=acc.canonical_json(body),
+                    body=dp_events.canonical_json(body),
                     received_at=now,
                     prev_hash=prev,
                     receipt_hash=h,
@@ -267,7 +267,7 @@ def time_recomposition(r, dataset, reps: int) -> tuple[list[float], float]:
         texts = list(LedgerEntry.objects.filter(dataset=dataset, kind=chain.RESERVE).values_list("event", flat=True))
         accountant = RdpAccountant()
         for text in texts + [key]:
-            accountant.compose(acc.event_from_json(text))
+            accountant.compose(dp_events.event_from_json(text))
         eps = accountant.get_epsilon(dataset.delta)
         samples.append(time.perf_counter() - t)
     return samples, eps

@@ -36,7 +36,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 
 from .. import accountant as acc
-from .. import chain, heads, ledger
+from .. import chain, dp_events, heads, ledger
 from ..errors import (
     MSG_ALREADY_FINAL,
     MSG_BAD_BUDGET,
@@ -83,23 +83,23 @@ def round_dp_event(*, round, dataset) -> tuple[str, object]:
         return _event_for_params(tuple(sorted(params.items())))
     except TypeError:  # unhashable parameter values: build without the memo
         return _build_event(params, dataset)
-    except (acc.InvalidDpEvent, ValueError) as e:
+    except (dp_events.InvalidDpEvent, ValueError) as e:
         raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
 
 
 @functools.lru_cache(maxsize=1024)
 def _event_for_params(items: tuple) -> tuple[str, object]:
     # Every round of a plan on a dataset charges the same event: build and validate it once.
-    event = acc.dataset_round_event(dict(items))
-    return acc.canonical_json(event), event
+    event = dp_events.dataset_round_event(dict(items))
+    return dp_events.canonical_json(event), event
 
 
 def _build_event(params: dict, dataset) -> tuple[str, object]:
     try:
-        event = acc.dataset_round_event(params)
-    except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+        event = dp_events.dataset_round_event(params)
+    except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
         raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
-    return acc.canonical_json(event), event
+    return dp_events.canonical_json(event), event
 
 
 def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:

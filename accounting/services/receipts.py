@@ -11,8 +11,7 @@ import json
 from django.db import transaction
 from django.utils import timezone
 
-from .. import accountant as acc
-from .. import chain, ledger
+from .. import chain, dp_events, ledger
 from .. import receipts as receipt_fmt
 from ..errors import (
     MSG_RECEIPT_CONFLICT,
@@ -59,7 +58,7 @@ def receipt_record(*, receipt: dict, organisation, public_key: str) -> Receipt:
         raise ReceiptInvalid(
             MSG_RECEIPT_WRONG_ORGANISATION.format(dataset=slug, organisation=org_slug), dataset=slug, organisation=org_slug
         )
-    body = acc.canonical_json(receipt)
+    body = dp_events.canonical_json(receipt)
     with transaction.atomic():
         ledger.lock_budget(dataset)  # serialises the dataset's receipt chain too
         existing = Receipt.objects.filter(dataset_id=dataset.pk, round_id=round_id).first()

@@ -6,9 +6,9 @@ and charge another. So the agent keeps its own (docs/PARTNER-LEDGER.md), keyed b
 source it trains on (`--data-id`, by default the data file's absolute path), and refuses a
 round that would take that source over its operator's budget, whatever the coordinator says.
 
-* Composition is dp-accounting's, through the project's pure modules `accounting.accountant`
-  (DP-event JSON, RDP curves, the epsilon conversion) and `accounting.chain` (canonical JSON,
-  spent epsilon): the same numbers as the coordinator's ledger. Each data source keeps a
+* Composition is dp-accounting's, through the project's pure modules `accounting.dp_events`
+  (DP-event JSON, canonical JSON), `accounting.accountant` (RDP curves, the epsilon
+  conversion) and `accounting.chain` (spent epsilon): the same numbers as the coordinator's ledger. Each data source keeps a
   cumulative RDP vector, so a check costs O(number of orders) (ARCHITECTURE.md, Privacy
   model 3), not a recomposition of its history.
 * Two-phase, as the coordinator (ARCHITECTURE.md, Ledger 2): RESERVE is durable (file and
@@ -45,7 +45,7 @@ import numpy as np
 from dp_accounting import dp_event
 
 from accounting import accountant as acc
-from accounting import chain
+from accounting import chain, dp_events
 
 logger = logging.getLogger("fedgov.agent.ledger")
 
@@ -354,17 +354,17 @@ class _Chain:
         """Canonical JSON of an allow-listed event (stored events must already be canonical)."""
         if isinstance(event, dp_event.DpEvent):
             try:
-                return acc.event_key(event)
-            except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+                return dp_events.event_key(event)
+            except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
                 raise _Invalid(f"event refused: {e}") from None
         if not isinstance(event, Mapping):
             raise _Invalid("event must be a DP-event object")
         try:
-            text = acc.canonical_json(event)
+            text = dp_events.canonical_json(event)
             if text in self._event_keys:
                 return text
-            key = acc.event_key(event)
-        except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+            key = dp_events.event_key(event)
+        except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
             raise _Invalid(f"event refused: {e}") from None
         if key != text:
             raise _Invalid("event is not in canonical form")
@@ -453,7 +453,7 @@ class _Chain:
                 raise _Invalid(f"a {kind} of round {key}, which is {state}")
             if prior.data_id != data_id:
                 raise _Invalid(f"a {kind} of round {key} on data {data_id!r}; it was reserved on {prior.data_id!r}")
-            if acc.canonical_json(prior.event) != ekey:
+            if dp_events.canonical_json(prior.event) != ekey:
                 raise _Invalid(f"a {kind} of round {key} names a different event from its RESERVE")
             if kind == COMMIT:
                 if payload:
@@ -476,7 +476,7 @@ class _Chain:
         else:
             try:
                 new.spent = chain.spent_epsilon(accountant=budget.accountant, delta=budget.delta, cum=new.cum, live_events=list(new.live))
-            except (acc.InvalidDpEvent, ValueError) as e:
+            except (dp_events.InvalidDpEvent, ValueError) as e:
                 raise _Invalid(f"cannot compose: {e}") from None
             new.spent_at = (budget.accountant, budget.delta)
         if kind == RESERVE and new.spent > budget.epsilon * (1 + chain.RDP_RTOL) + chain.ABS_TOL:
@@ -493,7 +493,7 @@ class _Chain:
     def _vector(self, key: str) -> np.ndarray:
         try:
             return acc.rdp_vector_from_json(key)
-        except (acc.InvalidDpEvent, ValueError) as e:
+        except (dp_events.InvalidDpEvent, ValueError) as e:
             raise _Invalid(f"event refused: {e}") from None
 
     def feed(self, entry: Any) -> None:

@@ -673,7 +673,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
             trust.receipt_verify(receipt, bytes.fromhex(enrolled))
         except trust.TrustError as exc:
             raise ReceiptRejected(str(exc), receipt_code=exc.code) from None
-        from accounting.accountant import canonical_json
+        from accounting.dp_events import canonical_json
 
         expected = {
             "round": round.pk,

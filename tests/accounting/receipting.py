@@ -15,8 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import accountant as acc
-from accounting import chain, heads, receipts
+from accounting import chain, dp_events, heads, receipts
 from accounting.models import LedgerEntry
 from accounting.services import budget as services
 from accounting.services import receipts as receipt_services
@@ -62,7 +61,7 @@ def ticket_hash_for(reserve: LedgerEntry, **extra) -> str:
         "reserve_entry_hash": reserve.entry_hash,
         **extra,
     }
-    return hashlib.sha256(acc.canonical_json(ticket).encode()).hexdigest()
+    return hashlib.sha256(dp_events.canonical_json(ticket).encode()).hexdigest()
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import audit, errors, heads, selectors
+from accounting import audit, dp_events, errors, heads, selectors
 from accounting.models import AppendOnlyError, DatasetBudget, LedgerEntry, SignedHead
 from accounting.services import budget as services
 from federation.models import Dataset, TrainingRound
@@ -26,7 +26,7 @@ def library_epsilon(events, delta):
 
 
 def event_of(plan, dataset):
-    return acc.dataset_round_event(plan.dp_params_for(dataset))
+    return dp_events.dataset_round_event(plan.dp_params_for(dataset))
 
 
 def snapshot():

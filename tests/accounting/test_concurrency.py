@@ -22,7 +22,7 @@ from django.db import connection
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import audit, errors, heads, selectors
+from accounting import audit, dp_events, errors, heads, selectors
 from accounting.models import LedgerEntry
 from accounting.services import budget as services
 from federation.models import TrainingRound
@@ -71,7 +71,7 @@ def library_epsilon(event_texts, delta):
     """dp-accounting's own composition, from scratch (identical events composed with a count)."""
     accountant = RdpAccountant()
     for text, count in Counter(event_texts).items():
-        accountant.compose(acc.event_from_json(text), count)
+        accountant.compose(dp_events.event_from_json(text), count)
     return accountant.get_epsilon(delta)
 
 
@@ -79,7 +79,7 @@ def binding_budget(cast):
     """A budget that fits exactly FITTING_ROUNDS rounds on dataset B (the fewest records,
     so the highest sampling rate): halfway between the cost of 40 and of 41 rounds."""
     b = cast.datasets[1]
-    vec = acc.rdp_vector(acc.dataset_round_event(cast.plan.dp_params_for(b)))
+    vec = acc.rdp_vector(dp_events.dataset_round_event(cast.plan.dp_params_for(b)))
     low = acc.epsilon_from_rdp(FITTING_ROUNDS * vec, b.delta)
     high = acc.epsilon_from_rdp((FITTING_ROUNDS + 1) * vec, b.delta)
     return (low + high) / 2

@@ -115,9 +115,9 @@ def test_a_receipt_for_another_event_or_an_unreserved_round_is_refused(reserved)
 
 
 def _other_event() -> dict:
-    from accounting import accountant as acc
+    from accounting import dp_events
 
-    return json.loads(acc.canonical_json(acc.dataset_round_event({"q": 0.5, "z": 0.7, "K": 3})))
+    return json.loads(dp_events.canonical_json(dp_events.dataset_round_event({"q": 0.5, "z": 0.7, "K": 3})))
 
 
 def test_a_receipt_naming_another_ticket_than_the_commit_is_refused(reserved):

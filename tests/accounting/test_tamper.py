@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from accounting import accountant as acc
-from accounting import audit, chain, ledger, triggers
+from accounting import audit, chain, dp_events, ledger, triggers
 from accounting.models import DatasetBudget, LedgerEntry
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +43,7 @@ def test_raw_sql_update_and_delete_are_refused(history, table):
 
 
 def mutations(h):
-    other_event = acc.canonical_json(acc.round_event(0.5, 1.0, 3))
+    other_event = dp_events.canonical_json(dp_events.round_event(0.5, 1.0, 3))
     when = connection.ops.adapt_datetimefield_value(datetime(2020, 1, 1, tzinfo=UTC))
     return {
         "kind": "RELEASE",
@@ -174,8 +174,8 @@ def test_a_rehashed_cheaper_event_is_caught_by_the_signed_head(triggers_dropped)
     # Swap round 3's event for a cheaper one and recompute every epsilon and hash: the
     # chain is now self-consistent, but it no longer matches the coordinator's signed head.
     h = triggers_dropped
-    cheap = acc.round_event(0.001, 5.0, 1)
-    key = acc.canonical_json(cheap)
+    cheap = dp_events.round_event(0.001, 5.0, 1)
+    key = dp_events.canonical_json(cheap)
     sql("UPDATE accounting_ledgerentry SET event = %s WHERE dataset_id = %s AND seq IN (7, 8)", [key, h.dataset.pk])
     cum = acc.compose_rdp([LedgerEntry.objects.get(dataset=h.dataset, seq=2).event, key])
     eps = acc.epsilon_from_rdp(cum, h.dataset.delta)
@@ -190,7 +190,7 @@ def test_a_rehashed_cheaper_event_is_caught_by_the_signed_head(triggers_dropped)
 def test_a_forged_overspending_reservation_is_reported(triggers_dropped):
     h = triggers_dropped
     budget = DatasetBudget.objects.get(dataset=h.dataset)
-    greedy = acc.canonical_json(acc.round_event(1.0, 0.5, 1000))
+    greedy = dp_events.canonical_json(dp_events.round_event(1.0, 0.5, 1000))
     projection = ledger.project(budget, h.dataset, add=(greedy, acc.rdp_vector_from_json(greedy)))
     entry = ledger.build_entry(
         budget,

@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from accounting import audit, heads
-from accounting.accountant import canonical_json, dataset_round_event
+from accounting.dp_events import canonical_json, dataset_round_event
 from accounting.models import LedgerEntry
 from federation import learning, simulation
 from federation.agent import runner, trust

@@ -108,7 +108,7 @@ def test_privacy_report_fingerprint_is_the_downloaded_bundles_hash(cast, complet
     import hashlib
     import json
 
-    from accounting.accountant import canonical_json
+    from accounting.dp_events import canonical_json
     from federation import views_reports
 
     fp = views_reports._bundle_fingerprint(cast.dataset_a)
