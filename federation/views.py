@@ -48,6 +48,7 @@ from .services import agents as agent_services
 from .services import agreements as agreement_services
 from .services import datasets as dataset_services
 from .services import organisations as organisation_services
+from .services import plan_checks
 from .services import plans as plan_services
 from .services import rounds as round_services
 
@@ -811,11 +812,11 @@ def plan_create(request):
         try:
             filled, explanation = plan_services.plan_fill(
                 agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
-                model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
+                model_spec=form.model_spec(), given=form.given_planned(plan_checks.PLANNED_FIELDS), explain=bool(data.get("proposed")),
             )
-            kwargs = {**form.service_kwargs(plan_services.PLANNED_FIELDS), **filled, "explanation": explanation}
+            kwargs = {**form.service_kwargs(plan_checks.PLANNED_FIELDS), **filled, "explanation": explanation}
             if action == forms.PlanForm.ACTION_PREVIEW:
-                checked = plan_services.plan_check(actor=user, **kwargs)
+                checked = plan_checks.plan_check(actor=user, **kwargs)
                 context.update(
                     explanation=checked.plan.explanation, projection=[p.to_dict() for p in checked.projection], previewed=True
                 )

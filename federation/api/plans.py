@@ -7,8 +7,8 @@ from rest_framework import serializers, status
 
 from ..access import require_administrator, visible_agreements, visible_datasets, visible_plans
 from ..models import TrainingPlan
+from ..services.plan_checks import PLANNED_FIELDS
 from ..services.plans import (
-    PLANNED_FIELDS,
     plan_create,
     plan_fill,
     plan_pause,
