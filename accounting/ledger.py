@@ -4,7 +4,7 @@ Services (accounting/services/budget.py) decide *what* to append; this module do
 the one way it may be done:
 
 1. the caller is inside `transaction.atomic()`;
-2. `lock_budget()` takes the dataset's DatasetBudget row with SELECT ... FOR UPDATE (on
+2. `lock_budget()` takes the dataset's DatasetBudget row with `select_for_update()` (on
    SQLite, fedgov's IMMEDIATE transactions hold the database write lock from BEGIN), so the
    head hash, the sequence number and the cumulative RDP vector read next are the latest,
    and nobody else appends to this chain until we commit;
@@ -65,7 +65,7 @@ def lock_budget(dataset) -> DatasetBudget:
                 cum_rdp=acc.rdp_to_json(acc.zero_rdp()),
             )
     except IntegrityError:
-        pass  # another transaction created it; the SELECT below waits for its commit
+        pass  # another transaction created it; the locking read below waits for its commit
     return DatasetBudget.objects.select_for_update().get(dataset_id=dataset.pk)
 
 
