@@ -1,6 +1,6 @@
 """Django admin for the ledger: read-only (ARCHITECTURE.md, Ledger 3 and Trust 4).
 
-Budgets change only by ledger appends (accounting/services.py); entries and signed heads are
+Budgets change only by ledger appends (accounting/services/budget.py); entries and signed heads are
 append-only below the admin too (models and triggers)."""
 
 from django.contrib import admin

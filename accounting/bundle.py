@@ -32,107 +32,16 @@ old bundle's last signed head. History is never rewritten, only extended.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from . import accountant as acc
-from . import chain
+from . import chain, dp_events, manifest
 from . import receipts as receipts_mod
 
 BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
-HEAD_TYPE = "fedgov.ledger.head.v1"
-MANIFEST_TYPE = "fedgov.audit-bundle.manifest.v1"
-MANIFEST_DOMAIN = b"fedgov.audit-bundle.manifest.v1\n"
-MANIFEST_FIELDS = {"type", "key_id", "exported_at", "agents", "chains", "signature"}
-MANIFEST_CHAIN_FIELDS = {"dataset", "organisation", "head_seq", "head_hash"}
-_HEX = re.compile(r"[0-9a-f]+")
-HEAD_FIELDS = ("dataset", "seq", "head_hash", "key_id", "signed_at", "signature")
-
-
-class BundleError(Exception):
-    """A bundle does not verify; the message names the chain and entry when there is one."""
-
-    def __init__(self, message: str, *, dataset: str | None = None, seq: int | None = None) -> None:
-        super().__init__(message)
-        self.dataset, self.seq = dataset, seq
-
-
-def head_message(*, dataset: str, seq: int, head_hash: str, key_id: str, signed_at: str) -> bytes:
-    """The bytes the coordinator signs for a chain head (canonical JSON, domain-separated)."""
-    return acc.canonical_json(
-        {"type": HEAD_TYPE, "dataset": dataset, "seq": seq, "head_hash": head_hash, "key_id": key_id, "signed_at": signed_at}
-    ).encode("utf-8")
-
-
-def manifest_message(manifest: Mapping[str, Any]) -> bytes:
-    """The bytes the coordinator signs for a bundle's manifest (domain, then canonical JSON
-    of the manifest without its signature)."""
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    return MANIFEST_DOMAIN + acc.canonical_json(body).encode("utf-8")
-
-
-def sign_manifest(*, private_key, key_id: str, exported_at: str, agents: list, chains: list) -> dict:
-    """The manifest of a bundle, signed by `private_key` (the coordinator's ledger key)."""
-    manifest = {"type": MANIFEST_TYPE, "key_id": key_id, "exported_at": exported_at, "agents": agents, "chains": chains}
-    manifest["signature"] = private_key.sign(manifest_message(manifest)).hex()
-    return manifest
-
-
-def key_id_of(raw_public_key: bytes) -> str:
-    return hashlib.sha256(raw_public_key).hexdigest()
-
-
-def public_key_from(info: Mapping[str, Any]) -> tuple[Ed25519PublicKey, str]:
-    """(key, key_id) from a bundle's public_key block; PEM, hex and key_id must agree."""
-    if not isinstance(info, Mapping) or info.get("algorithm") != "Ed25519":
-        raise BundleError("public_key must be an Ed25519 key block")
-    hex_key = info.get("hex")
-    if not isinstance(hex_key, str) or len(hex_key) != 64 or not _HEX.fullmatch(hex_key):
-        raise BundleError("public_key.hex must be 64 lowercase hex digits")
-    raw = bytes.fromhex(hex_key)
-    key = Ed25519PublicKey.from_public_bytes(raw)
-    pem = info.get("pem")
-    if pem is not None:
-        try:
-            from_pem = serialization.load_pem_public_key(pem.encode())
-        except (ValueError, TypeError, AttributeError) as e:
-            raise BundleError(f"public_key.pem cannot be read: {e}") from None
-        if not isinstance(from_pem, Ed25519PublicKey) or from_pem.public_bytes_raw() != raw:
-            raise BundleError("public_key.pem and public_key.hex are different keys")
-    kid = key_id_of(raw)
-    if info.get("key_id") != kid:
-        raise BundleError("public_key.key_id is not the SHA-256 of the key")
-    return key, kid
-
-
-def verify_head(head: Mapping[str, Any], key: Ed25519PublicKey, kid: str, *, dataset: str) -> None:
-    if not isinstance(head, Mapping) or set(head) != set(HEAD_FIELDS):
-        raise BundleError(f"dataset {dataset}: a signed head has the wrong fields", dataset=dataset)
-    seq = head["seq"]
-    if head["dataset"] != dataset or isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise BundleError(f"dataset {dataset}: a signed head names another chain or a bad seq", dataset=dataset)
-    if head["key_id"] != kid:
-        raise BundleError(
-            f"dataset {dataset}: head #{seq} was signed by another key ({str(head['key_id'])[:16]}...)", dataset=dataset, seq=seq
-        )
-    sig = head["signature"]
-    if not isinstance(sig, str) or len(sig) != 128 or not _HEX.fullmatch(sig):
-        raise BundleError(f"dataset {dataset}: head #{seq}: signature is not 128 lowercase hex digits", dataset=dataset, seq=seq)
-    if not isinstance(head["head_hash"], str) or not isinstance(head["signed_at"], str):
-        raise BundleError(f"dataset {dataset}: head #{seq}: malformed", dataset=dataset, seq=seq)
-    message = head_message(dataset=dataset, seq=seq, head_hash=head["head_hash"], key_id=kid, signed_at=head["signed_at"])
-    try:
-        key.verify(bytes.fromhex(sig), message)
-    except InvalidSignature:
-        raise BundleError(f"dataset {dataset}: head #{seq}: the signature does not verify", dataset=dataset, seq=seq) from None
 
 
 @dataclass
@@ -155,7 +64,7 @@ class BundleReport:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.key_id)
+        return manifest.fingerprint(self.key_id)
 
     def lines(self) -> list[str]:
         out = [f"coordinator key {self.fingerprint} ({self.key_id})"]
@@ -179,22 +88,17 @@ class BundleReport:
         return out
 
 
-def fingerprint(key_id: str) -> str:
-    """A key's short fingerprint: the first 16 hex digits of sha256(raw key), in groups of four."""
-    return " ".join(key_id[i : i + 4] for i in range(0, 16, 4))
-
-
 def load(path: str) -> dict:
     """Read a bundle file, refusing NaN/Infinity and duplicate keys."""
 
     def refuse_constant(name: str) -> Any:
-        raise BundleError(f"{path}: {name} is not allowed in a bundle")
+        raise manifest.BundleError(f"{path}: {name} is not allowed in a bundle")
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
         out: dict = {}
         for k, v in pairs:
             if k in out:
-                raise BundleError(f"{path}: duplicate key {k!r}")
+                raise manifest.BundleError(f"{path}: duplicate key {k!r}")
             out[k] = v
         return out
 
@@ -202,23 +106,23 @@ def load(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=refuse_constant, object_pairs_hook=no_duplicates)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: cannot read the bundle: {e}") from None
+        raise manifest.BundleError(f"{path}: cannot read the bundle: {e}") from None
     if not isinstance(data, dict):
-        raise BundleError(f"{path}: a bundle is a JSON object")
+        raise manifest.BundleError(f"{path}: a bundle is a JSON object")
     return data
 
 
 def _accountant_settings(bundle: Mapping[str, Any]) -> tuple[tuple[float, ...], float]:
     params = bundle.get("accountant")
     if not isinstance(params, Mapping):
-        raise BundleError("the bundle lacks its accountant parameters")
+        raise manifest.BundleError("the bundle lacks its accountant parameters")
     try:
         orders = acc._orders_tuple(params.get("rdp_orders"))  # noqa: SLF001
     except (TypeError, ValueError) as e:
-        raise BundleError(f"accountant.rdp_orders: {e}") from None
+        raise manifest.BundleError(f"accountant.rdp_orders: {e}") from None
     interval = params.get("pld_value_discretization_interval")
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 1:
-        raise BundleError("accountant.pld_value_discretization_interval must be in (0, 1]")
+        raise manifest.BundleError("accountant.pld_value_discretization_interval must be in (0, 1]")
     return orders, float(interval)
 
 
@@ -232,81 +136,33 @@ def _agents(bundle: Mapping[str, Any]) -> dict[str, set[str]]:
     """organisation slug -> its enrolled agent keys (hex), from the bundle's `agents`."""
     agents = bundle.get("agents", [])
     if not isinstance(agents, list):
-        raise BundleError("agents must be a list")
+        raise manifest.BundleError("agents must be a list")
     out: dict[str, set[str]] = {}
     for a in agents:
         if not isinstance(a, Mapping) or set(a) != AGENT_FIELDS:
-            raise BundleError("an agent must have exactly organisation, public_key and enrolled_at")
+            raise manifest.BundleError("an agent must have exactly organisation, public_key and enrolled_at")
         key = a["public_key"]
-        if not isinstance(a["organisation"], str) or not isinstance(key, str) or len(key) != 64 or not _HEX.fullmatch(key):
-            raise BundleError(f"agent of {a['organisation']!r}: public_key must be 64 lowercase hex digits")
+        if (
+            not isinstance(a["organisation"], str)
+            or not isinstance(key, str)
+            or len(key) != 64
+            or not manifest.HEX.fullmatch(key)
+        ):
+            raise manifest.BundleError(f"agent of {a['organisation']!r}: public_key must be 64 lowercase hex digits")
         if not isinstance(a["enrolled_at"], str):
-            raise BundleError(f"agent of {a['organisation']!r}: enrolled_at must be an ISO-8601 timestamp")
+            raise manifest.BundleError(f"agent of {a['organisation']!r}: enrolled_at must be an ISO-8601 timestamp")
         out.setdefault(a["organisation"], set()).add(key)
     return out
-
-
-def _check_manifest(bundle: Mapping[str, Any], key: Ed25519PublicKey, kid: str) -> dict[str, Mapping[str, Any]] | None:
-    """The coordinator-signed manifest, checked against the bundle's agents and chains;
-    returns dataset slug -> its manifest line, or None when the bundle has no manifest."""
-    manifest = bundle.get("manifest")
-    if manifest is None:
-        return None
-    if not isinstance(manifest, Mapping) or set(manifest) != MANIFEST_FIELDS or manifest["type"] != MANIFEST_TYPE:
-        raise BundleError(f"manifest: fields or type differ from {MANIFEST_TYPE}")
-    if manifest["key_id"] != kid:
-        raise BundleError(f"manifest: signed by another key ({str(manifest['key_id'])[:16]}...)")
-    sig = manifest["signature"]
-    if not isinstance(sig, str) or len(sig) != 128 or not _HEX.fullmatch(sig):
-        raise BundleError("manifest: signature is not 128 lowercase hex digits")
-    try:
-        key.verify(bytes.fromhex(sig), manifest_message(manifest))
-    except (InvalidSignature, TypeError, ValueError):
-        raise BundleError("manifest: the coordinator's signature does not verify (agents or chain organisations altered?)") from None
-    if manifest["exported_at"] != bundle.get("exported_at"):
-        raise BundleError("manifest: exported_at differs from the bundle's")
-    signed_agents = {(a.get("organisation"), a.get("public_key")) for a in manifest["agents"] if isinstance(a, Mapping)}
-    listed = bundle.get("agents", [])
-    listed_agents = {(a.get("organisation"), a.get("public_key")) for a in listed if isinstance(a, Mapping)} if isinstance(listed, list) else set()
-    for org, hex_key in sorted(listed_agents - signed_agents, key=str):
-        raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org} is not in the coordinator's signed manifest")
-    for org, hex_key in sorted(signed_agents - listed_agents, key=str):
-        raise BundleError(f"agents: key {str(hex_key)[:16]}... of organisation {org}, in the signed manifest, is missing")
-    if acc.canonical_json(manifest["agents"]) != acc.canonical_json(listed):
-        raise BundleError("agents: the list differs from the coordinator's signed manifest")
-    lines: dict[str, Mapping[str, Any]] = {}
-    for line in manifest["chains"] if isinstance(manifest["chains"], list) else [None]:
-        if not isinstance(line, Mapping) or set(line) != MANIFEST_CHAIN_FIELDS or not isinstance(line["dataset"], str):
-            raise BundleError("manifest: a chain line has the wrong fields")
-        lines[line["dataset"]] = line
-    chains = bundle.get("chains") if isinstance(bundle.get("chains"), list) else []
-    present = {c.get("dataset") for c in chains if isinstance(c, Mapping)}
-    for slug in sorted(set(lines) - present):
-        raise BundleError(f"dataset {slug}: in the coordinator's signed manifest, missing from the bundle", dataset=slug)
-    for c in chains:
-        if not isinstance(c, Mapping):
-            continue
-        slug = c.get("dataset")
-        line = lines.get(slug)
-        if line is None:
-            raise BundleError(f"dataset {slug}: not in the coordinator's signed manifest", dataset=slug)
-        if c.get("organisation") != line["organisation"]:
-            raise BundleError(
-                f"dataset {slug}: the chain names organisation {c.get('organisation')!r}, the coordinator's signed manifest "
-                f"{line['organisation']!r}",
-                dataset=slug,
-            )
-    return lines
 
 
 def load_agent_keys(data: Any) -> dict[str, set[str]]:
     """An auditor's own pins: {organisation slug: [64-hex Ed25519 agent keys]}."""
     if not isinstance(data, Mapping) or not data:
-        raise BundleError("agent keys must be a JSON object {organisation: [hex keys]}")
+        raise manifest.BundleError("agent keys must be a JSON object {organisation: [hex keys]}")
     out: dict[str, set[str]] = {}
     for org, keys in data.items():
-        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) == 64 and _HEX.fullmatch(k) for k in keys):
-            raise BundleError(f"agent keys of {org!r} must be a list of 64 lowercase hex digits")
+        if not isinstance(keys, list) or not all(isinstance(k, str) and len(k) == 64 and manifest.HEX.fullmatch(k) for k in keys):
+            raise manifest.BundleError(f"agent keys of {org!r} must be a list of 64 lowercase hex digits")
         out[org] = set(keys)
     return out
 
@@ -345,7 +201,7 @@ def _replay(verifier: chain.ChainVerifier, entries: list, slug: str) -> tuple[ch
                 )
             legacy.append(seq)
             continue
-        if not isinstance(ticket, str) or len(ticket) != 64 or not _HEX.fullmatch(ticket):
+        if not isinstance(ticket, str) or len(ticket) != 64 or not manifest.HEX.fullmatch(ticket):
             raise chain.ChainError(slug, seq, "payload.ticket_hash is not 64 lowercase hex digits")
         if ticketed_since is None:
             ticketed_since = seq
@@ -362,20 +218,22 @@ def _check_receipts(
     organisation; without it they could have been swapped, so no receipt is trusted."""
     receipts = c.get("receipts", [])
     if not isinstance(receipts, list):
-        raise BundleError(f"dataset {slug}: receipts must be a list", dataset=slug)
+        raise manifest.BundleError(f"dataset {slug}: receipts must be a list", dataset=slug)
     if not charged and not receipts:
         return 0
     organisation = c.get("organisation")
     if not isinstance(organisation, str) or not organisation:
-        raise BundleError(f"dataset {slug}: the chain names no organisation to check its receipts against", dataset=slug)
+        raise manifest.BundleError(f"dataset {slug}: the chain names no organisation to check its receipts against", dataset=slug)
     if not signed:
-        raise BundleError(
+        raise manifest.BundleError(
             f"dataset {slug}: the bundle has no coordinator-signed manifest: its agent keys and organisations are "
             "unauthenticated, so its receipts cannot be checked",
             dataset=slug,
         )
     if pinned and organisation not in agents:
-        raise BundleError(f"dataset {slug}: organisation {organisation} has no agent keys pinned (--agent-keys)", dataset=slug)
+        raise manifest.BundleError(
+            f"dataset {slug}: organisation {organisation} has no agent keys pinned (--agent-keys)", dataset=slug
+        )
     keys = agents.get(organisation, set())
     enrolled = "pinned (--agent-keys)" if pinned else "enrolled"
     for i, r in enumerate(receipts):
@@ -383,18 +241,18 @@ def _check_receipts(
         try:
             receipts_mod.check_format(r)
         except receipts_mod.ReceiptFormatError as e:
-            raise BundleError(f"{where}: {e}", dataset=slug) from None
+            raise manifest.BundleError(f"{where}: {e}", dataset=slug) from None
         rnd = r["round"]
         charge = charged.get(rnd)
         if charge is None:
-            raise BundleError(f"{where}: names round {rnd}, which the chain did not commit with a ticket", dataset=slug)
+            raise manifest.BundleError(f"{where}: names round {rnd}, which the chain did not commit with a ticket", dataset=slug)
         at = f"dataset {slug}: entry #{charge.seq} (COMMIT of round {rnd})"
         if charge.receipted:
-            raise BundleError(f"{at}: a second receipt for the round", dataset=slug, seq=charge.seq)
+            raise manifest.BundleError(f"{at}: a second receipt for the round", dataset=slug, seq=charge.seq)
         if r["dataset"] != slug:
-            raise BundleError(f"{at}: the receipt names dataset {r['dataset']!r}", dataset=slug, seq=charge.seq)
+            raise manifest.BundleError(f"{at}: the receipt names dataset {r['dataset']!r}", dataset=slug, seq=charge.seq)
         if r["agent_public_key"] not in keys:
-            raise BundleError(
+            raise manifest.BundleError(
                 f"{at}: the receipt is signed by key {r['agent_public_key'][:16]}..., not one {enrolled} for organisation "
                 f"{organisation}",
                 dataset=slug,
@@ -403,19 +261,21 @@ def _check_receipts(
         try:
             receipts_mod.verify_signature(r, r["agent_public_key"])
         except receipts_mod.ReceiptFormatError as e:
-            raise BundleError(f"{at}: forged receipt: {e}", dataset=slug, seq=charge.seq) from None
+            raise manifest.BundleError(f"{at}: forged receipt: {e}", dataset=slug, seq=charge.seq) from None
         if r["ticket_hash"] != charge.ticket_hash:
-            raise BundleError(
+            raise manifest.BundleError(
                 f"{at}: the receipt names ticket {r['ticket_hash'][:16]}..., the ledger committed {charge.ticket_hash[:16]}...",
                 dataset=slug,
                 seq=charge.seq,
             )
         if not receipts_mod.events_equal(r["event"], charge.event):
-            raise BundleError(f"{at}: the event the partner ran differs from the event charged", dataset=slug, seq=charge.seq)
+            raise manifest.BundleError(
+                f"{at}: the event the partner ran differs from the event charged", dataset=slug, seq=charge.seq
+            )
         charge.receipted = True
     for rnd, charge in charged.items():
         if not charge.receipted:
-            raise BundleError(
+            raise manifest.BundleError(
                 f"dataset {slug}: entry #{charge.seq} (COMMIT of round {rnd}): no receipt from organisation "
                 f"{organisation}'s agent (charged, unreceipted)",
                 dataset=slug,
@@ -437,68 +297,77 @@ def verify(
     -> hex keys, see load_agent_keys) replaces the bundle's agents as the keys receipts must
     be signed by: the auditor's own pins, so not even the coordinator can swap them."""
     if bundle.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"unknown bundle format {bundle.get('format')!r}")
+        raise manifest.BundleError(f"unknown bundle format {bundle.get('format')!r}")
     unknown = set(bundle) - BUNDLE_KEYS
     if unknown:  # e.g. a renamed "manifest": nothing in a bundle goes unread
-        raise BundleError(f"unknown bundle keys {sorted(map(str, unknown))}")
-    key, kid = public_key_from(bundle.get("public_key"))
+        raise manifest.BundleError(f"unknown bundle keys {sorted(map(str, unknown))}")
+    key, kid = manifest.public_key_from(bundle.get("public_key"))
     if pinned_key_id is not None and kid != pinned_key_id:
-        raise BundleError(f"the bundle is signed by key {fingerprint(kid)}, not the pinned {fingerprint(pinned_key_id)}")
+        raise manifest.BundleError(
+            f"the bundle is signed by key {manifest.fingerprint(kid)}, not the pinned {manifest.fingerprint(pinned_key_id)}"
+        )
     orders, interval = _accountant_settings(bundle)
     agents = _agents(bundle)
     chains = bundle.get("chains")
     if not isinstance(chains, list):
-        raise BundleError("chains must be a list")
+        raise manifest.BundleError("chains must be a list")
     if not chains:
-        raise BundleError("the bundle holds no chains: there is nothing to verify")
-    manifest = _check_manifest(bundle, key, kid)
+        raise manifest.BundleError("the bundle holds no chains: there is nothing to verify")
+    signed_lines = manifest.check_manifest(bundle, key, kid)
     if agent_keys is not None:
         agents = {org: set(keys) for org, keys in agent_keys.items()}
     seen: set[str] = set()
     summaries = []
     for c in chains:
         if not isinstance(c, Mapping) or not CHAIN_KEYS <= set(c) <= CHAIN_KEYS | CHAIN_OPTIONAL_KEYS:
-            raise BundleError("a chain must have dataset, entries and signed_heads (and may have organisation, receipts)")
+            raise manifest.BundleError(
+                "a chain must have dataset, entries and signed_heads (and may have organisation, receipts)"
+            )
         slug = c["dataset"]
         if not isinstance(slug, str) or slug in seen:
-            raise BundleError(f"chain {slug!r} is malformed or repeated")
+            raise manifest.BundleError(f"chain {slug!r} is malformed or repeated")
         seen.add(slug)
         if datasets is not None and slug not in datasets:
             continue
         entries, heads = c["entries"], c["signed_heads"]
         if not isinstance(entries, list) or not isinstance(heads, list):
-            raise BundleError(f"dataset {slug}: entries and signed_heads must be lists", dataset=slug)
+            raise manifest.BundleError(f"dataset {slug}: entries and signed_heads must be lists", dataset=slug)
         verifier = chain.ChainVerifier(slug, orders=orders, pld_interval=interval)
         try:
             state, charged, legacy = _replay(verifier, entries, slug)
         except chain.ChainError as e:
-            raise BundleError(str(e), dataset=slug, seq=e.seq) from None
+            raise manifest.BundleError(str(e), dataset=slug, seq=e.seq) from None
         if not heads:
             if entries:
-                raise BundleError(f"dataset {slug}: no signed head covers the chain", dataset=slug)
+                raise manifest.BundleError(f"dataset {slug}: no signed head covers the chain", dataset=slug)
         last_seq = 0
         for head in heads:
-            verify_head(head, key, kid, dataset=slug)
+            manifest.verify_head(head, key, kid, dataset=slug)
             seq = head["seq"]
             if seq <= last_seq:
-                raise BundleError(f"dataset {slug}: signed heads are not in increasing order", dataset=slug, seq=seq)
+                raise manifest.BundleError(f"dataset {slug}: signed heads are not in increasing order", dataset=slug, seq=seq)
             last_seq = seq
             if seq > len(entries) or entries[seq - 1]["entry_hash"] != head["head_hash"]:
-                raise BundleError(f"dataset {slug}: signed head #{seq} does not match entry #{seq}'s hash", dataset=slug, seq=seq)
+                raise manifest.BundleError(
+                    f"dataset {slug}: signed head #{seq} does not match entry #{seq}'s hash", dataset=slug, seq=seq
+                )
         if last_seq != state.seq:
-            raise BundleError(
+            raise manifest.BundleError(
                 f"dataset {slug}: entries #{last_seq + 1}..#{state.seq} are not covered by a signed head",
                 dataset=slug,
                 seq=last_seq + 1,
             )
-        if manifest is not None and (manifest[slug]["head_seq"], manifest[slug]["head_hash"]) != (state.seq, state.head_hash):
-            raise BundleError(
+        if signed_lines is not None and (signed_lines[slug]["head_seq"], signed_lines[slug]["head_hash"]) != (
+            state.seq,
+            state.head_hash,
+        ):
+            raise manifest.BundleError(
                 f"dataset {slug}: the chain ends at entry #{state.seq} ({state.head_hash[:16]}...), the coordinator's signed "
-                f"manifest at #{manifest[slug]['head_seq']} ({str(manifest[slug]['head_hash'])[:16]}...)",
+                f"manifest at #{signed_lines[slug]['head_seq']} ({str(signed_lines[slug]['head_hash'])[:16]}...)",
                 dataset=slug,
                 seq=state.seq,
             )
-        n_receipts = _check_receipts(c, slug, charged, agents, signed=manifest is not None, pinned=agent_keys is not None)
+        n_receipts = _check_receipts(c, slug, charged, agents, signed=signed_lines is not None, pinned=agent_keys is not None)
         summaries.append(
             ChainSummary(
                 dataset=slug,
@@ -513,16 +382,16 @@ def verify(
             )
         )
     if datasets is not None and not summaries:
-        raise BundleError(f"no chain of the bundle is named {', '.join(datasets)}")
+        raise manifest.BundleError(f"no chain of the bundle is named {', '.join(datasets)}")
     return BundleReport(key_id=kid, chains=summaries)
 
 
 def verify_consistency(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Check that `new` extends `old` (both already verified). Returns one line per chain."""
-    _, old_kid = public_key_from(old.get("public_key"))
-    _, new_kid = public_key_from(new.get("public_key"))
+    _, old_kid = manifest.public_key_from(old.get("public_key"))
+    _, new_kid = manifest.public_key_from(new.get("public_key"))
     if old_kid != new_kid:
-        raise BundleError(f"the signing key changed from {old_kid[:16]}... to {new_kid[:16]}...")
+        raise manifest.BundleError(f"the signing key changed from {old_kid[:16]}... to {new_kid[:16]}...")
     new_chains = {c["dataset"]: c for c in new["chains"]}
     lines = []
     for old_chain in old["chains"]:
@@ -533,22 +402,22 @@ def verify_consistency(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
         n = old_head["seq"]
         new_chain = new_chains.get(slug)
         if new_chain is None:
-            raise BundleError(f"dataset {slug}: present in the old bundle, missing from the new one", dataset=slug)
+            raise manifest.BundleError(f"dataset {slug}: present in the old bundle, missing from the new one", dataset=slug)
         new_entries = new_chain["entries"]
         if len(new_entries) < n:
-            raise BundleError(
+            raise manifest.BundleError(
                 f"dataset {slug}: the new bundle has {len(new_entries)} entries, fewer than the old signed head #{n}",
                 dataset=slug,
                 seq=len(new_entries) + 1,
             )
         for i in range(n):
-            if acc.canonical_json(new_entries[i]) != acc.canonical_json(old_chain["entries"][i]):
-                raise BundleError(
+            if dp_events.canonical_json(new_entries[i]) != dp_events.canonical_json(old_chain["entries"][i]):
+                raise manifest.BundleError(
                     f"dataset {slug}: entry #{i + 1} differs from the old bundle: history was rewritten",
                     dataset=slug,
                     seq=i + 1,
                 )
         if new_entries[n - 1]["entry_hash"] != old_head["head_hash"]:
-            raise BundleError(f"dataset {slug}: entry #{n} does not match the old signed head", dataset=slug, seq=n)
+            raise manifest.BundleError(f"dataset {slug}: entry #{n} does not match the old signed head", dataset=slug, seq=n)
         lines.append(f"{slug}: extends the old head #{n} by {len(new_entries) - n} entries")
     return lines

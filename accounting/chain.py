@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import accountant as acc
+from . import dp_events
 
 FORMAT_VERSION = 1
 HASH_DOMAIN = b"fedgov.ledger.entry.v1\n"
@@ -78,7 +79,7 @@ class ChainError(Exception):
 
 
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
-    return acc.canonical_json(dict(document)).encode("utf-8")
+    return dp_events.canonical_json(dict(document)).encode("utf-8")
 
 
 def compute_entry_hash(document: Mapping[str, Any]) -> str:
@@ -171,14 +172,14 @@ class ChainVerifier:
         if not isinstance(event, Mapping):
             raise self._fail(seq, "event must be a DP-event object")
         try:
-            text = acc.canonical_json(event)
+            text = dp_events.canonical_json(event)
         except (TypeError, ValueError) as e:
             raise self._fail(seq, f"event refused: {e}") from None
         if text in self._event_keys:
             return text
         try:
-            key = acc.event_key(event)
-        except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+            key = dp_events.event_key(event)
+        except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
             raise self._fail(seq, f"event refused: {e}") from None
         if key != text:
             raise self._fail(seq, "event is not in canonical form")
@@ -189,7 +190,7 @@ class ChainVerifier:
     def _vector(self, seq: int, key: str) -> np.ndarray:
         try:
             return acc.rdp_vector_from_json(key, self.orders)
-        except (acc.InvalidDpEvent, ValueError) as e:
+        except (dp_events.InvalidDpEvent, ValueError) as e:
             raise self._fail(seq, f"event refused: {e}") from None
 
     # -- the check -------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class ChainVerifier:
             return spent_epsilon(
                 accountant=accountant, delta=delta, cum=cum, live_events=live, orders=self.orders, pld_interval=self.pld_interval
             )
-        except (acc.InvalidDpEvent, ValueError) as e:
+        except (dp_events.InvalidDpEvent, ValueError) as e:
             raise self._fail(seq, f"cannot recompute epsilon: {e}") from None
 
     def feed_all(self, entries: Iterable[Mapping[str, Any]]) -> ChainState:

@@ -1,7 +1,7 @@
 """The privacy-budget ledger.
 
 * `DatasetBudget`: one row per dataset, the row that serialises its reservations (every
-  append locks it with SELECT ... FOR UPDATE). It caches the chain's head and the running
+  append locks it with `select_for_update()`). It caches the chain's head and the running
   composition (cumulative RDP vector, spent epsilon) so that a budget check is O(number of
   RDP orders). It is derived state: `verify_ledger` recomputes it from the entries.
 * `LedgerEntry`: append-only, one hash chain per dataset (ARCHITECTURE.md, Ledger 3).

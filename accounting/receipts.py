@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import accountant as acc
+from . import dp_events
 
 RECEIPT_DOMAIN = b"fedgov.receipt.v1\n"
 RECEIPT_CHAIN_DOMAIN = b"fedgov.receipt.chain.v1\n"
@@ -42,7 +42,7 @@ class ReceiptFormatError(ValueError):
 def receipt_message(receipt: Mapping[str, Any]) -> bytes:
     """The bytes an agent signs: the domain, then the canonical receipt without its signature."""
     body = {k: v for k, v in receipt.items() if k != "signature"}
-    return RECEIPT_DOMAIN + acc.canonical_json(body).encode("utf-8")
+    return RECEIPT_DOMAIN + dp_events.canonical_json(body).encode("utf-8")
 
 
 def sign_receipt(body: Mapping[str, Any], private_key) -> dict:
@@ -77,7 +77,7 @@ def check_format(receipt: Any) -> None:
     if not isinstance(receipt["signature"], str) or not _HEX128.fullmatch(receipt["signature"]):
         raise ReceiptFormatError("receipt signature must be 128 lowercase hex digits")
     try:
-        acc.canonical_json(dict(receipt))
+        dp_events.canonical_json(dict(receipt))
     except (TypeError, ValueError) as e:
         raise ReceiptFormatError(f"receipt cannot be serialised canonically: {e}") from None
 
@@ -100,7 +100,7 @@ def verify_signature(receipt: Mapping[str, Any], public_key_hex: str) -> None:
 def events_equal(a: Any, b: Any) -> bool:
     """Two DP events are the same event: equal canonical JSON."""
     try:
-        return acc.canonical_json(a) == acc.canonical_json(b)
+        return dp_events.canonical_json(a) == dp_events.canonical_json(b)
     except (TypeError, ValueError):
         return False
 
@@ -108,5 +108,5 @@ def events_equal(a: Any, b: Any) -> bool:
 def chain_hash(prev_hash: str, receipt: Mapping[str, Any]) -> str:
     """The coordinator's receipt chain: each stored receipt hashed with the previous one."""
     return hashlib.sha256(
-        RECEIPT_CHAIN_DOMAIN + prev_hash.encode("ascii") + acc.canonical_json(dict(receipt)).encode("utf-8")
+        RECEIPT_CHAIN_DOMAIN + prev_hash.encode("ascii") + dp_events.canonical_json(dict(receipt)).encode("utf-8")
     ).hexdigest()

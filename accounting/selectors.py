@@ -37,7 +37,7 @@ class BudgetFigures:
 def datasets_budget_figures(*, datasets) -> dict[int, BudgetFigures]:
     """Spent and remaining epsilon for many datasets in one query (list pages), by the same
     rule as dataset_remaining_budget: the lower of the last GRANT and the Dataset's budget."""
-    from .services import effective_budget
+    from .services.budget import effective_budget
 
     datasets = list(datasets)
     rows = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}

@@ -68,20 +68,39 @@ def uninstall_sql(vendor: str, tables: tuple[str, ...] = PROTECTED_TABLES) -> li
     return statements
 
 
-def install(connection) -> None:
+class TriggerSet:
+    """One set of database triggers: the only installer in fedgov, shared by the ledger's
+    append-only triggers (`APPEND_ONLY`, below) and the governance guards
+    (federation/triggers.py, `GOVERNANCE`). `install_sql(vendor)` / `uninstall_sql(vendor)` give
+    the statements (the migrations run the same ones); `names` are the triggers it creates."""
+
+    def __init__(self, *, install_sql, uninstall_sql, names) -> None:
+        self.install_sql = install_sql
+        self.uninstall_sql = uninstall_sql
+        self.names = frozenset(names)
+
+    def install(self, connection) -> None:
+        _execute(connection, self.install_sql(connection.vendor))
+
+    def uninstall(self, connection) -> None:
+        _execute(connection, self.uninstall_sql(connection.vendor))
+
+    def installed(self, connection) -> set[str]:
+        """Names of this set's triggers present in the database (for tests and `verify_ledger`)."""
+        return present(connection) & self.names
+
+    def expected(self) -> set[str]:
+        return set(self.names)
+
+
+def _execute(connection, statements: list[str]) -> None:
     with connection.cursor() as cursor:
-        for sql in install_sql(connection.vendor):
+        for sql in statements:
             cursor.execute(sql)
 
 
-def uninstall(connection) -> None:
-    with connection.cursor() as cursor:
-        for sql in uninstall_sql(connection.vendor):
-            cursor.execute(sql)
-
-
-def installed(connection) -> set[str]:
-    """Names of the append-only triggers present (for tests and `verify_ledger`)."""
+def present(connection) -> set[str]:
+    """Names of every user trigger in the database (the catalogue read of both backends)."""
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
@@ -89,9 +108,11 @@ def installed(connection) -> set[str]:
             cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
         else:
             return set()
-        names = {row[0] for row in cursor.fetchall()}
-    return {n for n in names if n.endswith(("_no_update", "_no_delete")) and n.startswith(PROTECTED_TABLES)}
+        return {row[0] for row in cursor.fetchall()}
 
 
-def expected() -> set[str]:
-    return {_trigger_name(t, op) for t in PROTECTED_TABLES for op in ("UPDATE", "DELETE")}
+APPEND_ONLY = TriggerSet(
+    install_sql=install_sql,
+    uninstall_sql=uninstall_sql,
+    names=(_trigger_name(t, op) for t in PROTECTED_TABLES for op in ("UPDATE", "DELETE")),
+)

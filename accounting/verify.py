@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import bundle
+from . import bundle, manifest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -63,16 +63,16 @@ def pinned_key_id(value: str) -> str:
             raise VerifyFailed(f"cannot read the public key {value}: {e}", exit_code=EXIT_USAGE) from None
         text = data.decode("utf-8", "replace").strip()
         if _HEX64.fullmatch(text):
-            return bundle.key_id_of(bytes.fromhex(text))
+            return manifest.key_id_of(bytes.fromhex(text))
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, TypeError) as e:
             raise VerifyFailed(f"{value} is neither a PEM public key nor 64 hex digits: {e}", exit_code=EXIT_USAGE) from None
         if not isinstance(key, Ed25519PublicKey):
             raise VerifyFailed(f"{value} is not an Ed25519 public key", exit_code=EXIT_USAGE)
-        return bundle.key_id_of(key.public_bytes_raw())
+        return manifest.key_id_of(key.public_bytes_raw())
     if _HEX64.fullmatch(value.strip()):
-        return bundle.key_id_of(bytes.fromhex(value.strip()))
+        return manifest.key_id_of(bytes.fromhex(value.strip()))
     raise VerifyFailed(f"--public-key {value!r}: no such file, and not 64 hex digits", exit_code=EXIT_USAGE)
 
 
@@ -81,7 +81,7 @@ def pinned_agent_keys(path: str) -> dict[str, set[str]]:
     try:
         data = bundle.load(path)
         return bundle.load_agent_keys(data)
-    except bundle.BundleError as e:
+    except manifest.BundleError as e:
         raise VerifyFailed(f"--agent-keys {path}: {e}", exit_code=EXIT_USAGE) from None
 
 
@@ -118,17 +118,17 @@ def verify_files(
             old = bundle.load(since)
             bundle.verify(old, pinned_key_id=report.key_id)
             verdict.lines.extend(bundle.verify_consistency(old, new))
-    except bundle.BundleError as e:
+    except manifest.BundleError as e:
         raise VerifyFailed(f"bundle does not verify: {e}") from None
     return verdict
 
 
 def _bundle_fingerprint(data: dict) -> str | None:
     try:
-        _, kid = bundle.public_key_from(data.get("public_key"))
-    except bundle.BundleError:
+        _, kid = manifest.public_key_from(data.get("public_key"))
+    except manifest.BundleError:
         return None
-    return bundle.fingerprint(kid)
+    return manifest.fingerprint(kid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ sampling rate q and noise multiplier z, K = 50 steps), chained with the ledger's
 functions (`ledger.project`, `ledger.build_entry`, `ledger.advance`) in batches inside one
 transaction, as the real append path does one at a time. Then, for each size:
 
-  * fedgov's check: `accounting.services.budget_check(round=...)` for a new round on the
+  * fedgov's check: `accounting.services.budget.budget_check(round=...)` for a new round on the
     dataset (database reads of the participants, the budget row and the round's
     reservations, then the cumulative RDP vector + the round's memoised RDP vector -> epsilon
     with dp-accounting's compute_epsilon), p50 and p99 over many calls; and its core alone
@@ -68,8 +68,9 @@ from django.utils import timezone  # noqa: E402
 from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
-from accounting import chain, ledger, receipts, services  # noqa: E402
+from accounting import chain, dp_events, heads, ledger, receipts  # noqa: E402
 from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
+from accounting.services import budget as services  # noqa: E402
 from federation.models import (  # noqa: E402
     AgentIdentity,
     Agreement,
@@ -145,7 +146,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
         delta=1e-5,
     )
     plan.datasets.add(dataset)
-    events = [acc.canonical_json(acc.round_event(q, z, STEPS)) for q in QS for z in ZS]
+    events = [dp_events.canonical_json(dp_events.round_event(q, z, STEPS)) for q in QS for z in ZS]
     vectors = {e: acc.rdp_vector_from_json(e) for e in events}
     n_rounds = (n_entries - 1) // 2
     first = (plan.rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
@@ -185,7 +186,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                 pending = []
         LedgerEntry.objects.bulk_create(pending)
         budget.save()
-        ledger.sign_head(dataset)
+        heads.sign_head(dataset)
         # The partner's receipt of every round, hash-chained as receipt_record stores them.
         agent_hex = AGENT_KEY.public_key().public_bytes_raw().hex()
         prev, rows, now = receipts.GENESIS_HASH, [], timezone.now()
@@ -211,7 +212,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                     organisation_slug=org.slug,
                     ticket_hash=body["ticket_hash"],
                     agent_public_key=agent_hex,
-                    body=acc.canonical_json(body),
+                    body=dp_events.canonical_json(body),
                     received_at=now,
                     prev_hash=prev,
                     receipt_hash=h,
@@ -266,7 +267,7 @@ def time_recomposition(r, dataset, reps: int) -> tuple[list[float], float]:
         texts = list(LedgerEntry.objects.filter(dataset=dataset, kind=chain.RESERVE).values_list("event", flat=True))
         accountant = RdpAccountant()
         for text in texts + [key]:
-            accountant.compose(acc.event_from_json(text))
+            accountant.compose(dp_events.event_from_json(text))
         eps = accountant.get_epsilon(dataset.delta)
         samples.append(time.perf_counter() - t)
     return samples, eps
@@ -316,7 +317,7 @@ def time_bundle_verify(dataset) -> tuple[float, float, float, int]:
         "accounting.verify",
         str(path),
         "--public-key",
-        ledger.public_key_hex(),
+        heads.public_key_hex(),
     ]
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout.splitlines()

@@ -55,7 +55,7 @@ TARGET_P99_MS = 100
 SEED = """
 import json
 from django.contrib.auth import get_user_model
-from accounting.services import budget_grant
+from accounting.services.budget import budget_grant
 from federation.models import Dataset, TrainingPlan
 from federation.services.rounds import round_request
 from federation.services.tokens import token_issue

@@ -16,8 +16,8 @@ def _reinstall_guards(sender, using="default", plan=None, **kwargs) -> None:
     recorder = MigrationRecorder(connection)
     if not recorder.has_table() or ("federation", "0006_governance_guards") not in recorder.applied_migrations():
         return
-    if triggers.installed(connection) != triggers.expected():
-        triggers.install(connection)
+    if triggers.GOVERNANCE.installed(connection) != triggers.GOVERNANCE.expected():
+        triggers.GOVERNANCE.install(connection)
 
 
 class FederationConfig(AppConfig):

@@ -295,7 +295,7 @@ class PlanForm(forms.Form):
     model_kind = forms.ChoiceField(choices=MODEL_CHOICES, initial="logreg", label=_("Model"))
     hidden = forms.CharField(required=False, label=_("Hidden layers"), help_text=_("MLP only: widths, e.g. 64, 32."))
     rounds_total = forms.IntegerField(label=_("Rounds total"), initial=10, min_value=1)
-    # The planner's values (services.plans.PLANNED_FIELDS): empty takes the proposal's.
+    # The planner's values (services.plan_checks.PLANNED_FIELDS): empty takes the proposal's.
     noise_multiplier = forms.FloatField(label=_("Noise multiplier"), required=False, help_text=_("z: Gaussian noise std as a multiple of the clip norm."))
     clip_norm = forms.FloatField(label=_("Clip norm"), required=False, help_text=_("C: per-example gradient clipping norm."))
     batch_size = forms.IntegerField(label=_("Batch size"), initial=64, min_value=1, help_text=_("Expected batch; sampling rate q = batch / records."))
@@ -352,7 +352,7 @@ class PlanForm(forms.Form):
         data = super().clean()
         agreement, purpose = data.get("agreement"), data.get("purpose")
         if agreement is not None and purpose and purpose not in (agreement.purposes or []):
-            from .services.plans import MSG_PURPOSE_NOT_PERMITTED
+            from .services.plan_checks import MSG_PURPOSE_NOT_PERMITTED
 
             self.add_error("purpose", MSG_PURPOSE_NOT_PERMITTED.format(purpose=purpose, allowed=", ".join(agreement.purposes or [])))
         return data

@@ -205,7 +205,8 @@ def check_one_dataset_per_organisation(round: TrainingRound) -> Check:
 
 def round_epsilon(plan, dataset) -> float:
     """Epsilon one round of `plan` costs on `dataset` alone, at the dataset's delta."""
-    from accounting.accountant import compose_epsilon, dataset_round_event
+    from accounting.accountant import compose_epsilon
+    from accounting.dp_events import dataset_round_event
 
     event = dataset_round_event(plan.dp_params_for(dataset))
     return compose_epsilon([event], dataset.delta, dataset.accountant)
@@ -278,7 +279,7 @@ def check_feature_schema(round: TrainingRound) -> Check:
 
 
 def check_budget(round: TrainingRound) -> Check:
-    from accounting.services import budget_check
+    from accounting.services.budget import budget_check
 
     results = budget_check(round=round)
     details = {
@@ -384,12 +385,13 @@ def plan_projection(plan, datasets) -> list[PlanProjection]:
     import numpy as np
 
     from accounting import accountant as acc
+    from accounting import dp_events
     from accounting.selectors import dataset_budget_state
-    from accounting.services import effective_budget
+    from accounting.services.budget import effective_budget
 
     out = []
     for dataset in datasets:
-        event = acc.dataset_round_event(plan.dp_params_for(dataset))
+        event = dp_events.dataset_round_event(plan.dp_params_for(dataset))
         vector = acc.rdp_vector(event)
         state = dataset_budget_state(dataset=dataset)
         if state is None or state.entry_count == 0:

@@ -59,7 +59,7 @@ def set_language(request):
 
 
 def verification_line(result) -> str:
-    """accounting.ledger.VerifyResult.line() in the active language, for the pages; the same
+    """accounting.audit.VerifyResult.line() in the active language, for the pages; the same
     text as line() in English (the command line and the audit bundle keep line()). The reason
     of a failure is the verifier's own text, in English like every stored domain message."""
     if not result.ok:

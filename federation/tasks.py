@@ -74,7 +74,7 @@ def deadlines_sweep() -> dict:
     expired agreements, work whose task was lost (e.g. Redis restarted: a phase close, an
     aggregation, a start, a plan's retry), and ledger heads
     whose after-commit signature did not happen."""
-    from accounting.ledger import sign_pending_heads
+    from accounting.heads import sign_pending_heads
 
     from .services.agreements import agreements_apply_due_changes
     from .services.orchestration import rounds_sweep_deadlines

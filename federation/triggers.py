@@ -14,15 +14,17 @@ around the models: raw SQL, a database console, another program.
 * a round approval is only inserted for an organisation with a dataset in the round and a
   party to the agreement, and never changes.
 
-Same installer shape as the ledger's (accounting/triggers.py): `install_sql(vendor)` and
-`uninstall_sql(vendor)` used by the migration, `install`/`uninstall`/`installed`/`expected`
-for the flush command and the tests. SQLite rebuilds a table to alter it, dropping its
+This module only declares the guards: `install_sql(vendor)` and `uninstall_sql(vendor)` for
+the migrations, and `GOVERNANCE`, a set of the one trigger installer (accounting/triggers.py,
+`TriggerSet`: `install`/`uninstall`/`installed`/`expected`) for the flush command and the tests. SQLite rebuilds a table to alter it, dropping its
 triggers, so the app also re-installs them after every `migrate` (federation/apps.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from accounting.triggers import TriggerSet
 
 from .models import TERM_FIELDS, TrainingPlan, TrainingRound
 
@@ -206,30 +208,4 @@ def uninstall_sql(vendor: str) -> list[str]:
     return statements
 
 
-def install(connection) -> None:
-    with connection.cursor() as cursor:
-        for sql in install_sql(connection.vendor):
-            cursor.execute(sql)
-
-
-def uninstall(connection) -> None:
-    with connection.cursor() as cursor:
-        for sql in uninstall_sql(connection.vendor):
-            cursor.execute(sql)
-
-
-def installed(connection) -> set[str]:
-    """Names of the governance triggers present."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        elif connection.vendor == "postgresql":
-            cursor.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
-        else:
-            return set()
-        names = {row[0] for row in cursor.fetchall()}
-    return names & expected()
-
-
-def expected() -> set[str]:
-    return {guard.trigger for guard in GUARDS}
+GOVERNANCE = TriggerSet(install_sql=install_sql, uninstall_sql=uninstall_sql, names=(guard.trigger for guard in GUARDS))

@@ -57,7 +57,8 @@ EVAL_FRACTION = 0.2
 def calibrate_noise(*, q: float, K: int, rounds: int, epsilon: float, delta: float, eval_sigma: float | None, margin: float = 0.97) -> float:
     """The smallest noise multiplier z (to 1e-3) for which `rounds` rounds of the plan, evaluation
     releases included, compose to at most margin * epsilon, by dp-accounting (bisection)."""
-    from accounting.accountant import compose_epsilon, dataset_round_event
+    from accounting.accountant import compose_epsilon
+    from accounting.dp_events import dataset_round_event
 
     def cost(z: float) -> float:
         event = dataset_round_event({"q": q, "z": z, "K": K, "eval_noise_multiplier": eval_sigma, "eval_count": 2 if eval_sigma else 0})

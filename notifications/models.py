@@ -1,7 +1,7 @@
 """Notifications: the in-app inbox, and the outbox of emails and webhook calls.
 
 Every row here is written in the transaction of the governance event that causes it
-(`services.notify_for_event`, called by `federation.services.common.event_record`): if the
+(`rules.notify_for_event`, called by `federation.services.common.event_record`): if the
 event rolls back, so do its notifications, and once it commits nothing is lost, because a
 delivery is a row (the outbox) that a Celery task claims, sends and marks, and that a beat
 sweep hands out again if its task was lost (a worker SIGKILLed, Redis restarted).
@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 
 class Kind(models.TextChoices):
-    """What a person can be told. `kinds.RULES` maps governance events onto these."""
+    """What a person can be told. `rules.RULES` maps governance events onto these."""
 
     SIGNATURE_REQUESTED = "signature_requested", _("Signature requested")
     APPROVAL_WAITING = "approval_waiting", _("Approval waiting")
@@ -106,7 +106,7 @@ class Delivery(models.Model):
     pending -> sending (claimed by one task, with a lease) -> delivered | pending (retry,
     after a backoff) | failed (out of attempts); cancelled when what it announced no longer
     waits (an approval given before the email went). A `sending` row whose lease ran out
-    belonged to a worker that died: the sweep hands it out again (see services.delivery_claim).
+    belonged to a worker that died: the sweep hands it out again (see delivery.delivery_claim).
     """
 
     class Channel(models.TextChoices):

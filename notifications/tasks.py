@@ -1,5 +1,5 @@
 """Thin Celery tasks for notifications (ARCHITECTURE.md, Conventions 5): ids in, one
-service call, idempotent (the claim-once UPDATE in services.delivery_claim decides who
+service call, idempotent (the claim-once UPDATE in delivery.delivery_claim decides who
 sends), acknowledged late and re-queued if the worker dies."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ COMMON = {
 
 @shared_task(name="fedgov.notifications.deliver", queue="fedgov.default", **COMMON)
 def deliver_task(delivery_id: int) -> str:
-    from .services import delivery_send
+    from .delivery import delivery_send
 
     outcome = delivery_send(delivery_id=delivery_id)
     logger.info("delivery %s: %s", delivery_id, outcome)
@@ -37,7 +37,7 @@ def deliver_task(delivery_id: int) -> str:
 def deliveries_sweep() -> int:
     """Beat: hand out again the deliveries whose task was lost (a worker SIGKILLed with the
     message, Redis restarted) or whose worker died mid-send (its lease ran out)."""
-    from .services import deliveries_due
+    from .delivery import deliveries_due
 
     due = deliveries_due()
     for pk in due:
@@ -48,6 +48,6 @@ def deliveries_sweep() -> int:
 @shared_task(name="fedgov.notifications.verify_ledgers", queue="fedgov.default", **COMMON)
 def ledgers_verify_task() -> int:
     """Beat: verify every budget ledger; a failing one notifies (once per distinct failure)."""
-    from .services import ledger_verification_check
+    from .rules import ledger_verification_check
 
     return len(ledger_verification_check())

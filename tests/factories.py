@@ -151,7 +151,7 @@ def build_cast(*, agreement_terms: dict | None = None, plan_overrides: dict | No
         batch_size=32,
         local_steps=5,
         # Casts with small budgets exist to test the round-time budget check: their plan is
-        # accepted although its later rounds cannot all be paid for (services.plans.plan_check).
+        # accepted although its later rounds cannot all be paid for (services.plan_checks.plan_check).
         allow_partial=True,
     )
     plan_kwargs.update(plan_overrides or {})

@@ -14,15 +14,15 @@ def triggers_lifted():
     """The database's governance triggers off for the block (the model guards stay on)."""
     from federation import triggers
 
-    had = triggers.installed(connection)
+    had = triggers.GOVERNANCE.installed(connection)
     if had:
-        triggers.uninstall(connection)
+        triggers.GOVERNANCE.uninstall(connection)
     try:
         with transaction.atomic():  # a refused write rolls back alone; the guards go back either way
             yield
     finally:
         if had:
-            triggers.install(connection)
+            triggers.GOVERNANCE.install(connection)
 
 
 def force_update(model, pk, **fields) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from accounting import accountant as acc
+from accounting import dp_events
 
 from . import trust
 
@@ -79,13 +80,13 @@ def check_round(round_pk: int, payload: dict, *, coordinator_key: str | None, te
         if ticket[name] != value:
             problems.append(f"{name}: the ticket says {ticket[name]!r}, the task {value!r}")
     try:
-        event = acc.dataset_round_event({
+        event = dp_events.dataset_round_event({
             "q": ticket["q"], "z": ticket["z"], "K": ticket["K"],
             "eval_noise_multiplier": ticket["eval_noise"], "eval_count": ticket["eval_count"],
         })
-        if acc.event_key(ticket["event"]) != acc.canonical_json(event):
+        if dp_events.event_key(ticket["event"]) != dp_events.canonical_json(event):
             problems.append("the ticket's event is not the event of its q, z, K and evaluation")
-    except (acc.InvalidDpEvent, ValueError, TypeError, KeyError) as exc:
+    except (dp_events.InvalidDpEvent, ValueError, TypeError, KeyError) as exc:
         raise PlanRefused(f"the ticket's DP parameters do not make a valid event: {exc}", "ticket_mismatch") from None
     _refuse_if(problems, "ticket_mismatch")
 

@@ -21,7 +21,7 @@ import numpy as np
 from dp_accounting import dp_event
 
 from accounting import accountant as acc
-from accounting import chain
+from accounting import chain, dp_events
 
 from .ledger_errors import InvalidEntry, LedgerCorrupt, LedgerError, Overspend
 from .ledger_format import (
@@ -89,17 +89,17 @@ class Chain:
         """Canonical JSON of an allow-listed event (stored events must already be canonical)."""
         if isinstance(event, dp_event.DpEvent):
             try:
-                return acc.event_key(event)
-            except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+                return dp_events.event_key(event)
+            except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
                 raise InvalidEntry(f"event refused: {e}") from None
         if not isinstance(event, Mapping):
             raise InvalidEntry("event must be a DP-event object")
         try:
-            text = acc.canonical_json(event)
+            text = dp_events.canonical_json(event)
             if text in self._event_keys:
                 return text
-            key = acc.event_key(event)
-        except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+            key = dp_events.event_key(event)
+        except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
             raise InvalidEntry(f"event refused: {e}") from None
         if key != text:
             raise InvalidEntry("event is not in canonical form")
@@ -188,7 +188,7 @@ class Chain:
                 raise InvalidEntry(f"a {kind} of round {key}, which is {state}")
             if prior.data_id != data_id:
                 raise InvalidEntry(f"a {kind} of round {key} on data {data_id!r}; it was reserved on {prior.data_id!r}")
-            if acc.canonical_json(prior.event) != ekey:
+            if dp_events.canonical_json(prior.event) != ekey:
                 raise InvalidEntry(f"a {kind} of round {key} names a different event from its RESERVE")
             if kind == COMMIT:
                 if payload:
@@ -211,7 +211,7 @@ class Chain:
         else:
             try:
                 new.spent = chain.spent_epsilon(accountant=budget.accountant, delta=budget.delta, cum=new.cum, live_events=list(new.live))
-            except (acc.InvalidDpEvent, ValueError) as e:
+            except (dp_events.InvalidDpEvent, ValueError) as e:
                 raise InvalidEntry(f"cannot compose: {e}") from None
             new.spent_at = (budget.accountant, budget.delta)
         if kind == RESERVE and new.spent > budget.epsilon * (1 + chain.RDP_RTOL) + chain.ABS_TOL:
@@ -228,7 +228,7 @@ class Chain:
     def _vector(self, key: str) -> np.ndarray:
         try:
             return acc.rdp_vector_from_json(key)
-        except (acc.InvalidDpEvent, ValueError) as e:
+        except (dp_events.InvalidDpEvent, ValueError) as e:
             raise InvalidEntry(f"event refused: {e}") from None
 
     def feed(self, entry: Any) -> None:

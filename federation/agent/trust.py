@@ -13,7 +13,7 @@ docs/TRUST-FORMATS-tickets.md.
   enrolled identity key:
       signature = Ed25519(identity key, RECEIPT_DOMAIN + canonical_json(receipt without "signature"))
 
-Canonical JSON is the ledger entries' (accounting/accountant.py, canonical_json): sorted
+Canonical JSON is the ledger entries' (accounting/dp_events.py, canonical_json): sorted
 keys, no whitespace, UTF-8, shortest round-trip floats, no NaN/Infinity.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from accounting.accountant import canonical_json
+from accounting.dp_events import canonical_json
 
 TICKET_VERSION = 1
 TICKET_DOMAIN = b"fedgov.ticket.v1\n"

@@ -87,7 +87,7 @@ class EnrolView(AgentView):
         ),
     )
     def post(self, request):
-        from accounting import ledger
+        from accounting import heads
 
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -97,7 +97,7 @@ class EnrolView(AgentView):
                 "organisation": identity.organisation.slug,
                 "public_key": identity.public_key,
                 "terms": orchestration.agent_terms(identity.organisation),
-                "coordinator_key": ledger.public_key_hex(),
+                "coordinator_key": heads.public_key_hex(),
             }
         )
 

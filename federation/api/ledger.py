@@ -12,7 +12,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 
-from accounting import ledger as accounting_ledger
+from accounting import audit
 from accounting import selectors as accounting
 from accounting.models import LedgerEntry
 
@@ -116,7 +116,7 @@ class LedgerVerificationView(LedgerView):
 
     @extend_schema(operation_id="datasets_ledger_verification", responses=VerificationOutput)
     def get(self, request, pk: int):
-        result = accounting_ledger.verify_dataset(self.get_ledger_dataset())
+        result = audit.verify_dataset(self.get_ledger_dataset())
         return self.output(
             VerificationOutput,
             {

@@ -8,8 +8,8 @@ from rest_framework import serializers, status
 from ..access import require_administrator, visible_agreements, visible_datasets
 from ..models import TrainingPlan
 from ..selectors.plans import plans_for
+from ..services.plan_checks import PLANNED_FIELDS
 from ..services.plans import (
-    PLANNED_FIELDS,
     plan_create,
     plan_fill,
     plan_pause,

@@ -6,8 +6,8 @@ from federation/triggers.py (the flush command and the tests use the very same s
 Reversing the migration drops them.
 
 A later migration that alters a guarded table on SQLite (which rebuilds the table) must drop
-the triggers first and install them again after (RunPython with `triggers.uninstall` /
-`triggers.install`): a trigger naming another table breaks SQLite's rename step.
+the triggers first and install them again after (RunPython with `triggers.GOVERNANCE.uninstall` /
+`triggers.GOVERNANCE.install`): a trigger naming another table breaks SQLite's rename step.
 """
 
 from django.db import migrations

@@ -90,7 +90,7 @@ def round_costs(*, round: TrainingRound) -> list[dict]:
     already holding its reservation shows what that RESERVE entry recorded."""
     from accounting import chain
     from accounting import selectors as acct
-    from accounting import services as accounting
+    from accounting.services import budget as accounting
 
     reserves = {e.dataset_id: e for e in acct.ledger_entries(round=round).filter(kind=chain.RESERVE)}
     rows = []

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models, transaction
 
 from fedgov.errors import ValidationFailed
-from notifications.services import notify_for_event
+from notifications.rules import notify_for_event
 
 from ..models import GovernanceEvent
 

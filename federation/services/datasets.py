@@ -97,7 +97,7 @@ def dataset_register(
     accountant: str = Dataset.Accountant.RDP,
 ) -> Dataset:
     """Register a dataset's metadata and open its budget ledger with a GRANT."""
-    from accounting.services import budget_grant
+    from accounting.services.budget import budget_grant
 
     require_representative(actor, organisation=organisation, agreement=agreement, action="register its datasets", allow_admin=True)
     party = AgreementParty.objects.filter(agreement=agreement, organisation=organisation).first()
@@ -147,7 +147,7 @@ def dataset_register(
 @transaction.atomic
 def dataset_raise_budget(*, actor, dataset: Dataset, epsilon_budget: float) -> Dataset:
     """Raise a dataset's budget (within the agreement's terms): a new GRANT on its ledger."""
-    from accounting.services import budget_grant
+    from accounting.services.budget import budget_grant
 
     dataset = Dataset.objects.select_for_update().select_related("agreement", "organisation").get(pk=dataset.pk)
     require_representative(

@@ -238,7 +238,7 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
     charged and the partner runs, as frozen at reservation."""
     import json
 
-    from accounting import ledger
+    from accounting import heads
     from accounting.models import iso
 
     plan, dataset = round.plan, link.dataset
@@ -277,7 +277,7 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
         "weight": config["weights"][slug],
         "quant": config["quant"],
         "epsilon_budget": dataset.epsilon_budget,
-        "key_id": ledger.key_id(),
+        "key_id": heads.key_id(),
         "issued_at": iso(timezone.now()),
     }
 
@@ -285,12 +285,12 @@ def ticket_document(*, round: TrainingRound, link: RoundParticipant, reserve, mo
 def round_tickets_issue(*, round: TrainingRound, links: list[RoundParticipant], model: ModelVersion, config: dict) -> list[RoundTicket]:
     """Freeze and sign one ticket per participant, in the transaction that reserved the budget
     (round_start -> round_open_protocol). A participant already holding one keeps it."""
-    from accounting import ledger
+    from accounting import heads
     from accounting.models import LedgerEntry
 
     reserves = {e.dataset_id: e for e in LedgerEntry.objects.filter(round_id=round.pk, kind="RESERVE")}
     held = set(RoundTicket.objects.filter(participant__in=links).values_list("participant_id", flat=True))
-    key = ledger.signing_key()
+    key = heads.signing_key()
     out = []
     for link in links:
         if link.pk in held:
@@ -673,7 +673,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
             trust.receipt_verify(receipt, bytes.fromhex(enrolled))
         except trust.TrustError as exc:
             raise ReceiptRejected(str(exc), receipt_code=exc.code) from None
-        from accounting.accountant import canonical_json
+        from accounting.dp_events import canonical_json
 
         expected = {
             "round": round.pk,
@@ -691,7 +691,7 @@ def agent_receipt(*, user, round_id: int, body: bytes) -> dict:
             raise ReceiptConflict("A different receipt for this round is already stored.")
         # Beside the ledger too, in the dataset's receipt chain that audit bundles carry
         # (ARCHITECTURE.md, Trust 3): checked again there against the RESERVE's event.
-        from accounting.services import receipt_record
+        from accounting.services.receipts import receipt_record
 
         receipt_record(receipt=receipt, organisation=organisation, public_key=enrolled)
         ticket.receipt, ticket.receipt_at = receipt, timezone.now()
@@ -882,7 +882,7 @@ def round_budget_settle(*, round: TrainingRound, actor=None) -> dict[str, list[i
     Idempotent: a second call finds every reservation final and writes nothing."""
     from accounting import chain
     from accounting.models import LedgerEntry
-    from accounting.services import budget_commit, budget_release_datasets
+    from accounting.services.budget import budget_commit, budget_release_datasets
 
     protocol = RoundProtocol.objects.filter(round=round).only("config", "state").first()
     config = protocol.config if protocol is not None else {}

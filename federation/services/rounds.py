@@ -319,7 +319,7 @@ def round_abort(
     Then the plan's retry policy: a `retryable` abort (dropouts below the threshold, a missed
     deadline) is tried again after the plan's backoff, up to its limit of failed tries in a
     row; any other ends with the plan paused, saying why (services.plans.plan_round_failed)."""
-    from accounting.services import budget_release
+    from accounting.services.budget import budget_release
 
     round = TrainingRound.objects.select_for_update().select_related("plan__agreement").get(pk=round.pk)
     if round.status not in TrainingRound.LIVE_STATES:
@@ -360,7 +360,7 @@ def round_start(*, round_id: int, actor=None) -> TrainingRound | None:
     """APPROVED -> RUNNING: re-run every governance check and reserve the budget in the same
     transaction. Returns None when the round is gone or already past APPROVED (a repeated
     task delivery), so the caller does nothing twice."""
-    from accounting.services import BudgetExceeded, budget_reserve
+    from accounting.services.budget import BudgetExceeded, budget_reserve
 
     round = TrainingRound.objects.select_for_update().select_related("plan__agreement").filter(pk=round_id).first()
     if round is None or round.status != Status.APPROVED:

@@ -70,7 +70,7 @@ def ledger(request, slug):
 def ledger_verify(request, slug):
     """Replay the chain now. Verification only reads, so every role that may see the ledger
     (read-only auditors too) may run it; the result is kept in the session and shown."""
-    from accounting.ledger import verify_dataset
+    from accounting.audit import verify_dataset
 
     dataset = ledger_selectors.ledger_dataset_for(user=request.user, slug=slug)
     result = verify_dataset(dataset)
@@ -103,7 +103,7 @@ def ledger_verify(request, slug):
 def ledger_bundle(request, slug):
     """The signed audit bundle of this dataset's chain, to verify offline with
     `manage.py verify_ledger --bundle FILE`."""
-    from accounting.ledger import export_bundle
+    from accounting.audit import export_bundle
 
     dataset = ledger_selectors.ledger_dataset_for(user=request.user, slug=slug)
     out = io.StringIO()

@@ -13,6 +13,7 @@ from .. import access, forms
 from ..models import TrainingRound
 from ..selectors import agreements as agreement_selectors
 from ..selectors import plans as plan_selectors
+from ..services import plan_checks
 from ..services import plans as plan_services
 from ..services import rounds as round_services
 from .base import attempt, posted, role_context, safe_next, web_view
@@ -32,12 +33,12 @@ def _define(*, actor, plan_form, action: str, state: dict):
     data = plan_form.cleaned_data
     filled, explanation = plan_services.plan_fill(
         agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
-        model_spec=plan_form.model_spec(), given=plan_form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
+        model_spec=plan_form.model_spec(), given=plan_form.given_planned(plan_checks.PLANNED_FIELDS), explain=bool(data.get("proposed")),
     )  # fmt: skip
-    kwargs = {**plan_form.service_kwargs(plan_services.PLANNED_FIELDS), **filled, "explanation": explanation}
+    kwargs = {**plan_form.service_kwargs(plan_checks.PLANNED_FIELDS), **filled, "explanation": explanation}
     state["explanation"] = explanation
     if action == forms.PlanForm.ACTION_PREVIEW:
-        return plan_services.plan_check(actor=actor, **kwargs)
+        return plan_checks.plan_check(actor=actor, **kwargs)
     return plan_services.plan_create(actor=actor, **kwargs)
 
 

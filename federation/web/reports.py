@@ -157,8 +157,8 @@ def chains_fingerprint(bundle: dict) -> str:
     """SHA-256 of the canonical JSON of a bundle's "chains" (entries, receipts and signed
     heads): the same for every export up to the same heads, whenever it was exported (the
     bundle's own export time and manifest signature change with each export). An auditor
-    computes it from any bundle with `accounting.accountant.canonical_json`."""
-    from accounting.accountant import canonical_json
+    computes it from any bundle with `accounting.dp_events.canonical_json`."""
+    from accounting.dp_events import canonical_json
 
     return hashlib.sha256(canonical_json(bundle["chains"]).encode("utf-8")).hexdigest()
 
@@ -170,7 +170,7 @@ def _bundle_fingerprint(dataset) -> dict | None:
     import io
     import json
 
-    from accounting.ledger import export_bundle
+    from accounting.audit import export_bundle
 
     if not ledger_selectors.has_signed_head(dataset=dataset):
         return None
@@ -188,7 +188,7 @@ def _bundle_fingerprint(dataset) -> dict | None:
 
 
 def _dataset_section(dataset) -> dict:
-    from accounting.ledger import verify_dataset
+    from accounting.audit import verify_dataset
 
     series = ledger_selectors.ledger_series(dataset=dataset)
     result = verify_dataset(dataset)

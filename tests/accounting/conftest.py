@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accounting import services
+from accounting.services import budget as services
 from federation.models import TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
 
@@ -34,11 +34,11 @@ class History:
 
 @pytest.fixture
 def history(cast):
-    from accounting import ledger
+    from accounting import heads
 
     h = History(cast)
     for d in cast.datasets:
-        ledger.sign_head(d)
+        heads.sign_head(d)
     return h
 
 

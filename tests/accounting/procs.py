@@ -36,7 +36,7 @@ def race_worker(shared: SharedDB, worker: int, round_ids: list[int], barrier, re
     """Reserve each round in turn, reporting ("ok" | "exceeded" | "error: ...") per round."""
     setup_django(shared)
     from accounting.errors import BudgetExceeded
-    from accounting.services import budget_reserve
+    from accounting.services.budget import budget_reserve
     from federation.models import TrainingRound
 
     rounds = [TrainingRound.objects.get(pk=pk) for pk in round_ids]
@@ -62,7 +62,7 @@ def reserve_then_hang(shared: SharedDB, round_id: int, inside_transaction: bool,
     setup_django(shared)
     from django.db import transaction
 
-    from accounting.services import budget_reserve
+    from accounting.services.budget import budget_reserve
     from federation.models import TrainingRound
 
     r = TrainingRound.objects.get(pk=round_id)

@@ -15,9 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import accountant as acc
-from accounting import chain, ledger, receipts, services
+from accounting import chain, dp_events, heads, receipts
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
+from accounting.services import receipts as receipt_services
 from federation.models import Membership, TrainingRound
 from federation.services.orchestration import agent_enrol
 from tests.accounting.helpers import make_rounds, set_status
@@ -60,7 +61,7 @@ def ticket_hash_for(reserve: LedgerEntry, **extra) -> str:
         "reserve_entry_hash": reserve.entry_hash,
         **extra,
     }
-    return hashlib.sha256(acc.canonical_json(ticket).encode()).hexdigest()
+    return hashlib.sha256(dp_events.canonical_json(ticket).encode()).hexdigest()
 
 
 @dataclass
@@ -102,7 +103,7 @@ def enrol_agents(cast) -> dict:
 
 def record(h: Receipted, round_id: int, slug: str, **kw):
     org = slug.rsplit("-records", 1)[0]
-    return services.receipt_record(
+    return receipt_services.receipt_record(
         receipt=h.receipt(round_id, slug, **kw), organisation=org, public_key=h.keys[org].public_key().public_bytes_raw().hex()
     )
 
@@ -144,7 +145,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def pinned() -> str:
-    return ledger.public_key_hex()
+    return heads.public_key_hex()
 
 
 def both_fail(data: dict | None, tmp_path, match: str, *, path=None, extra: tuple = ()) -> None:

@@ -7,7 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import bundle, chain, ledger, services
+from accounting import bundle, chain, heads, ledger, manifest
+from accounting.services import budget as services
 from tests.accounting.helpers import make_rounds
 
 pytestmark = pytest.mark.django_db
@@ -28,10 +29,10 @@ def test_an_exported_bundle_verifies_without_the_database(exported, django_asser
     assert "org-a-records: 8 entries" in out
     data = bundle.load(str(exported))
     report = bundle.verify(data)
-    assert report.key_id == ledger.key_id()
+    assert report.key_id == heads.key_id()
     assert [c.dataset for c in report.chains] == ["org-a-records", "org-b-records", "org-c-records"]
     assert data["accountant"]["rdp_orders"] == list(ledger.acc.ORDERS)
-    assert data["public_key"]["hex"] == ledger.public_key_hex()
+    assert data["public_key"]["hex"] == heads.public_key_hex()
 
 
 def test_the_bundle_module_does_not_import_django():
@@ -52,7 +53,7 @@ def test_export_of_one_dataset(history, tmp_path):
 
 
 def reject(data):
-    with pytest.raises(bundle.BundleError) as excinfo:
+    with pytest.raises(manifest.BundleError) as excinfo:
         bundle.verify(data)
     return excinfo.value
 
@@ -110,7 +111,7 @@ def test_any_byte_changed_in_entries_or_signatures_fails(exported):
             continue  # not JSON any more: refused by the loader anyway
         if data == original:
             continue  # e.g. 1e-05 -> 1E-05: the same document
-        with pytest.raises(bundle.BundleError):
+        with pytest.raises(manifest.BundleError):
             bundle.verify(data)
         tried += 1
     assert tried > 200
@@ -137,28 +138,28 @@ def test_a_bundle_re_signed_with_another_key_fails_when_the_key_is_pinned(export
     data = bundle.load(str(exported))
     other = Ed25519PrivateKey.generate()
     raw = other.public_key().public_bytes_raw()
-    kid = bundle.key_id_of(raw)
+    kid = manifest.key_id_of(raw)
     data["public_key"] = {"algorithm": "Ed25519", "hex": raw.hex(), "pem": None, "key_id": kid}
     data["public_key"].pop("pem")
     for c in data["chains"]:
         for h in c["signed_heads"]:
             h["key_id"] = kid
             h["signature"] = other.sign(
-                bundle.head_message(
+                manifest.head_message(
                     dataset=h["dataset"], seq=h["seq"], head_hash=h["head_hash"], key_id=kid, signed_at=h["signed_at"]
                 )
             ).hex()
     m = data["manifest"]
-    data["manifest"] = bundle.sign_manifest(
+    data["manifest"] = manifest.sign_manifest(
         private_key=other, key_id=kid, exported_at=m["exported_at"], agents=m["agents"], chains=m["chains"]
     )
     bundle.verify(data)  # self-consistent ...
-    with pytest.raises(bundle.BundleError, match="signed by key"):
-        bundle.verify(data, pinned_key_id=ledger.key_id())  # ... but not by the coordinator
+    with pytest.raises(manifest.BundleError, match="signed by key"):
+        bundle.verify(data, pinned_key_id=heads.key_id())  # ... but not by the coordinator
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(data))
     pem = tmp_path / "coordinator.pem"
-    pem.write_text(ledger.public_key_pem())
+    pem.write_text(heads.public_key_pem())
     call_command("verify_ledger", bundle=str(exported), public_key=str(pem))
     with pytest.raises(CommandError, match="signed by key"):
         call_command("verify_ledger", bundle=str(forged), public_key=str(pem))
@@ -228,9 +229,9 @@ def test_rewritten_history_fails_the_since_check_even_when_re_signed(history, tm
     head = data["chains"][0]["signed_heads"][-1]
     head["head_hash"] = prev
     head["signature"] = (
-        ledger.signing_key()
+        heads.signing_key()
         .sign(
-            bundle.head_message(
+            manifest.head_message(
                 dataset=head["dataset"], seq=head["seq"], head_hash=prev, key_id=head["key_id"], signed_at=head["signed_at"]
             )
         )
@@ -239,8 +240,8 @@ def test_rewritten_history_fails_the_since_check_even_when_re_signed(history, tm
     data["chains"][0]["signed_heads"] = [head]
     m = data["manifest"]
     lines = [{**line, "head_hash": prev} if line["dataset"] == head["dataset"] else line for line in m["chains"]]
-    data["manifest"] = bundle.sign_manifest(
-        private_key=ledger.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=m["agents"], chains=lines
+    data["manifest"] = manifest.sign_manifest(
+        private_key=heads.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=m["agents"], chains=lines
     )
     new.write_text(json.dumps(data))
     call_command("verify_ledger", bundle=str(new), trust_bundle_key=True)
@@ -265,11 +266,11 @@ def test_since_without_bundle_is_a_usage_error(db):
 def test_a_bundle_that_is_not_json_or_has_nan_is_refused(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{nope")
-    with pytest.raises(bundle.BundleError):
+    with pytest.raises(manifest.BundleError):
         bundle.load(str(p))
     p.write_text('{"a": NaN}')
-    with pytest.raises(bundle.BundleError):
+    with pytest.raises(manifest.BundleError):
         bundle.load(str(p))
     p.write_text('{"a": 1, "a": 2}')
-    with pytest.raises(bundle.BundleError, match="duplicate"):
+    with pytest.raises(manifest.BundleError, match="duplicate"):
         bundle.load(str(p))

@@ -22,8 +22,9 @@ from django.db import connection
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import errors, ledger, selectors, services
+from accounting import audit, dp_events, errors, heads, selectors
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
 from federation.models import TrainingRound
 from tests.accounting import procs
 from tests.accounting.helpers import make_rounds, set_status
@@ -44,8 +45,8 @@ class Shared:
         if self.copy:
             self.path = tmp_path / "shared.sqlite3"
             db["NAME"] = str(self.path)
-        ledger.signing_key()  # one key, created before the children look for it
-        self.spec = procs.SharedDB(database=db, var_dir=str(settings.VAR_DIR), key_file=str(ledger.key_path()))
+        heads.signing_key()  # one key, created before the children look for it
+        self.spec = procs.SharedDB(database=db, var_dir=str(settings.VAR_DIR), key_file=str(heads.key_path()))
 
     def publish(self) -> None:
         if self.copy:
@@ -70,7 +71,7 @@ def library_epsilon(event_texts, delta):
     """dp-accounting's own composition, from scratch (identical events composed with a count)."""
     accountant = RdpAccountant()
     for text, count in Counter(event_texts).items():
-        accountant.compose(acc.event_from_json(text), count)
+        accountant.compose(dp_events.event_from_json(text), count)
     return accountant.get_epsilon(delta)
 
 
@@ -78,7 +79,7 @@ def binding_budget(cast):
     """A budget that fits exactly FITTING_ROUNDS rounds on dataset B (the fewest records,
     so the highest sampling rate): halfway between the cost of 40 and of 41 rounds."""
     b = cast.datasets[1]
-    vec = acc.rdp_vector(acc.dataset_round_event(cast.plan.dp_params_for(b)))
+    vec = acc.rdp_vector(dp_events.dataset_round_event(cast.plan.dp_params_for(b)))
     low = acc.epsilon_from_rdp(FITTING_ROUNDS * vec, b.delta)
     high = acc.epsilon_from_rdp((FITTING_ROUNDS + 1) * vec, b.delta)
     return (low + high) / 2
@@ -137,7 +138,7 @@ def test_racing_processes_never_overspend_and_refusals_leave_nothing(shared):
         assert selectors.dataset_epsilon_spent(dataset=d) == pytest.approx(spent, rel=1e-9)
         assert selectors.open_reservations(dataset=d).count() == FITTING_ROUNDS
     assert not LedgerEntry.objects.filter(round_id__in=refused_rounds).exists()
-    results_ = ledger.verify_all()
+    results_ = audit.verify_all()
     assert all(r.ok for r in results_), [r.line() for r in results_]
 
 
@@ -167,7 +168,7 @@ def test_rounds_over_overlapping_dataset_sets_never_deadlock(shared):
         for p in workers:
             p.join(timeout=60)
     assert [o for _, o in outs] == ["ok"] * len(rounds), [o for _, o in outs if o != "ok"][:3]
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 def run_and_kill(shared, round_id: int, *, inside_transaction: bool) -> str:
@@ -205,7 +206,7 @@ def test_a_process_killed_between_reserve_and_commit_leaves_its_reservation_spen
     check = {r.dataset.slug: r for r in services.budget_check(round=later)}
     for d in cast.datasets:
         assert check[d.slug].spent == pytest.approx(selectors.dataset_epsilon_spent(dataset=d))
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
     # Whoever cleans up cannot show that no update left a partner: the budget stays spent.
     set_status(doomed, TrainingRound.Status.FAILED)
@@ -213,7 +214,7 @@ def test_a_process_killed_between_reserve_and_commit_leaves_its_reservation_spen
         services.budget_release(round=doomed, actor=cast.admin, reason="worker died", no_update_released=False)
     services.budget_commit(round=doomed, actor=cast.admin)
     assert not selectors.open_reservations().exists()
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 def test_a_process_killed_inside_its_reserve_transaction_leaves_nothing_and_no_lock(shared):
@@ -229,4 +230,4 @@ def test_a_process_killed_inside_its_reserve_transaction_leaves_nothing_and_no_l
     assert {d.pk: LedgerEntry.objects.filter(dataset=d).count() for d in cast.datasets} == counts
     # The dead process's locks went with it: the next reservation goes through at once.
     services.budget_reserve(round=other, actor=cast.admin)
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())

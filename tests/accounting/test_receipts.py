@@ -8,9 +8,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from accounting import bundle, chain, receipts, selectors, services
+from accounting import bundle, chain, manifest, receipts, selectors
 from accounting.errors import ReceiptConflict, ReceiptInvalid, ReceiptMismatch
 from accounting.models import AppendOnlyError, LedgerEntry, Receipt
+from accounting.services import budget as services
+from accounting.services import receipts as receipt_services
 from tests.accounting.helpers import make_rounds
 from tests.accounting.receipting import both_fail, pinned, record, ticket_hash_for
 
@@ -49,7 +51,7 @@ def test_recording_the_same_receipt_again_is_idempotent_and_another_is_a_conflic
     slug = receipted.cast.datasets[0].slug
     before = Receipt.objects.count()
     stored = Receipt.objects.get(round_id=r1.pk, dataset_slug=slug)
-    again = services.receipt_record(
+    again = receipt_services.receipt_record(
         receipt=stored.document(), organisation="org-a", public_key=receipted.keys["org-a"].public_key().public_bytes_raw().hex()
     )
     assert again.pk == stored.pk and Receipt.objects.count() == before
@@ -78,7 +80,7 @@ def test_a_receipt_with_a_forged_signature_is_refused(reserved):
     receipt["local_ledger_head"] = "00" * 32  # changed after signing
     key = reserved.keys["org-a"].public_key().public_bytes_raw().hex()
     with pytest.raises(ReceiptInvalid, match="signature does not verify") as excinfo:
-        services.receipt_record(receipt=receipt, organisation="org-a", public_key=key)
+        receipt_services.receipt_record(receipt=receipt, organisation="org-a", public_key=key)
     assert excinfo.value.code == "receipt_invalid"
     assert not Receipt.objects.exists()
 
@@ -89,9 +91,9 @@ def test_a_receipt_signed_by_another_organisations_key_is_refused(reserved):
     key_b = reserved.keys["org-b"].public_key().public_bytes_raw().hex()
     key_a = reserved.keys["org-a"].public_key().public_bytes_raw().hex()
     with pytest.raises(ReceiptInvalid, match="another agent key"):
-        services.receipt_record(receipt=receipt, organisation="org-a", public_key=key_a)
+        receipt_services.receipt_record(receipt=receipt, organisation="org-a", public_key=key_a)
     with pytest.raises(ReceiptInvalid, match="belongs to another organisation"):
-        services.receipt_record(receipt=receipt, organisation="org-b", public_key=key_b)
+        receipt_services.receipt_record(receipt=receipt, organisation="org-b", public_key=key_b)
     assert not Receipt.objects.exists()
 
 
@@ -102,7 +104,7 @@ def test_a_receipt_for_another_event_or_an_unreserved_round_is_refused(reserved)
     assert excinfo.value.code == "receipt_mismatch"
     (unreserved,) = make_rounds(reserved.cast.plan, 1)
     with pytest.raises(ReceiptMismatch, match="no reservation for round"):
-        services.receipt_record(
+        receipt_services.receipt_record(
             receipt=receipts.sign_receipt(
                 {**reserved.receipt(r.pk, "org-a-records"), "round": unreserved.pk}, reserved.keys["org-a"]
             ),
@@ -113,9 +115,9 @@ def test_a_receipt_for_another_event_or_an_unreserved_round_is_refused(reserved)
 
 
 def _other_event() -> dict:
-    from accounting import accountant as acc
+    from accounting import dp_events
 
-    return json.loads(acc.canonical_json(acc.dataset_round_event({"q": 0.5, "z": 0.7, "K": 3})))
+    return json.loads(dp_events.canonical_json(dp_events.dataset_round_event({"q": 0.5, "z": 0.7, "K": 3})))
 
 
 def test_a_receipt_naming_another_ticket_than_the_commit_is_refused(reserved):
@@ -245,7 +247,7 @@ def test_the_library_verifier_agrees(receipted):
     report = bundle.verify(data)
     assert [c.receipts for c in report.chains] == [3, 3, 3]
     data["chains"][0]["receipts"].pop()
-    with pytest.raises(bundle.BundleError) as excinfo:
+    with pytest.raises(manifest.BundleError) as excinfo:
         bundle.verify(data)
     assert excinfo.value.seq == commit_seq(receipted, 2) and excinfo.value.dataset == "org-a-records"
 

@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from accounting import accountant as acc
-from accounting import chain, ledger, triggers
+from accounting import audit, chain, dp_events, ledger, triggers
 from accounting.models import DatasetBudget, LedgerEntry
 
 pytestmark = pytest.mark.django_db
@@ -21,14 +21,14 @@ def sql(statement, params=()):
 
 @pytest.fixture
 def triggers_dropped(history):
-    triggers.uninstall(connection)
-    assert not triggers.installed(connection)
+    triggers.APPEND_ONLY.uninstall(connection)
+    assert not triggers.APPEND_ONLY.installed(connection)
     yield history
-    triggers.install(connection)
+    triggers.APPEND_ONLY.install(connection)
 
 
 def test_the_migration_installed_the_triggers(db):
-    assert triggers.installed(connection) == triggers.expected()
+    assert triggers.APPEND_ONLY.installed(connection) == triggers.APPEND_ONLY.expected()
 
 
 @pytest.mark.parametrize("table", ["accounting_ledgerentry", "accounting_signedhead"])
@@ -39,11 +39,11 @@ def test_raw_sql_update_and_delete_are_refused(history, table):
             with transaction.atomic():
                 sql(statement)
     assert list(LedgerEntry.objects.values_list("id", "entry_hash")) == before
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 def mutations(h):
-    other_event = acc.canonical_json(acc.round_event(0.5, 1.0, 3))
+    other_event = dp_events.canonical_json(dp_events.round_event(0.5, 1.0, 3))
     when = connection.ops.adapt_datetimefield_value(datetime(2020, 1, 1, tzinfo=UTC))
     return {
         "kind": "RELEASE",
@@ -93,11 +93,11 @@ def test_changing_any_field_of_any_entry_fails_verification_naming_it(triggers_d
         # The database's own constraints refuse this one (e.g. a GRANT naming a round).
         assert (field, seq) in {("kind", 1), ("round_id", 1)}
         return
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok
     assert result.bad_seq == seq, str(result.error)
     # The other datasets' chains are untouched and still verify.
-    assert all(ledger.verify_dataset(d).ok for d in h.cast.datasets[1:])
+    assert all(audit.verify_dataset(d).ok for d in h.cast.datasets[1:])
 
 
 def test_verify_ledger_command_names_the_bad_entry(triggers_dropped):
@@ -115,14 +115,14 @@ def test_verify_ledger_command_names_the_bad_entry(triggers_dropped):
 def test_deleting_an_entry_fails_verification_naming_it(triggers_dropped, seq):
     h = triggers_dropped
     sql("DELETE FROM accounting_ledgerentry WHERE dataset_id = %s AND seq = %s", [h.dataset.pk, seq])
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == seq, str(result.error)
 
 
 def test_deleting_the_last_entry_is_caught_by_its_signed_head(triggers_dropped):
     h = triggers_dropped
     sql("DELETE FROM accounting_ledgerentry WHERE dataset_id = %s AND seq = 8", [h.dataset.pk])
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == 8, str(result.error)
 
 
@@ -133,7 +133,7 @@ def test_reordering_two_entries_fails_verification_naming_the_first(triggers_dro
     sql(swap, [1000, h.dataset.pk, a])
     sql(swap, [a, h.dataset.pk, b])
     sql(swap, [b, h.dataset.pk, 1000])
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == a, str(result.error)
 
 
@@ -165,7 +165,7 @@ def test_a_consistently_rehashed_edit_is_caught_by_the_recomputed_epsilon(trigge
     DatasetBudget.objects.filter(dataset=h.dataset).update(
         epsilon_spent=LedgerEntry.objects.get(dataset=h.dataset, seq=8).epsilon_spent_after
     )
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == 7
     assert "recomputed composition" in result.error.reason
 
@@ -174,15 +174,15 @@ def test_a_rehashed_cheaper_event_is_caught_by_the_signed_head(triggers_dropped)
     # Swap round 3's event for a cheaper one and recompute every epsilon and hash: the
     # chain is now self-consistent, but it no longer matches the coordinator's signed head.
     h = triggers_dropped
-    cheap = acc.round_event(0.001, 5.0, 1)
-    key = acc.canonical_json(cheap)
+    cheap = dp_events.round_event(0.001, 5.0, 1)
+    key = dp_events.canonical_json(cheap)
     sql("UPDATE accounting_ledgerentry SET event = %s WHERE dataset_id = %s AND seq IN (7, 8)", [key, h.dataset.pk])
     cum = acc.compose_rdp([LedgerEntry.objects.get(dataset=h.dataset, seq=2).event, key])
     eps = acc.epsilon_from_rdp(cum, h.dataset.delta)
     sql("UPDATE accounting_ledgerentry SET epsilon_spent_after = %s WHERE dataset_id = %s AND seq IN (7, 8)", [eps, h.dataset.pk])
     rehash_from(h.dataset, 7)
     DatasetBudget.objects.filter(dataset=h.dataset).update(epsilon_spent=eps, cum_rdp=acc.rdp_to_json(cum))
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == 8
     assert "signed head" in result.error.reason
 
@@ -190,7 +190,7 @@ def test_a_rehashed_cheaper_event_is_caught_by_the_signed_head(triggers_dropped)
 def test_a_forged_overspending_reservation_is_reported(triggers_dropped):
     h = triggers_dropped
     budget = DatasetBudget.objects.get(dataset=h.dataset)
-    greedy = acc.canonical_json(acc.round_event(1.0, 0.5, 1000))
+    greedy = dp_events.canonical_json(dp_events.round_event(1.0, 0.5, 1000))
     projection = ledger.project(budget, h.dataset, add=(greedy, acc.rdp_vector_from_json(greedy)))
     entry = ledger.build_entry(
         budget,
@@ -205,14 +205,14 @@ def test_a_forged_overspending_reservation_is_reported(triggers_dropped):
     LedgerEntry.objects.bulk_create([entry])
     ledger.advance(budget, entry, projection)
     budget.save()
-    result = ledger.verify_dataset(h.dataset)
+    result = audit.verify_dataset(h.dataset)
     assert not result.ok and result.bad_seq == 9
     assert "overspends" in result.error.reason
 
 
 def test_tampering_with_the_cached_budget_row_is_reported(history):
     DatasetBudget.objects.filter(dataset=history.dataset).update(epsilon_spent=0.0)
-    result = ledger.verify_dataset(history.dataset)
+    result = audit.verify_dataset(history.dataset)
     assert not result.ok and "stored budget state" in result.error.reason
     with pytest.raises(CommandError, match="stored budget state"):
         call_command("verify_ledger", dataset=history.dataset.slug)

@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import bundle, chain, ledger
+from accounting import chain, manifest
+from accounting import heads as ledger_heads
 from tests.accounting.receipting import ROOT, both_fail, pinned, run_cli
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +33,7 @@ def test_the_verifier_imports_without_django_drf_or_celery():
 
 
 def test_a_real_bundle_verifies_as_a_module_with_a_pinned_key(receipted, tmp_path):
-    fingerprint = bundle.fingerprint(ledger.key_id())
+    fingerprint = manifest.fingerprint(ledger_heads.key_id())
     # Exactly as an auditor types it (python -m), key given inline as hex ...
     result = subprocess.run(
         [sys.executable, "-m", "accounting.verify", str(receipted.path), "--public-key", pinned()],
@@ -42,19 +43,19 @@ def test_a_real_bundle_verifies_as_a_module_with_a_pinned_key(receipted, tmp_pat
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert f"coordinator key {fingerprint} ({ledger.key_id()}) (pinned)" in result.stdout
+    assert f"coordinator key {fingerprint} ({ledger_heads.key_id()}) (pinned)" in result.stdout
     assert "org-b-records: " in result.stdout and "3 receipts verified" in result.stdout
     assert "bundle verifies" in result.stdout
     # ... and as a PEM file, with Django made unimportable.
     pem = tmp_path / "coordinator.pem"
-    pem.write_text(ledger.public_key_pem())
+    pem.write_text(ledger_heads.public_key_pem())
     blocked = run_cli(str(receipted.path), "--public-key", str(pem), "--dataset", "org-c-records")
     assert blocked.returncode == 0, blocked.stderr
     assert "org-c-records: " in blocked.stdout and "org-a-records" not in blocked.stdout
 
 
 def test_without_a_pinned_key_both_refuse_unless_told_to_trust_the_bundle(receipted, capsys):
-    fingerprint = bundle.fingerprint(ledger.key_id())
+    fingerprint = manifest.fingerprint(ledger_heads.key_id())
     with pytest.raises(CommandError, match="refusing to verify against the key inside the bundle") as excinfo:
         call_command("verify_ledger", bundle=str(receipted.path))
     assert excinfo.value.returncode == 2 and fingerprint in str(excinfo.value)
@@ -80,7 +81,7 @@ def test_a_chain_re_hashed_and_re_signed_with_another_key_fails_against_the_pinn
     data = receipted.data()
     other = Ed25519PrivateKey.generate()
     raw = other.public_key().public_bytes_raw()
-    kid = bundle.key_id_of(raw)
+    kid = manifest.key_id_of(raw)
     data["public_key"] = {"algorithm": "Ed25519", "hex": raw.hex(), "key_id": kid}
     for c in data["chains"]:
         prev = chain.GENESIS_HASH
@@ -93,13 +94,13 @@ def test_a_chain_re_hashed_and_re_signed_with_another_key_fails_against_the_pinn
         for h in c["signed_heads"]:
             h["key_id"], h["head_hash"] = kid, by_seq[h["seq"]]
             h["signature"] = other.sign(
-                bundle.head_message(
+                manifest.head_message(
                     dataset=h["dataset"], seq=h["seq"], head_hash=h["head_hash"], key_id=kid, signed_at=h["signed_at"]
                 )
             ).hex()
     m = data["manifest"]
     heads = {c["dataset"]: c["signed_heads"][-1]["head_hash"] for c in data["chains"]}
-    data["manifest"] = bundle.sign_manifest(
+    data["manifest"] = manifest.sign_manifest(
         private_key=other, key_id=kid, exported_at=m["exported_at"], agents=m["agents"],
         chains=[{**line, "head_hash": heads[line["dataset"]]} for line in m["chains"]],
     )
@@ -108,7 +109,7 @@ def test_a_chain_re_hashed_and_re_signed_with_another_key_fails_against_the_pinn
     # Self-consistent: trusting the bundle's own key, it passes (which is why pinning matters) ...
     assert run_cli(str(forged), "--trust-bundle-key").returncode == 0
     # ... against the pinned coordinator key, both verifiers refuse it.
-    both_fail(None, tmp_path, f"not the pinned {bundle.fingerprint(ledger.key_id())}", path=forged)
+    both_fail(None, tmp_path, f"not the pinned {manifest.fingerprint(ledger_heads.key_id())}", path=forged)
 
 
 def test_since_through_the_module(receipted, tmp_path):

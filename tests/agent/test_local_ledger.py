@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from accounting import accountant as acc
-from accounting import chain
+from accounting import chain, dp_events
 from federation.agent import __main__ as agent_cli
 from federation.agent import ledger_format as pl
 from federation.agent.ledger import PartnerLedger
@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 HELPER = pathlib.Path(__file__).with_name("reserve_helper.py")
 COORD = "https://coord.example"
 DELTA = 1e-5
-EVENT = acc.round_event(0.01, 1.1, 100)  # epsilon ~0.956 at 1e-5 on its own
+EVENT = dp_events.round_event(0.01, 1.1, 100)  # epsilon ~0.956 at 1e-5 on its own
 EPS_ONE = acc.compose_epsilon([EVENT], DELTA)
 FP = {"sha256": "0" * 64, "records": 3, "bytes": 10}
 
@@ -311,7 +311,7 @@ def test_without_an_operator_budget_the_smallest_shown_is_used_and_logged(ledger
 
 
 def test_pld_accountant(ledger, state):
-    event = acc.round_event(0.05, 1.5, 10)
+    event = dp_events.round_event(0.05, 1.5, 10)
     ledger.set_budget("src", epsilon=5.0, delta=DELTA, accountant="pld")
     ledger.reserve(key(1), data_id="src", event=event, ticket_hash="t", fingerprint=FP)
     ledger.reserve(key(2), data_id="src", event=event, ticket_hash="t", fingerprint=FP)
@@ -429,12 +429,12 @@ def test_the_ledger_loads_no_django_and_only_pure_accounting_modules():
         "import sys, federation.agent.ledger, federation.agent.__main__; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'rest_framework', 'celery', 'fedgov')]; "
         "acct = sorted(m for m in sys.modules if m.split('.')[0] == 'accounting'); "
-        "assert not bad, bad; assert acct == ['accounting', 'accounting.accountant', 'accounting.chain'], acct"
+        "assert not bad, bad; assert acct == ['accounting', 'accounting.accountant', 'accounting.chain', 'accounting.dp_events'], acct"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # And statically, the accounting modules the agent uses import nothing of the coordinator.
-    for path in (ROOT / "accounting" / "accountant.py", ROOT / "accounting" / "chain.py"):
+    for path in (ROOT / "accounting" / "accountant.py", ROOT / "accounting" / "chain.py", ROOT / "accounting" / "dp_events.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -445,7 +445,7 @@ def test_the_ledger_loads_no_django_and_only_pure_accounting_modules():
             for name in names:
                 assert name.split(".")[0] not in ("django", "rest_framework", "celery", "fedgov", "federation"), (path, name)
                 if name.startswith("accounting."):
-                    assert name in ("accounting.accountant", "accounting.chain"), (path, name)
+                    assert name in ("accounting.accountant", "accounting.chain", "accounting.dp_events"), (path, name)
 
 
 def test_entry_hash_is_sha256_of_the_projects_canonical_json(ledger, state):
@@ -454,5 +454,5 @@ def test_entry_hash_is_sha256_of_the_projects_canonical_json(ledger, state):
     doc = {k: v for k, v in entry.items() if k != "entry_hash"}
     import hashlib
 
-    assert entry["entry_hash"] == hashlib.sha256(pl.HASH_DOMAIN + acc.canonical_json(doc).encode()).hexdigest()
-    assert lines(state)[0] == acc.canonical_json(entry)  # lines are canonical JSON too
+    assert entry["entry_hash"] == hashlib.sha256(pl.HASH_DOMAIN + dp_events.canonical_json(doc).encode()).hexdigest()
+    assert lines(state)[0] == dp_events.canonical_json(entry)  # lines are canonical JSON too

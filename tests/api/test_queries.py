@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from accounting.services import budget_grant
+from accounting.services.budget import budget_grant
 from federation.models import Membership, RoundApproval, RoundParticipant, TrainingRound
 from federation.services.agreements import agreement_create, agreement_sign, agreement_submit
 from federation.services.datasets import dataset_register

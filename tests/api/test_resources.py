@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounting import chain
-from accounting.services import budget_grant
+from accounting.services.budget import budget_grant
 from federation.access import MSG_LEDGER_FORBIDDEN, MSG_PARAMS_FORBIDDEN
 from federation.models import Agreement, AgreementParty, Dataset, GovernanceEvent
 from federation.services.agreements import MSG_HASH_MISMATCH

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import pytest
 from playwright.sync_api import expect
 
-from accounting import services as accounting_services
+from accounting.services import budget as accounting_services
 from federation import governance
 from federation.models import Agreement, GovernanceEvent, TrainingRound
 from federation.services.agreements import agreement_create

@@ -31,7 +31,7 @@ def refused_by_the_database(statement, params=()):
 
 
 def test_the_migration_installed_the_guards(db):
-    assert triggers.installed(connection) == triggers.expected()
+    assert triggers.GOVERNANCE.installed(connection) == triggers.GOVERNANCE.expected()
 
 
 # --- signed terms -------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from federation import governance
 from federation.models import Membership, RoundParticipant, TrainingPlan, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.datasets import dataset_register
-from federation.services.plans import DuplicateOrganisation, plan_create
+from federation.services.plan_checks import DuplicateOrganisation
+from federation.services.plans import plan_create
 from federation.services.rounds import round_approve, round_request, round_start
 from federation.services.tokens import token_issue
 from tests.factories import BOUNDS, FEATURES, UserFactory, build_cast, member

@@ -20,9 +20,10 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from accounting import chain, ledger, services
+from accounting import audit, chain, heads
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
+from accounting.services import budget as services
 from federation import secagg
 from federation.agent import runner, trust
 from federation.agent.checks import PlanRefused, check_round
@@ -116,8 +117,8 @@ def _kinds(round, slug):
 def _bundle_verifies(tmp_path):
     path = tmp_path / "bundle.json"
     call_command("export_ledger", out=str(path), sign_pending=True)
-    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
-    result = run_cli(str(path), "--public-key", ledger.public_key_hex())
+    call_command("verify_ledger", bundle=str(path), public_key=heads.public_key_hex())
+    result = run_cli(str(path), "--public-key", heads.public_key_hex())
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -148,7 +149,7 @@ def test_a_completed_round_charges_its_contributors_and_releases_who_sent_no_mas
     payload = json.loads(release.payload)
     assert payload["reason"] == f"no masked input received from {out}: {why}"
     assert payload["no_update_released"] is True and payload["round_status"] == "completed"
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
     _bundle_verifies(tmp_path)
 
 
@@ -208,10 +209,10 @@ def _agent_reserving(user, state_dir, data):
     (task,) = orch.agent_tasks(user=user)
     org = user.memberships.get(role="agent").organisation
     ticket, ticket_hash = check_round(
-        task["round"], task["payload"], coordinator_key=ledger.public_key_hex(), terms=orch.agent_terms(org), organisation=org.slug
+        task["round"], task["payload"], coordinator_key=heads.public_key_hex(), terms=orch.agent_terms(org), organisation=org.slug
     )
     agent = runner.Agent(AgentConfig(server="http://127.0.0.1:9", token="t", data=data, state_dir=state_dir, budget=8.0, delta=1e-5))
-    agent.coordinator_key = ledger.public_key_hex()
+    agent.coordinator_key = heads.public_key_hex()
     return agent, task, ticket, ticket_hash
 
 

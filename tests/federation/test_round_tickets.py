@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from accounting import ledger
-from accounting.accountant import canonical_json, dataset_round_event
+from accounting import audit, heads
+from accounting.dp_events import canonical_json, dataset_round_event
 from accounting.models import LedgerEntry
 from federation import learning
 from federation.agent import runner, trust
@@ -60,7 +60,7 @@ def _task(user):
 def _check(task, user, *, key=None):
     org = user.memberships.get(role="agent").organisation
     return check_round(
-        task["round"], task["payload"], coordinator_key=key or ledger.public_key_hex(),
+        task["round"], task["payload"], coordinator_key=key or heads.public_key_hex(),
         terms=orch.agent_terms(org), organisation=org.slug,
     )
 
@@ -76,7 +76,7 @@ def _resign(task, **changes):
         "q": ticket["q"], "z": ticket["z"], "K": ticket["K"],
         "eval_noise_multiplier": ticket["eval_noise"], "eval_count": ticket["eval_count"],
     })))
-    payload["ticket"] = trust.ticket_sign(ticket, ledger.signing_key())
+    payload["ticket"] = trust.ticket_sign(ticket, heads.signing_key())
     dp = payload["plan"]["dp"]
     dp.update(q=ticket["q"], z=ticket["z"], K=ticket["K"], eval_noise_multiplier=ticket["eval_noise"], eval_count=ticket["eval_count"])
     return task
@@ -92,7 +92,7 @@ def test_every_participant_gets_a_ticket_signed_with_the_ledger_key_naming_its_r
     reserves = {e.dataset_id: e for e in LedgerEntry.objects.filter(round=round, kind="RESERVE")}
     for ticket in tickets:
         doc = orch.ticket_signed(ticket)
-        assert trust.ticket_verify(doc, ledger.public_key_raw()) == ticket.ticket_hash
+        assert trust.ticket_verify(doc, heads.public_key_raw()) == ticket.ticket_hash
         reserve = reserves[ticket.participant.dataset_id]
         assert doc["reserve_entry_hash"] == reserve.entry_hash
         assert canonical_json(doc["event"]) == reserve.event
@@ -258,7 +258,7 @@ def test_a_refusal_is_stored_with_its_code_and_reason_and_the_round_closes_when_
     assert set(round.metrics["refusals"]) == set(agents)
     # Nothing left the partners: the reservation is released, and the ledger verifies.
     assert set(LedgerEntry.objects.filter(round=round).values_list("kind", flat=True)) == {"RESERVE", "RELEASE"}
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 @pytest.mark.parametrize("code", ["", "has space", "x" * 65, "ünicode"])

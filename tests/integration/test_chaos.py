@@ -56,13 +56,13 @@ def test_a_plan_survives_processes_killed_at_random_and_the_checks_catch_a_broke
     dataset = plan.datasets.order_by("id").last()
     force_update(Dataset, dataset.pk, epsilon_budget=report.max_spent / 2)
     entry = LedgerEntry.objects.filter(dataset=plan.datasets.order_by("id").first()).order_by("seq").last()
-    triggers.uninstall(connection)
+    triggers.APPEND_ONLY.uninstall(connection)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {LedgerEntry._meta.db_table} SET epsilon_spent_after = %s WHERE id = %s", [2 * entry.epsilon_budget, entry.pk]
             )
     finally:
-        triggers.install(connection)
+        triggers.APPEND_ONLY.install(connection)
     chaos.check(report, plan)
     assert not report.checks["the ledger verifies"] and not report.checks["no budget exceeded"] and not report.ok

@@ -84,11 +84,11 @@ def test_a_plan_changed_after_reservation_is_refused_by_every_agent_and_nobody_t
 def assert_bundle_verifies(tmp_path):
     """The ledger and the partners' receipts agree: the exported bundle passes the auditor's
     verifier against the pinned coordinator key."""
-    from accounting import ledger
+    from accounting import heads
 
     path = tmp_path / "bundle.json"
     call_command("export_ledger", out=str(path), sign_pending=True)
-    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
+    call_command("verify_ledger", bundle=str(path), public_key=heads.public_key_hex())
 
 
 def test_an_agent_pinning_another_coordinator_key_refuses_every_ticket_and_the_others_complete_with_receipts(tmp_path):

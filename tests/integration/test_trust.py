@@ -142,7 +142,7 @@ def _agent_key(tmp_path: Path, slug: str):
 
 
 def test_a_real_rounds_bundle_with_a_receipt_removed_altered_or_re_signed_fails_both_verifiers_naming_the_entry(tmp_path):
-    from accounting import ledger
+    from accounting import heads
     from accounting.models import LedgerEntry
 
     fed = make_federation(tmp_path, rounds=1)
@@ -156,7 +156,7 @@ def test_a_real_rounds_bundle_with_a_receipt_removed_altered_or_re_signed_fails_
     assert rnd.metrics["receipts_missing"] == []
     good = tmp_path / "bundle.json"
     call_command("export_ledger", out=str(good), sign_pending=True)
-    pin = ledger.public_key_hex()
+    pin = heads.public_key_hex()
     for result in _verifiers(good, pin):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "1 receipts verified" in result.stdout

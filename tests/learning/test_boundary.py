@@ -14,7 +14,7 @@ FORBIDDEN = ("django", "rest_framework", "celery")
 PARTNER_PACKAGES = ("learning", "secagg", "agent")
 # The coordinator's pure accounting modules a partner may share (numpy and dp-accounting only):
 # the event format, the RDP composition and the canonical JSON of ledger entries.
-SHARED_PURE_MODULES = ("accounting.accountant", "accounting.chain", "accounting.verify")
+SHARED_PURE_MODULES = ("accounting.accountant", "accounting.chain", "accounting.dp_events", "accounting.verify")
 
 
 @pytest.mark.parametrize("package", PARTNER_PACKAGES)

@@ -12,8 +12,9 @@ from django.utils import timezone
 from federation.services.rounds import round_request
 from fedgov.errors import ValidationFailed
 from notifications import signing
+from notifications.delivery import deliveries_due, delivery_claim, delivery_send, message_id
 from notifications.models import Delivery, Kind, Webhook
-from notifications.services import deliveries_due, delivery_claim, delivery_send, message_id, webhook_create
+from notifications.services import webhook_create
 
 from .conftest import start_receiver, wait_until
 
@@ -145,7 +146,7 @@ def test_a_delivery_is_claimed_once_and_a_dead_workers_claim_expires(cast, setti
     first_attempt = again[0].log.get(number=1)
     assert first_attempt.finished_at and "lease expired" in first_attempt.error
     # The first worker, had it survived, can no longer mark the row: its token is stale.
-    from notifications.services import SendResult, _record
+    from notifications.delivery import SendResult, _record
 
     _record(first[0], first[1], SendResult(True, 250))
     assert Delivery.objects.get(pk=delivery.pk).status == Delivery.Status.SENDING

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from accounting import ledger
-from accounting import services as accounting_services
+from accounting import heads
+from accounting.services import budget as accounting_services
 from federation.models import ModelVersion, TrainingRound
 from tests.factories import Cast
 from tests.tamper import force_update
@@ -23,6 +23,6 @@ def complete_a_round(cast: Cast, *, number: int = 1, accuracy: float = 0.81) -> 
         plan=cast.plan, round=round, version=number, params=b"", sha256="0" * 64, metrics={"accuracy": accuracy}
     )
     for d in cast.datasets:
-        ledger.sign_head(d)
+        heads.sign_head(d)
     round.refresh_from_db()
     return round

@@ -50,7 +50,7 @@ def test_auditor_verifies_a_ledger_and_sees_the_result(cast, completed_round, as
 
 
 def test_verification_names_the_first_bad_entry_of_a_tampered_chain(cast, completed_round, as_user):
-    triggers.uninstall(connection)
+    triggers.APPEND_ONLY.uninstall(connection)
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -58,7 +58,7 @@ def test_verification_names_the_first_bad_entry_of_a_tampered_chain(cast, comple
                 [cast.dataset_a.pk],
             )
     finally:
-        triggers.install(connection)
+        triggers.APPEND_ONLY.install(connection)
     client = as_user(cast.auditor)
     client.post(reverse("web:ledger_verify", args=[cast.dataset_a.slug]))
     html = client.get(reverse("web:ledger", args=[cast.dataset_a.slug])).content.decode()

@@ -9,9 +9,10 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from accounting import bundle, ledger
-from accounting import services as accounting_services
+from accounting import bundle
+from accounting import heads as ledger_heads
 from accounting.models import DatasetBudget, SignedHead
+from accounting.services import budget as accounting_services
 from federation.models import TrainingRound
 from federation.tasks import deadlines_sweep
 
@@ -58,7 +59,7 @@ def test_two_downloads_sign_nothing_and_the_bundle_covers_the_latest_entry(
     head = last_head(data)
     assert (head["seq"], head["head_hash"]) == (budget.entry_count, budget.head_hash)
     assert len(data["chains"][0]["entries"]) == budget.entry_count
-    call_command("verify_ledger", bundle=str(second), public_key=ledger.public_key_hex())
+    call_command("verify_ledger", bundle=str(second), public_key=ledger_heads.public_key_hex())
     assert "bundle verifies" in capsys.readouterr().out
     report = bundle.verify(data)
     assert [c.dataset for c in report.chains] == [dataset.slug]
@@ -69,11 +70,10 @@ def test_a_download_never_signs_an_unsigned_head_the_sweep_does(cast, as_user, t
     transaction never commits; in production: a failure, or signing on commit turned off).
     Downloading (web), reading the ledger and verifying it (API) write no head; the bundle
     stops at the latest signed head and still verifies; the beat sweep signs the rest."""
-    from accounting import ledger
 
     dataset = cast.dataset_a
     for d in cast.datasets:
-        ledger.sign_head(d)
+        ledger_heads.sign_head(d)
     signed_seq = DatasetBudget.objects.get(dataset=dataset).entry_count
     run_a_round(cast)  # no on_commit: its heads stay unsigned
     budget = DatasetBudget.objects.get(dataset=dataset)
@@ -90,7 +90,7 @@ def test_a_download_never_signs_an_unsigned_head_the_sweep_does(cast, as_user, t
     assert SignedHead.objects.count() == heads, "a read signed a head"
 
     assert last_head(data)["seq"] == signed_seq
-    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
+    call_command("verify_ledger", bundle=str(path), public_key=ledger_heads.public_key_hex())
     assert "bundle verifies" in capsys.readouterr().out
 
     # The schedule signs what the commit did not; the next download covers the latest entry.
@@ -98,16 +98,15 @@ def test_a_download_never_signs_an_unsigned_head_the_sweep_does(cast, as_user, t
     assert SignedHead.objects.count() == heads + len(cast.datasets)
     path, data = download(client, dataset, tmp_path, "c.json")
     assert (last_head(data)["seq"], last_head(data)["head_hash"]) == (budget.entry_count, budget.head_hash)
-    call_command("verify_ledger", bundle=str(path), public_key=ledger.public_key_hex())
+    call_command("verify_ledger", bundle=str(path), public_key=ledger_heads.public_key_hex())
     deadlines_sweep()
     assert SignedHead.objects.count() == heads + len(cast.datasets), "the sweep signs a head once"
 
 
 def test_export_ledger_signs_only_when_asked(cast, tmp_path, capsys):
-    from accounting import ledger
 
     for d in cast.datasets:
-        ledger.sign_head(d)
+        ledger_heads.sign_head(d)
     run_a_round(cast)  # heads left unsigned
     heads = SignedHead.objects.count()
     call_command("export_ledger", out=str(tmp_path / "plain.json"))

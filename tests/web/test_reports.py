@@ -108,7 +108,7 @@ def test_privacy_report_fingerprint_is_the_downloaded_bundles_hash(cast, complet
     import hashlib
     import json
 
-    from accounting.accountant import canonical_json
+    from accounting.dp_events import canonical_json
     from federation.web import reports
 
     fp = reports._bundle_fingerprint(cast.dataset_a)
@@ -123,12 +123,12 @@ def test_privacy_report_shows_a_tampered_ledger_as_not_verifying(cast, completed
     from accounting import triggers
 
     entry = LedgerEntry.objects.filter(dataset=cast.dataset_a).order_by("seq").last()
-    triggers.uninstall(connection)  # an edit behind the application's back
+    triggers.APPEND_ONLY.uninstall(connection)  # an edit behind the application's back
     try:
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {LedgerEntry._meta.db_table} SET epsilon_spent_after = 0 WHERE id = %s", [entry.pk])
     finally:
-        triggers.install(connection)
+        triggers.APPEND_ONLY.install(connection)
     html = as_user(cast.admin).get(f"/agreements/{cast.agreement.pk}/report/").content.decode()
     assert html.count("does not verify") == 1
 

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--sign-pending", action="store_true", help="First sign the chain heads left unsigned.")
 
     def handle(self, *args, **options):
-        from accounting import ledger
+        from accounting import audit, heads
         from federation.models import Dataset
 
         datasets = None
@@ -33,13 +33,13 @@ class Command(BaseCommand):
             if not datasets:
                 raise CommandError(f"no dataset {options['dataset']!r}", returncode=2)
         if options["sign_pending"]:
-            for head in ledger.sign_pending_heads(datasets=datasets):
+            for head in heads.sign_pending_heads(datasets=datasets):
                 self.stdout.write(f"{head.dataset_slug}: head #{head.seq} signed")
         out = os.path.abspath(options["out"])
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".bundle-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                summary = ledger.export_bundle(f, datasets=datasets)
+                summary = audit.export_bundle(f, datasets=datasets)
             os.replace(tmp, out)
         except BaseException:
             if os.path.exists(tmp):

@@ -18,16 +18,16 @@ class Command(DjangoFlush):
         from federation import triggers as guards
 
         connection = connections[options["database"]]
-        had = triggers.installed(connection) if connection.vendor == "sqlite" else set()
-        had_guards = guards.installed(connection) if connection.vendor == "sqlite" else set()
+        had = triggers.APPEND_ONLY.installed(connection) if connection.vendor == "sqlite" else set()
+        had_guards = guards.GOVERNANCE.installed(connection) if connection.vendor == "sqlite" else set()
         if had:
-            triggers.uninstall(connection)
+            triggers.APPEND_ONLY.uninstall(connection)
         if had_guards:
-            guards.uninstall(connection)
+            guards.GOVERNANCE.uninstall(connection)
         try:
             return super().handle(**options)
         finally:
             if had:
-                triggers.install(connection)
+                triggers.APPEND_ONLY.install(connection)
             if had_guards:
-                guards.install(connection)
+                guards.GOVERNANCE.install(connection)

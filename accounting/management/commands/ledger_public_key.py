@@ -10,7 +10,7 @@ class Command(BaseCommand):
         parser.add_argument("--hex", action="store_true")
 
     def handle(self, *args, **options):
-        from accounting import ledger
+        from accounting import heads
 
-        self.stdout.write(ledger.public_key_hex() if options["hex"] else ledger.public_key_pem().rstrip())
-        self.stderr.write(f"key id (SHA-256 of the raw key): {ledger.key_id()}")
+        self.stdout.write(heads.public_key_hex() if options["hex"] else heads.public_key_pem().rstrip())
+        self.stderr.write(f"key id (SHA-256 of the raw key): {heads.key_id()}")

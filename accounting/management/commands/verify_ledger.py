@@ -70,7 +70,7 @@ class Command(BaseCommand):
     def _verify_database(self, options):
         from django.db import connection
 
-        from accounting import ledger, triggers
+        from accounting import audit, triggers
         from federation.models import Dataset
 
         datasets = None
@@ -78,10 +78,10 @@ class Command(BaseCommand):
             datasets = list(Dataset.objects.filter(slug=options["dataset"]))
             if not datasets:
                 raise CommandError(f"no dataset {options['dataset']!r}", returncode=2)
-        missing = triggers.expected() - triggers.installed(connection)
+        missing = triggers.APPEND_ONLY.expected() - triggers.APPEND_ONLY.installed(connection)
         if missing:
             self.stderr.write(f"warning: append-only triggers missing: {', '.join(sorted(missing))}")
-        results = ledger.verify_all(datasets=datasets, chunk_size=options["chunk_size"])
+        results = audit.verify_all(datasets=datasets, chunk_size=options["chunk_size"])
         for result in results:
             self.stdout.write(result.line())
         bad = [r for r in results if not r.ok]

@@ -6,8 +6,9 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from accounting import accountant as acc
-from accounting import errors, ledger, selectors, services
+from accounting import audit, dp_events, errors, heads, selectors
 from accounting.models import AppendOnlyError, DatasetBudget, LedgerEntry, SignedHead
+from accounting.services import budget as services
 from federation.models import Dataset, TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
 from tests.tamper import force_update
@@ -25,7 +26,7 @@ def library_epsilon(events, delta):
 
 
 def event_of(plan, dataset):
-    return acc.dataset_round_event(plan.dp_params_for(dataset))
+    return dp_events.dataset_round_event(plan.dp_params_for(dataset))
 
 
 def snapshot():
@@ -56,7 +57,7 @@ def test_reserve_charges_the_composition_of_every_round_to_every_dataset(cast):
         # composition, not a sum of per-round epsilons
         assert expected < 3 * library_epsilon([event], dataset.delta)
         assert sorted(selectors.open_reservations(dataset=dataset).values_list("round_id", flat=True)) == [r.pk for r in rounds]
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 def test_budget_exceeded_names_the_dataset_and_changes_nothing(cast):
@@ -141,7 +142,7 @@ def test_release_with_proof_gives_the_budget_back(cast):
     for d, before in zip(cast.datasets, spent_before, strict=True):
         assert selectors.dataset_epsilon_spent(dataset=d) == pytest.approx(before, rel=1e-9)
     assert services.budget_release(round=dropped, actor=cast.admin, reason="again", no_update_released=True) == []
-    assert all(r.ok for r in ledger.verify_all())
+    assert all(r.ok for r in audit.verify_all())
 
 
 def test_a_committed_reservation_cannot_be_released_nor_a_released_one_committed(cast):
@@ -222,7 +223,7 @@ def test_a_dataset_without_a_grant_opens_its_ledger_at_the_first_reservation(cas
     (r,) = make_rounds(cast.plan, 1, datasets=[d])
     services.budget_reserve(round=r, actor=cast.admin)
     assert [(e.kind, e.actor) for e in selectors.ledger_entries(dataset=d)] == [("GRANT", "admin"), ("RESERVE", "admin")]
-    assert ledger.verify_dataset(d).ok
+    assert audit.verify_dataset(d).ok
 
 
 def test_pld_datasets_are_charged_their_pld_composition(cast):
@@ -245,7 +246,7 @@ def test_pld_datasets_are_charged_their_pld_composition(cast):
     assert selectors.dataset_epsilon_spent(dataset=a) == pytest.approx(
         PLDAccountant().compose(event).get_epsilon(a.delta), rel=1e-6
     )
-    assert ledger.verify_dataset(a).ok
+    assert audit.verify_dataset(a).ok
 
 
 def test_a_delta_change_is_recorded_and_replays(cast):
@@ -257,7 +258,7 @@ def test_a_delta_change_is_recorded_and_replays(cast):
     last = selectors.ledger_entries(dataset=a).last()
     assert last.delta == 1e-6
     assert last.epsilon_spent_after == pytest.approx(library_epsilon([event_of(cast.plan, a)] * 2, 1e-6), rel=1e-9)
-    assert ledger.verify_dataset(Dataset.objects.get(pk=a.pk)).ok
+    assert audit.verify_dataset(Dataset.objects.get(pk=a.pk)).ok
 
 
 def test_ledger_rows_refuse_update_and_delete_through_the_orm(cast):
@@ -273,7 +274,7 @@ def test_ledger_rows_refuse_update_and_delete_through_the_orm(cast):
         LedgerEntry.objects.filter(pk=entry.pk).delete()
     with pytest.raises(AppendOnlyError):
         LedgerEntry.objects.bulk_update([entry], ["actor"])
-    head = ledger.sign_head(cast.datasets[0])
+    head = heads.sign_head(cast.datasets[0])
     with pytest.raises(AppendOnlyError):
         head.save()
     with pytest.raises(AppendOnlyError):

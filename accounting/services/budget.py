@@ -15,8 +15,9 @@ ARCHITECTURE.md, Ledger 1 and 2, in code:
   the masked-input phase opened, whose partner's masked input the coordinator never
   received (refused, left out, dropped out): nothing computed from their data was released.
 * `budget_grant` records a new budget on the ledger.
-* `receipt_record` stores a partner's countersigned receipt of a round it ran, beside the
-  ledger (docs/TRUST-FORMATS.md), after checking it against what the ledger charged.
+
+Partners' receipts of the rounds they ran are recorded beside the ledger by
+`accounting.services.receipts`.
 
 Each function joins the caller's transaction (round_start, round_abort, dataset_register
 call them inside theirs) and signs the new chain heads after the commit.
@@ -25,7 +26,6 @@ call them inside theirs) and signs the new chain heads after the commit.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from collections import defaultdict
@@ -33,26 +33,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.utils import timezone
+from django.db.models import Exists, OuterRef
 
-from . import accountant as acc
-from . import chain, ledger
-from . import receipts as receipt_fmt
-from .errors import (
+from .. import accountant as acc
+from .. import chain, dp_events, heads, ledger
+from ..errors import (
     MSG_ALREADY_FINAL,
     MSG_BAD_BUDGET,
     MSG_BAD_EVENT,
     MSG_BAD_TICKET_HASH,
     MSG_NO_PARTICIPANTS,
     MSG_NOTHING_RESERVED,
-    MSG_RECEIPT_CONFLICT,
-    MSG_RECEIPT_EVENT,
-    MSG_RECEIPT_INVALID,
-    MSG_RECEIPT_NO_DATASET,
-    MSG_RECEIPT_NO_RESERVE,
-    MSG_RECEIPT_RELEASED,
-    MSG_RECEIPT_TICKET,
-    MSG_RECEIPT_WRONG_ORGANISATION,
     MSG_RELEASE_INPUT_RECEIVED,
     MSG_RELEASE_NO_REASON,
     MSG_RELEASE_ROUND_STATE,
@@ -61,12 +52,9 @@ from .errors import (
     BudgetExceeded,
     InvalidBudget,
     LedgerStateError,
-    ReceiptConflict,
-    ReceiptInvalid,
-    ReceiptMismatch,
     ReleaseRefused,
 )
-from .models import DatasetBudget, LedgerEntry, Receipt
+from ..models import DatasetBudget, LedgerEntry
 
 __all__ = [
     "BudgetExceeded",
@@ -80,7 +68,6 @@ __all__ = [
     "budget_release_datasets",
     "budget_check",
     "round_dp_event",
-    "receipt_record",
 ]
 
 # Round states that show no update was released: the round never ran (blocked, rejected)
@@ -96,23 +83,23 @@ def round_dp_event(*, round, dataset) -> tuple[str, object]:
         return _event_for_params(tuple(sorted(params.items())))
     except TypeError:  # unhashable parameter values: build without the memo
         return _build_event(params, dataset)
-    except (acc.InvalidDpEvent, ValueError) as e:
+    except (dp_events.InvalidDpEvent, ValueError) as e:
         raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
 
 
 @functools.lru_cache(maxsize=1024)
 def _event_for_params(items: tuple) -> tuple[str, object]:
     # Every round of a plan on a dataset charges the same event: build and validate it once.
-    event = acc.dataset_round_event(dict(items))
-    return acc.canonical_json(event), event
+    event = dp_events.dataset_round_event(dict(items))
+    return dp_events.canonical_json(event), event
 
 
 def _build_event(params: dict, dataset) -> tuple[str, object]:
     try:
-        event = acc.dataset_round_event(params)
-    except (acc.InvalidDpEvent, ValueError, TypeError) as e:
+        event = dp_events.dataset_round_event(params)
+    except (dp_events.InvalidDpEvent, ValueError, TypeError) as e:
         raise InvalidBudget(MSG_BAD_EVENT.format(dataset=dataset.slug, error=e)) from None
-    return acc.canonical_json(event), event
+    return dp_events.canonical_json(event), event
 
 
 def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:
@@ -181,7 +168,7 @@ def budget_grant(*, dataset, epsilon_budget: float, actor, reason: str = "") -> 
             actor=ledger.actor_name(actor),
             payload=payload,
         )
-        ledger.sign_heads_after_commit([dataset.pk])
+        heads.sign_heads_after_commit([dataset.pk])
     return entry
 
 
@@ -227,25 +214,16 @@ def budget_check(*, round) -> list[BudgetCheckResult]:
 
 def _budgets_with_round_state(round_id: int, dataset_ids: list[int]) -> dict[int, DatasetBudget]:
     """The datasets' budget rows, each with `has_reserve` / `has_release` for this round, in
-    one query. Raw SQL because this is the hot read of every governance report: the ORM's
-    compilation of the same query (two EXISTS subqueries) costs more than running it. A
-    dataset without a budget row has no ledger, hence no reservation."""
+    one query (two EXISTS subqueries). A read without locks, like `budget_check`. A dataset
+    without a budget row has no ledger, hence no reservation."""
     if not dataset_ids:
         return {}
-    entries, budgets = LedgerEntry._meta.db_table, DatasetBudget._meta.db_table
-    marks = ", ".join(["%s"] * len(dataset_ids))
-    sql = (
-        f"SELECT b.*, "
-        f"EXISTS (SELECT 1 FROM {entries} e WHERE e.dataset_id = b.dataset_id AND e.round_id = %s AND e.kind = %s) AS has_reserve, "
-        f"EXISTS (SELECT 1 FROM {entries} e WHERE e.dataset_id = b.dataset_id AND e.round_id = %s AND e.kind = %s) AS has_release "
-        f"FROM {budgets} b WHERE b.dataset_id IN ({marks})"
+    entries = LedgerEntry.objects.filter(dataset_id=OuterRef("dataset_id"), round_id=round_id)
+    rows = DatasetBudget.objects.filter(dataset_id__in=dataset_ids).annotate(
+        has_reserve=Exists(entries.filter(kind=chain.RESERVE)),
+        has_release=Exists(entries.filter(kind=chain.RELEASE)),
     )
-    params = [round_id, chain.RESERVE, round_id, chain.RELEASE, *dataset_ids]
-    out = {}
-    for b in DatasetBudget.objects.raw(sql, params):
-        b.has_reserve, b.has_release = bool(b.has_reserve), bool(b.has_release)
-        out[b.dataset_id] = b
-    return out
+    return {b.dataset_id: b for b in rows}
 
 
 def _empty_budget(dataset) -> DatasetBudget:
@@ -323,7 +301,7 @@ def budget_reserve(*, round, actor) -> list[LedgerEntry]:
                 payload={"plan": round.plan_id, "round_number": round.number},
             )
         if todo:
-            ledger.sign_heads_after_commit([d.pk for d, *_ in todo])
+            heads.sign_heads_after_commit([d.pk for d, *_ in todo])
         return list(
             LedgerEntry.objects.filter(round_id=round.pk, kind=chain.RESERVE, dataset_id__in=list(budgets)).order_by("dataset_id")
         )
@@ -397,7 +375,7 @@ def budget_commit(
                 )
             )
         if entries:
-            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+            heads.sign_heads_after_commit([e.dataset_id for e in entries])
         return entries
 
 
@@ -408,46 +386,11 @@ def budget_release(*, round, actor, reason: str, no_update_released: bool) -> li
     and the round is failed, aborted, blocked or rejected. Otherwise ReleaseRefused and the
     budget stays spent. Idempotent for already released reservations; a committed one
     cannot be released (LedgerStateError)."""
-    from federation.models import TrainingRound
-
     if no_update_released is not True:
         raise ReleaseRefused(MSG_RELEASE_WITHOUT_PROOF.format(round=round.pk), round=round.pk)
     if not isinstance(reason, str) or not reason.strip():
         raise ReleaseRefused(MSG_RELEASE_NO_REASON.format(round=round.pk), round=round.pk)
-    name = ledger.actor_name(actor)
-    with transaction.atomic():
-        # The round's state as committed (or as our caller's transaction left it), not as a
-        # possibly stale Python object says.
-        status = TrainingRound.objects.filter(pk=round.pk).values_list("status", flat=True).first()
-        if status not in RELEASABLE_ROUND_STATES:
-            raise ReleaseRefused(MSG_RELEASE_ROUND_STATE.format(round=round.pk, status=status), round=round.pk, status=status)
-        locked, states, events = _lock_round_reservations(round)
-        if not locked:
-            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="release"))
-        entries = []
-        for pk, (dataset, budget) in locked.items():
-            kinds = states[pk]
-            if chain.RELEASE in kinds:
-                continue
-            if chain.COMMIT in kinds:
-                raise LedgerStateError(MSG_ALREADY_FINAL.format(round=round.pk, dataset=dataset.slug, state="committed"))
-            key = events[pk]
-            entries.append(
-                ledger.append(
-                    budget,
-                    dataset,
-                    kind=chain.RELEASE,
-                    projection=ledger.project(budget, dataset, remove=(key, acc.rdp_vector_from_json(key))),
-                    epsilon_budget=budget.epsilon_budget,
-                    actor=name,
-                    round_id=round.pk,
-                    event=key,
-                    payload={"reason": reason.strip(), "no_update_released": True, "round_status": status},
-                )
-            )
-        if entries:
-            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
-        return entries
+    return _release(round=round, actor=actor, states=RELEASABLE_ROUND_STATES, reason=reason.strip())
 
 
 def _masked_input_senders(round_id: int) -> set[str]:
@@ -473,8 +416,6 @@ def budget_release_datasets(*, round, actor, reasons: Mapping[int, str], no_upda
     budget stays spent. Idempotent for an already released reservation; a committed one
     cannot be released (LedgerStateError). Locks every dataset of the round in increasing
     id order, like `budget_commit`, so the two can share one transaction."""
-    from federation.models import TrainingRound
-
     if no_update_released is not True:
         raise ReleaseRefused(MSG_RELEASE_WITHOUT_PROOF.format(round=round.pk), round=round.pk)
     reasons = dict(reasons)
@@ -483,28 +424,53 @@ def budget_release_datasets(*, round, actor, reasons: Mapping[int, str], no_upda
     for reason in reasons.values():
         if not isinstance(reason, str) or not reason.strip():
             raise ReleaseRefused(MSG_RELEASE_NO_REASON.format(round=round.pk), round=round.pk)
+    return _release(
+        round=round,
+        actor=actor,
+        states=(*RELEASABLE_ROUND_STATES, "completed"),
+        per_dataset={pk: reason.strip() for pk, reason in reasons.items()},
+    )
+
+
+def _release(*, round, actor, states, reason: str = "", per_dataset: dict[int, str] | None = None) -> list[LedgerEntry]:
+    """The one release loop: every open reservation of the round (`reason`), or those of
+    `per_dataset` (id -> reason) whose partner's masked input never arrived."""
+    from federation.models import TrainingRound
+
     name = ledger.actor_name(actor)
     with transaction.atomic():
+        # The round's state as committed (or as our caller's transaction left it), not as a
+        # possibly stale Python object says.
         status = TrainingRound.objects.filter(pk=round.pk).values_list("status", flat=True).first()
-        if status not in (*RELEASABLE_ROUND_STATES, "completed"):
+        if status not in states:
             raise ReleaseRefused(MSG_RELEASE_ROUND_STATE.format(round=round.pk, status=status), round=round.pk, status=status)
-        locked, states, events = _lock_round_reservations(round)
-        missing = set(reasons) - set(locked)
-        if missing:
-            raise LedgerStateError(MSG_NOTHING_RESERVED.format(round=round.pk, action="release") + f" (dataset ids {sorted(missing)})")
-        sent = _masked_input_senders(round.pk)
+        locked, kinds_of, events = _lock_round_reservations(round)
+        nothing = MSG_NOTHING_RESERVED.format(round=round.pk, action="release")
+        sent: set[str] = set()
+        if per_dataset is None:
+            if not locked:
+                raise LedgerStateError(nothing)
+        else:
+            missing = set(per_dataset) - set(locked)
+            if missing:
+                raise LedgerStateError(nothing + f" (dataset ids {sorted(missing)})")
+            sent = _masked_input_senders(round.pk)
         entries = []
         for pk, (dataset, budget) in locked.items():  # in increasing dataset id: the lock order
-            if pk not in reasons:
-                continue
-            if dataset.slug in sent:
-                message = MSG_RELEASE_INPUT_RECEIVED.format(round=round.pk, dataset=dataset.slug)
-                raise ReleaseRefused(message, round=round.pk, dataset=dataset.slug)
-            kinds = states[pk]
+            if per_dataset is not None:
+                if pk not in per_dataset:
+                    continue
+                if dataset.slug in sent:
+                    message = MSG_RELEASE_INPUT_RECEIVED.format(round=round.pk, dataset=dataset.slug)
+                    raise ReleaseRefused(message, round=round.pk, dataset=dataset.slug)
+            kinds = kinds_of[pk]
             if chain.RELEASE in kinds:
                 continue
             if chain.COMMIT in kinds:
                 raise LedgerStateError(MSG_ALREADY_FINAL.format(round=round.pk, dataset=dataset.slug, state="committed"))
+            payload = {"reason": reason, "no_update_released": True, "round_status": status}
+            if per_dataset is not None:
+                payload.update(reason=per_dataset[pk], proof="no_masked_input")
             key = events[pk]
             entries.append(
                 ledger.append(
@@ -516,92 +482,9 @@ def budget_release_datasets(*, round, actor, reasons: Mapping[int, str], no_upda
                     actor=name,
                     round_id=round.pk,
                     event=key,
-                    payload={
-                        "reason": reasons[pk].strip(),
-                        "no_update_released": True,
-                        "round_status": status,
-                        "proof": "no_masked_input",
-                    },
+                    payload=payload,
                 )
             )
         if entries:
-            ledger.sign_heads_after_commit([e.dataset_id for e in entries])
+            heads.sign_heads_after_commit([e.dataset_id for e in entries])
         return entries
-
-
-def receipt_record(*, receipt: dict, organisation, public_key: str) -> Receipt:
-    """Check a partner's receipt against the ledger and store it (docs/TRUST-FORMATS.md).
-
-    `public_key` is the organisation's enrolled agent key (hex), looked up by the caller.
-    The receipt must be signed by it, name a dataset of `organisation` whose chain reserved
-    `receipt["round"]` with an equal event and did not release it, and, once the round is
-    committed with a ticket, name that ticket. Idempotent: the same receipt again returns
-    the stored row; another receipt for the same round and dataset is a ReceiptConflict.
-    Nothing is written on any error.
-    """
-    from federation.models import Dataset
-
-    try:
-        receipt_fmt.verify_signature(receipt, public_key)
-    except receipt_fmt.ReceiptFormatError as e:
-        raise ReceiptInvalid(MSG_RECEIPT_INVALID.format(error=e)) from None
-    receipt = {k: receipt[k] for k in receipt_fmt.RECEIPT_FIELDS}
-    slug, round_id = receipt["dataset"], receipt["round"]
-    org_slug = getattr(organisation, "slug", organisation)
-    budget_row = DatasetBudget.objects.filter(chain_slug=slug).first()
-    if budget_row is None:
-        raise ReceiptMismatch(MSG_RECEIPT_NO_DATASET.format(dataset=slug), dataset=slug)
-    dataset = Dataset.objects.select_related("organisation").get(pk=budget_row.dataset_id)
-    if dataset.organisation.slug != org_slug:
-        raise ReceiptInvalid(
-            MSG_RECEIPT_WRONG_ORGANISATION.format(dataset=slug, organisation=org_slug), dataset=slug, organisation=org_slug
-        )
-    body = acc.canonical_json(receipt)
-    with transaction.atomic():
-        ledger.lock_budget(dataset)  # serialises the dataset's receipt chain too
-        existing = Receipt.objects.filter(dataset_id=dataset.pk, round_id=round_id).first()
-        if existing is not None:
-            if existing.body == body:
-                return existing
-            raise ReceiptConflict(MSG_RECEIPT_CONFLICT.format(dataset=slug, round=round_id), dataset=slug, round=round_id)
-        entries = {
-            kind: (event, payload)
-            for kind, event, payload in LedgerEntry.objects.filter(dataset_id=dataset.pk, round_id=round_id).values_list(
-                "kind", "event", "payload"
-            )
-        }
-        facts = {"dataset": slug, "round": round_id}
-        if chain.RESERVE not in entries:
-            raise ReceiptMismatch(MSG_RECEIPT_NO_RESERVE.format(**facts), **facts)
-        if chain.RELEASE in entries:
-            raise ReceiptMismatch(MSG_RECEIPT_RELEASED.format(**facts), **facts)
-        if not receipt_fmt.events_equal(receipt["event"], _json_loads(entries[chain.RESERVE][0])):
-            raise ReceiptMismatch(MSG_RECEIPT_EVENT.format(**facts), **facts)
-        if chain.COMMIT in entries:
-            committed = _json_loads(entries[chain.COMMIT][1]).get("ticket_hash")
-            if committed is not None and committed != receipt["ticket_hash"]:
-                raise ReceiptMismatch(
-                    MSG_RECEIPT_TICKET.format(ticket=receipt["ticket_hash"][:16], committed=committed[:16], **facts), **facts
-                )
-        last = Receipt.objects.filter(dataset_id=dataset.pk).order_by("-seq").values_list("seq", "receipt_hash").first()
-        seq, prev_hash = (last[0] + 1, last[1]) if last else (1, receipt_fmt.GENESIS_HASH)
-        row = Receipt(
-            dataset_id=dataset.pk,
-            dataset_slug=slug,
-            seq=seq,
-            round_id=round_id,
-            organisation_slug=org_slug,
-            ticket_hash=receipt["ticket_hash"],
-            agent_public_key=receipt["agent_public_key"],
-            body=body,
-            received_at=timezone.now(),
-            prev_hash=prev_hash,
-            receipt_hash=receipt_fmt.chain_hash(prev_hash, receipt),
-        )
-        row.full_clean(exclude=["dataset", "round"], validate_unique=False, validate_constraints=False)
-        row.save()
-    return row
-
-
-def _json_loads(text: str):
-    return json.loads(text) if text else {}

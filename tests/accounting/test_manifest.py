@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
 
-from accounting import bundle, ledger
+from accounting import heads, manifest
 from accounting.models import LedgerEntry, SignedHead
 from tests.accounting.receipting import both_fail, pinned, run_cli
 
@@ -35,7 +35,7 @@ def _swap_in(data: dict, mallory, org: str = "org-a") -> None:
 def test_export_signs_the_agents_and_the_chains_organisations_and_heads_and_writes_nothing(receipted, tmp_path):
     data = receipted.data()
     m = data["manifest"]
-    assert m["type"] == bundle.MANIFEST_TYPE and m["key_id"] == ledger.key_id() and m["agents"] == data["agents"]
+    assert m["type"] == manifest.MANIFEST_TYPE and m["key_id"] == heads.key_id() and m["agents"] == data["agents"]
     assert [(line["dataset"], line["organisation"], line["head_seq"], line["head_hash"]) for line in m["chains"]] == [
         (c["dataset"], c["organisation"], c["signed_heads"][-1]["seq"], c["signed_heads"][-1]["head_hash"]) for c in data["chains"]
     ]
@@ -76,8 +76,8 @@ def test_pinned_agent_keys_pass_and_catch_a_coordinator_that_swaps_keys_and_re_s
     mallory = Ed25519PrivateKey.generate()
     _swap_in(data, mallory)
     m = data["manifest"]
-    data["manifest"] = bundle.sign_manifest(
-        private_key=ledger.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=data["agents"], chains=m["chains"]
+    data["manifest"] = manifest.sign_manifest(
+        private_key=heads.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=data["agents"], chains=m["chains"]
     )
     run = run_cli  # the bundle's own view is consistent: without pins it passes ...
     path = tmp_path / "swapped.json"
@@ -109,8 +109,8 @@ def test_a_chain_cut_back_under_a_fresh_head_fails_against_the_manifest(receipte
     c["entries"] = c["entries"][:seq]
     c["receipts"] = [r for r in c["receipts"] if r["round"] != c["entries"][-1]["round"]]
     head = {**c["signed_heads"][-1], "seq": seq, "head_hash": c["entries"][-1]["entry_hash"]}
-    head["signature"] = ledger.signing_key().sign(
-        bundle.head_message(dataset=head["dataset"], seq=seq, head_hash=head["head_hash"], key_id=head["key_id"], signed_at=head["signed_at"])
+    head["signature"] = heads.signing_key().sign(
+        manifest.head_message(dataset=head["dataset"], seq=seq, head_hash=head["head_hash"], key_id=head["key_id"], signed_at=head["signed_at"])
     ).hex()
     c["signed_heads"] = [h for h in c["signed_heads"] if h["seq"] < seq] + [head]
     last = data["manifest"]["chains"][0]["head_seq"]

@@ -1,4 +1,4 @@
-"""Who is told what when a governance event is recorded (notifications.services.RULES), and
+"""Who is told what when a governance event is recorded (notifications.rules.RULES), and
 that the inbox and outbox rows share the event's transaction."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from federation.services.agreements import agreement_create, agreement_sign, agr
 from federation.services.plans import plan_stop
 from federation.services.rounds import round_approve, round_request, round_start, standing_approval_give
 from notifications.models import Delivery, Kind, Notification, NotificationPreference, Webhook
-from notifications.services import ledger_verification_check
+from notifications.rules import ledger_verification_check
 from tests.factories import build_cast, terms
 
 pytestmark = pytest.mark.django_db
