@@ -191,8 +191,7 @@ def run_chaos(
     from federation import simulation
     from federation.localstack import local_stack
     from federation.models import TrainingPlan, TrainingRound
-    from federation.services.plans import plan_resume
-    from federation.services.rounds import round_request
+    from federation.services.rounds import plan_resume, round_request
 
     rng = random.Random(seed)
     fed, z, tries = build_federation(work, rounds=rounds, partners=partners, epsilon=epsilon, phase_timeout=phase_timeout)

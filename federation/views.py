@@ -49,6 +49,7 @@ from .services import agreements as agreement_services
 from .services import datasets as dataset_services
 from .services import organisations as organisation_services
 from .services import plans as plan_services
+from .services import proposals as proposal_services
 from .services import rounds as round_services
 
 User = get_user_model()
@@ -782,7 +783,7 @@ def plan_create(request):
     """Two steps on one page: "Propose" fills the planner's values from the agreement, datasets,
     rounds and model; "Preview" runs every definition-time check and shows the whole plan's
     epsilon per dataset against its remaining budget without saving; "Define" saves. Values
-    left empty take the planner's (services.plans.plan_fill, cached per inputs)."""
+    left empty take the planner's (services.proposals.plan_fill, cached per inputs)."""
     user = request.user
     require_administrator(user, what="training plan", action="create")
     agreements = Agreement.objects.exclude(status__in=[Agreement.Status.TERMINATED, Agreement.Status.EXPIRED])
@@ -794,7 +795,7 @@ def plan_create(request):
         if form.schedule_valid():
             data = form.cleaned_data
             try:
-                proposal = plan_services.plan_propose_with_projection(
+                proposal = proposal_services.plan_propose_with_projection(
                     agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"], model_spec=form.model_spec()
                 )
             except ValidationFailed as exc:
@@ -809,7 +810,7 @@ def plan_create(request):
     elif request.method == "POST" and form.is_valid():
         data, kwargs = form.cleaned_data, {}
         try:
-            filled, explanation = plan_services.plan_fill(
+            filled, explanation = proposal_services.plan_fill(
                 agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
                 model_spec=form.model_spec(), given=form.given_planned(plan_services.PLANNED_FIELDS), explain=bool(data.get("proposed")),
             )
@@ -897,7 +898,7 @@ def plan_pause(request, pk):
 def plan_resume(request, pk):
     plan = selectors.plan_for(request.user, pk)
     try:
-        plan, nxt = plan_services.plan_resume(actor=request.user, plan=plan)
+        plan, nxt = round_services.plan_resume(actor=request.user, plan=plan)
     except (NotFound, PermissionDenied):
         raise
     except ApplicationError as exc:

@@ -10,12 +10,11 @@ from ..models import TrainingPlan
 from ..services.plans import (
     PLANNED_FIELDS,
     plan_create,
-    plan_fill,
     plan_pause,
-    plan_propose_with_projection,
-    plan_resume,
     plan_retry_policy_set,
 )
+from ..services.proposals import plan_fill, plan_propose_with_projection
+from ..services.rounds import plan_resume
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import PlanFilter

@@ -19,7 +19,7 @@ from accounting import accountant as acc
 from accounting import chain, ledger, receipts, services
 from accounting.models import LedgerEntry
 from federation.models import Membership, TrainingRound
-from federation.services.orchestration import agent_enrol
+from federation.services.agents import agent_enrol
 from tests.accounting.helpers import make_rounds, set_status
 from tests.factories import UserFactory, member
 

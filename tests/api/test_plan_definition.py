@@ -9,7 +9,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from federation.models import TrainingPlan
-from federation.services.plans import PLANNED_FIELDS, plan_propose
+from federation.services.plans import PLANNED_FIELDS
+from federation.services.proposals import plan_propose
 from federation.services.tokens import token_issue
 from tests.factories import build_cast
 

@@ -33,7 +33,7 @@ from federation import simulation
 from federation.learning import LearningError
 from federation.localstack import local_stack
 from federation.models import ModelVersion, TrainingRound
-from federation.services.orchestration import model_params
+from federation.services.aggregation import model_params
 from federation.services.rounds import round_request
 from fedgov.errors import ApplicationError
 
