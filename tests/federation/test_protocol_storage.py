@@ -10,14 +10,11 @@ import json
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from federation import secagg, simulation
-from federation.models import ProtocolMessage, ProtocolRelay, RoundProtocol, TrainingRound
+from federation import secagg
+from federation.models import ProtocolMessage, ProtocolRelay, RoundProtocol
 from federation.services.agent_rounds import agent_submit, agent_tasks
-from federation.services.agents import agent_enrol
 from federation.services.protocol import (
     ADVERTISE,
     MASKED,
@@ -27,29 +24,15 @@ from federation.services.protocol import (
     contributions_restore,
     protocol_server,
 )
-from federation.services.rounds import round_aggregate, round_close_phase, round_request, round_start
+from federation.services.rounds import round_aggregate, round_close_phase
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 4, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="st"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"st-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == ADVERTISE
-    return round, agents, keys
+def running_round(secagg_round):
+    made = secagg_round(4, "st")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys
 
 
 def _task(user, phase):

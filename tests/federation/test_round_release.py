@@ -14,8 +14,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
@@ -23,13 +21,13 @@ from django.utils import timezone
 from accounting import chain, ledger, services
 from accounting.errors import ReleaseRefused
 from accounting.models import LedgerEntry
-from federation import secagg, simulation
+from federation import secagg
 from federation.agent import runner, trust
 from federation.models import RoundTicket, TrainingRound
 from federation.services.agent_rounds import agent_receipt, agent_refuse, agent_rounds_taking_part, agent_submit, agent_tasks
-from federation.services.agents import agent_enrol, agent_terms
+from federation.services.agents import agent_terms
 from federation.services.protocol import ADVERTISE, MASKED, SHARE, UNMASK
-from federation.services.rounds import round_abort, round_aggregate, round_close_phase, round_request, round_start
+from federation.services.rounds import round_abort, round_aggregate, round_close_phase
 from federation.services.settlement import round_budget_settle
 from federation.services.tickets import round_ticket_hashes
 from tests.accounting.receipting import run_cli
@@ -38,23 +36,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 4, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="rl"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"rl-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == ADVERTISE
-    return round, agents, keys, parts
+def running_round(secagg_round):
+    made = secagg_round(4, "rl")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys, made.parts
 
 
 def _relay(user):

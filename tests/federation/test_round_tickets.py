@@ -19,36 +19,22 @@ from django.db import transaction
 from accounting import ledger
 from accounting.accountant import canonical_json, dataset_round_event
 from accounting.models import LedgerEntry
-from federation import learning, simulation
+from federation import learning
 from federation.agent import runner, trust
 from federation.models import ImmutableRow, RoundParticipant, RoundTicket, TrainingRound
 from federation.services.agent_rounds import ReceiptConflict, ReceiptRejected, agent_receipt, agent_refuse, agent_tasks
-from federation.services.agents import agent_enrol, agent_terms
+from federation.services.agents import agent_terms
 from federation.services.protocol import ADVERTISE
-from federation.services.rounds import round_close_phase, round_request, round_start
+from federation.services.rounds import round_close_phase
 from federation.services.tickets import receipts_missing, ticket_signed
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 3, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="tk"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"tk-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == ADVERTISE
-    return round, agents, keys, parts
+def running_round(secagg_round):
+    made = secagg_round(3, "tk")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys, made.parts
 
 
 def _task(user):
