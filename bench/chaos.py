@@ -189,8 +189,7 @@ def run_chaos(
     The killer starts once `calm_rounds` rounds have completed: with the untouched rounds
     among the rest, they give the median round time each kill's cost is measured against."""
     from federation.models import TrainingPlan, TrainingRound
-    from federation.services.plans import plan_resume
-    from federation.services.rounds import round_request
+    from federation.services.rounds import plan_resume, round_request
     from harness import simulation
     from harness.localstack import local_stack
 

@@ -533,8 +533,8 @@ class TrainingRound(GuardedModel):
     def __str__(self) -> str:
         return f"{self.plan} round {self.number}"
 
-    # The state machine (ARCHITECTURE.md, Rounds), as the services drive it: services.rounds
-    # (request, approvals, start, abort) and services.orchestration (phases, completion).
+    # The state machine (ARCHITECTURE.md, Rounds), as the services drive it: every status
+    # change goes through services.rounds._transition.
     TRANSITIONS = {
         Status.REQUESTED: (Status.BLOCKED, Status.AWAITING_APPROVAL, Status.ABORTED, Status.FAILED),
         Status.AWAITING_APPROVAL: (Status.APPROVED, Status.REJECTED, Status.ABORTED, Status.FAILED),

@@ -1,5 +1,8 @@
 """Thin Celery tasks (ARCHITECTURE.md, Conventions 5): they take ids, call one service, and are idempotent.
 
+Task names are stable: the services enqueue them by name after commit
+(federation/services/enqueue.py) and never import this module.
+
 Every task is acknowledged late and re-queued if its worker dies (`acks_late`,
 `reject_on_worker_lost`); a repeated delivery finds the row already past the state it
 expects and returns without doing anything twice. Queues: rounds (start, phase closes),
@@ -12,6 +15,12 @@ import logging
 
 from celery import shared_task
 from django.db import OperationalError
+
+from accounting.heads import sign_pending_heads
+
+from .services.agreements import agreements_apply_due_changes
+from .services.rounds import plan_retry, round_aggregate, round_close_phase, round_start
+from .services.sweeps import plans_sweep_retries, rounds_sweep_deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +36,6 @@ COMMON = {
 
 @shared_task(name="fedgov.rounds.start", queue="fedgov.rounds", **COMMON)
 def round_start_task(round_id: int) -> str:
-    from .services.rounds import round_start
-
     round = round_start(round_id=round_id)
     if round is None:
         logger.info("round %s: not approved any more or gone; nothing to start", round_id)
@@ -39,8 +46,6 @@ def round_start_task(round_id: int) -> str:
 
 @shared_task(name="fedgov.rounds.close_phase", queue="fedgov.rounds", **COMMON)
 def phase_close_task(round_id: int, phase: str) -> str:
-    from .services.orchestration import round_close_phase
-
     outcome = round_close_phase(round_id=round_id, phase=phase)
     logger.info("round %s: close %s -> %s", round_id, phase, outcome)
     return outcome
@@ -48,8 +53,6 @@ def phase_close_task(round_id: int, phase: str) -> str:
 
 @shared_task(name="fedgov.aggregation.aggregate", queue="fedgov.aggregation", **COMMON)
 def round_aggregate_task(round_id: int) -> str:
-    from .services.orchestration import round_aggregate
-
     outcome = round_aggregate(round_id=round_id)
     logger.info("round %s: aggregate -> %s", round_id, outcome)
     return outcome
@@ -58,8 +61,6 @@ def round_aggregate_task(round_id: int) -> str:
 @shared_task(name="fedgov.rounds.retry", queue="fedgov.rounds", **COMMON)
 def plan_retry_task(plan_id: int) -> str:
     """The next try of a plan whose round was aborted, once its backoff is over."""
-    from .services.plans import plan_retry
-
     round = plan_retry(plan_id=plan_id)
     if round is None:
         logger.info("plan %s: no retry due (paused, stopped, already retried or not yet time)", plan_id)
@@ -74,12 +75,6 @@ def deadlines_sweep() -> dict:
     expired agreements, work whose task was lost (e.g. Redis restarted: a phase close, an
     aggregation, a start, a plan's retry), and ledger heads
     whose after-commit signature did not happen."""
-    from accounting.heads import sign_pending_heads
-
-    from .services.agreements import agreements_apply_due_changes
-    from .services.orchestration import rounds_sweep_deadlines
-    from .services.plans import plans_sweep_retries
-
     out = agreements_apply_due_changes()
     out["phases"] = rounds_sweep_deadlines()
     out["retries"] = plans_sweep_retries()

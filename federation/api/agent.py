@@ -20,7 +20,17 @@ from fedgov.errors import NotFound, ValidationFailed
 from .. import secagg, wakeup
 from ..models import ApiToken
 from ..selectors.rounds import round_protocol_config
-from ..services import orchestration
+from ..services.agent_rounds import (
+    REFUSAL_CODE_MAX,
+    REFUSAL_REASON_MAX,
+    agent_receipt,
+    agent_refuse,
+    agent_rounds_taking_part,
+    agent_submit,
+    agent_tasks,
+)
+from ..services.agents import agent_enrol, agent_poll, agent_terms
+from ..services.protocol import AGENT_PHASES, EVALUATE
 from .base import Input, ReadsBody, StrictJSONParser, parse_json
 from .errors import MessageTooLarge
 from .fields import valid_pk
@@ -91,12 +101,12 @@ class EnrolView(AgentView):
 
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        identity = orchestration.agent_enrol(user=request.user, public_key_hex=data.validated_data["public_key"])
+        identity = agent_enrol(user=request.user, public_key_hex=data.validated_data["public_key"])
         return Response(
             {
                 "organisation": identity.organisation.slug,
                 "public_key": identity.public_key,
-                "terms": orchestration.agent_terms(identity.organisation),
+                "terms": agent_terms(identity.organisation),
                 "coordinator_key": heads.public_key_hex(),
             }
         )
@@ -129,24 +139,24 @@ class TasksView(AgentView):
             raise ValidationFailed("wait must be a number of seconds.", fields={"wait": ["Enter a number."]}) from None
         # Recorded once per poll (the agent is alive, runs this version) and answered with the
         # terms it must hold: an agreement signed after it enrolled is known from this poll on.
-        terms = orchestration.agent_poll(user=request.user, user_agent=request.META.get("HTTP_USER_AGENT", ""))
+        terms = agent_poll(user=request.user, user_agent=request.META.get("HTTP_USER_AGENT", ""))
         deadline = time.monotonic() + wait
         while True:
             # The generation is read before the tasks: work announced in between wakes the
             # wait below at once instead of being missed (federation/wakeup.py).
             seen = wakeup.waiters.generation() if wait else 0
-            tasks = orchestration.agent_tasks(user=request.user)
+            tasks = agent_tasks(user=request.user)
             remaining = deadline - time.monotonic()
             if tasks or remaining <= 0:
                 # Read after the tasks: a round listed in neither has ended for this agent.
-                rounds = orchestration.agent_rounds_taking_part(user=request.user)
+                rounds = agent_rounds_taking_part(user=request.user)
                 return Response({"tasks": tasks, "terms": terms, "rounds": rounds})
             close_old_connections()
             wakeup.waiters.wait(seen, timeout=min(remaining, wakeup.FALLBACK_SECONDS))
 
 
 def _body_limit(round_id: int, phase: str) -> int:
-    if phase == orchestration.EVALUATE:
+    if phase == EVALUATE:
         return EVALUATION_MAX_BYTES
     cfg = round_protocol_config(round_id=round_id)
     if not cfg:
@@ -167,8 +177,8 @@ class SubmitView(AgentView):
         "SecAggClient produced (binary for masked_input), or the noisy evaluation release as JSON.",
     )
     def post(self, request, round_id: int, phase: str):
-        if phase not in orchestration.AGENT_PHASES:
-            raise UnknownPhase(MSG_UNKNOWN_PHASE.format(phase=phase, phases=", ".join(orchestration.AGENT_PHASES)), phase=phase)
+        if phase not in AGENT_PHASES:
+            raise UnknownPhase(MSG_UNKNOWN_PHASE.format(phase=phase, phases=", ".join(AGENT_PHASES)), phase=phase)
         round_id = valid_pk(round_id)
         if round_id is None:
             raise NotFound("Round not found.")
@@ -187,7 +197,7 @@ class SubmitView(AgentView):
             )
         if request.content_type.split(";")[0].strip().lower() == "application/json":
             parse_json(body)  # a JSON message must be JSON (strict: no NaN); the protocol checks the rest
-        result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
+        result = agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
         return Response(result)
 
 
@@ -203,8 +213,8 @@ class RefuseView(AgentView):
     message_name = "refusal"
 
     class RefusalSerializer(serializers.Serializer):
-        code = serializers.CharField(max_length=orchestration.REFUSAL_CODE_MAX, help_text="Stable refusal code, e.g. ticket_signature.")
-        reason = serializers.CharField(max_length=orchestration.REFUSAL_REASON_MAX)
+        code = serializers.CharField(max_length=REFUSAL_CODE_MAX, help_text="Stable refusal code, e.g. ticket_signature.")
+        reason = serializers.CharField(max_length=REFUSAL_REASON_MAX)
 
     @extend_schema(
         request=RefusalSerializer,
@@ -213,7 +223,7 @@ class RefuseView(AgentView):
     def post(self, request, round_id: int):
         data = self.RefusalSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return Response(orchestration.agent_refuse(user=request.user, round_id=round_id, **data.validated_data))
+        return Response(agent_refuse(user=request.user, round_id=round_id, **data.validated_data))
 
 
 class ReceiptView(AgentView):
@@ -226,4 +236,4 @@ class ReceiptView(AgentView):
     def post(self, request, round_id: int):
         # Parsed strictly by the view's parser first (malformed_json, non_finite_number);
         # the signature is then checked over the very bytes the agent sent.
-        return Response(orchestration.agent_receipt(user=request.user, round_id=round_id, body=request.body))
+        return Response(agent_receipt(user=request.user, round_id=round_id, body=request.body))

@@ -11,12 +11,11 @@ from ..selectors.plans import plans_for
 from ..services.plan_checks import PLANNED_FIELDS
 from ..services.plans import (
     plan_create,
-    plan_fill,
     plan_pause,
-    plan_propose_with_projection,
-    plan_resume,
     plan_retry_policy_set,
 )
+from ..services.proposals import plan_fill, plan_propose_with_projection
+from ..services.rounds import plan_resume
 from .base import ApiView, Input
 from .fields import VisibleRelatedField
 from .filters import PlanFilter

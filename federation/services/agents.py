@@ -1,5 +1,9 @@
 """Partner agents the coordinator can see: enrolment, last poll, software, terms held, refusals.
 
+An agent enrols its Ed25519 identity key (`agent_enrol`), and every poll (`agent_poll`) records
+that it is alive and hands it the terms of its organisation's active agreements. What it is
+asked and sends for a round lives in services/agent_rounds.py.
+
 An agent is *online* when it polled within `FEDGOV_AGENT_ONLINE_SECONDS` (twice the longest
 long-poll wait and a margin). The poll is the hot path (every partner, every few seconds, and
 bench/rounds.py measures its overhead), so the last poll is written at most every
@@ -23,7 +27,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
-from ..models import AgentIdentity, AgentStatus, Organisation, RoundParticipant, TrainingRound
+from fedgov.errors import PermissionDenied, ValidationFailed
+
+from ..models import AgentIdentity, AgentStatus, GovernanceEvent, Membership, Organisation, RoundParticipant, TrainingRound
+from .common import event_record
 
 SEEN_EVERY = timedelta(seconds=5)  # at most; a quarter of a shorter online window
 VERSION_MAX = 64
@@ -250,3 +257,72 @@ def partners_online(round: TrainingRound, now: datetime | None = None) -> Partne
         else:
             offline.append((org, status.last_seen_at if status else None))
     return PartnersOnline(online, offline)
+
+
+# --- enrolment and polls -------------------------------------------------------------------
+
+
+def agent_organisation(user) -> Organisation:
+    membership = Membership.objects.filter(user=user, role=Membership.Role.AGENT).select_related("organisation").first()
+    if membership is None:
+        raise PermissionDenied("This account is not a partner agent of any organisation.")
+    return membership.organisation
+
+
+def agent_enrol(*, user, public_key_hex: str) -> AgentIdentity:
+    """Register (or re-register) the agent's Ed25519 identity key for its organisation."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    organisation = agent_organisation(user)
+    try:
+        raw = bytes.fromhex(public_key_hex or "")
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise ValidationFailed("public_key must be a raw Ed25519 public key in hex (64 characters).", fields={"public_key": ["Invalid key."]}) from None
+    with transaction.atomic():
+        current = AgentIdentity.objects.select_for_update().filter(organisation=organisation, revoked_at__isnull=True).first()
+        if current and current.public_key == raw.hex():
+            agent_status_enrolled(organisation=organisation, identity=current)
+            return current
+        if current:
+            current.revoked_at = timezone.now()
+            current.save(update_fields=["revoked_at"])
+        identity = AgentIdentity.objects.create(organisation=organisation, user=user, public_key=raw.hex())
+        agent_status_enrolled(organisation=organisation, identity=identity)
+        event_record(
+            kind=GovernanceEvent.Kind.AGENT_ENROLLED,
+            message=f"Partner agent of {organisation.name} enrolled key {raw.hex()[:16]}…",
+            actor=user,
+            organisation=organisation,
+        )
+    return identity
+
+
+def agent_terms(organisation: Organisation) -> list[dict]:
+    """The DP terms of every active agreement the organisation is party to: what its agent
+    enforces on every plan it is asked to run."""
+    out = []
+    for agreement in organisation.agreements.filter(status="active"):
+        out.append(
+            {
+                "agreement": agreement.pk,
+                "title": agreement.title,
+                "version": agreement.version,
+                "terms_hash": agreement.terms_hash,
+                "min_noise_multiplier": agreement.min_noise_multiplier,
+                "max_clip_norm": agreement.max_clip_norm,
+                "max_delta": agreement.max_delta,
+                "max_epsilon_per_round": agreement.max_epsilon_per_round,
+            }
+        )
+    return out
+
+
+def agent_poll(*, user, user_agent: str = "") -> list[dict]:
+    """A poll begins: record that the agent is alive (and its software version), and hand it
+    the terms of every active agreement its organisation is party to, so that an agreement
+    signed or amended after it enrolled is known on its next poll, without re-enrolling."""
+    organisation = agent_organisation(user)
+    terms = agent_terms(organisation)
+    agent_poll_record(organisation=organisation, version=agent_version(user_agent), terms=terms)
+    return terms

@@ -1,22 +1,17 @@
-"""Writes for training plans: create (after `plan_checks.plan_check`), the planner's proposal,
-and the lifecycle (stop, pause, resume, retries)."""
+"""Writes for training plans: create (after `plan_checks.plan_check`) and the lifecycle (stop,
+pause, resume, retries). The planner's proposal is `proposals`."""
 
 from __future__ import annotations
-
-import copy
-import functools
-from dataclasses import dataclass
 
 from django.db import transaction
 
 from fedgov.errors import InvalidState
 
 from .. import governance
-from ..learning import DPParameterError, LearningError
-from ..learning.planner import plan_schedule
 from ..models import Agreement, GovernanceEvent, TrainingPlan, TrainingRound
+from . import enqueue
 from .common import event_record, field_error
-from .plan_checks import MODEL_KINDS, PLANNED_FIELDS, clean_retry_policy, plan_check
+from .plan_checks import clean_retry_policy, plan_check
 
 
 @transaction.atomic
@@ -42,112 +37,6 @@ def plan_create(*, actor, **kwargs) -> TrainingPlan:
         agreement=plan.agreement,
     )
     return plan
-
-
-# --- The planner's proposal ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Proposal:
-    values: dict  # PLANNED_FIELDS -> value
-    explanation: str
-    warnings: list[str]
-
-
-@functools.lru_cache(maxsize=256)
-def _proposal(key: tuple) -> Proposal:
-    # Keyed by every public input of the planner, so a cached answer is the planner's answer
-    # (the planner reads no data and takes seconds: ARCHITECTURE.md's public-metadata rule).
-    (counts, n_features, n_classes, rounds, epsilons, deltas, kind, hidden, floor, clip, max_delta, per_round) = key
-    plan = plan_schedule(
-        record_counts=counts, n_features=n_features, n_classes=n_classes, rounds=rounds, epsilons=epsilons, deltas=deltas,
-        model_kind=kind, hidden=hidden, min_noise_multiplier=floor, max_clip_norm=clip, max_delta=max_delta,
-        max_epsilon_per_round=per_round, eval_releases=1,
-    )
-    return Proposal(values=plan.plan_kwargs(), explanation=plan.explanation, warnings=list(plan.warnings))
-
-
-def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> Proposal:
-    """The planner's whole DP-SGD and FedAvg schedule for these datasets, from public metadata
-    only (record counts, features, classes, each dataset's remaining budget and delta, the
-    agreement's bounds, the rounds and the model kind). Cached per inputs."""
-    from accounting.selectors import datasets_budget_figures
-
-    datasets = list(datasets)
-    if not datasets:
-        raise field_error("datasets", "Choose at least one dataset.")
-    foreign = [d.slug for d in datasets if d.agreement_id != agreement.pk]
-    if foreign:
-        raise field_error("datasets", f"Datasets {', '.join(foreign)} are not registered under '{agreement.title}'.")
-    model_spec = model_spec or {"kind": "logreg"}
-    kind = model_spec.get("kind") if isinstance(model_spec, dict) else None
-    if kind not in MODEL_KINDS:
-        raise field_error("model_spec", f"model_spec.kind must be one of {', '.join(MODEL_KINDS)}.")
-    hidden = tuple(model_spec.get("hidden") or (32,)) if kind == "mlp" else ()
-    figures = datasets_budget_figures(datasets=datasets)
-    empty = [d.slug for d in datasets if figures[d.pk].epsilon_remaining <= 0]
-    if empty:
-        raise field_error("datasets", f"No budget left on {', '.join(empty)}: nothing can be planned on it.")
-    first = datasets[0]
-    key = (
-        tuple(int(d.record_count) for d in datasets),
-        len(first.feature_names),
-        len(first.label_classes),
-        int(rounds_total),
-        tuple(round(figures[d.pk].epsilon_remaining, 6) for d in datasets),
-        tuple(float(d.delta) for d in datasets),
-        kind,
-        hidden,
-        float(agreement.min_noise_multiplier),
-        float(agreement.max_clip_norm),
-        float(agreement.max_delta),
-        float(agreement.max_epsilon_per_round),
-    )
-    try:
-        proposal = _proposal(key)
-    except DPParameterError as exc:  # no noise fits the budgets over these rounds, or a delta over the ceiling
-        raise field_error("rounds_total" if exc.name == "epsilon" else "datasets", f"The planner found no schedule: {exc}.") from exc
-    except LearningError as exc:
-        raise field_error("datasets", f"The planner found no schedule: {exc}.") from exc
-    # The cached answer is shared: every caller gets its own copy to change.
-    return Proposal(values=copy.deepcopy(proposal.values), explanation=proposal.explanation, warnings=list(proposal.warnings))
-
-
-def plan_propose_with_projection(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> dict:
-    """The proposal, and what its whole plan would spend on each dataset against what is left."""
-    datasets = list(datasets)
-    proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
-    values = proposal.values
-    draft = TrainingPlan(
-        rounds_total=rounds_total, noise_multiplier=values["noise_multiplier"], sampling_rate=values["sampling_rate"],
-        local_steps=values["local_steps"], eval_noise_multiplier=values["eval_noise_multiplier"],
-    )
-    projection = governance.plan_projection(draft, datasets)
-    return {
-        "values": dict(values),
-        "explanation": proposal.explanation,
-        "warnings": list(proposal.warnings),
-        "projection": [p.to_dict() for p in projection],
-    }
-
-
-def plan_fill(
-    *, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None, given: dict, explain: bool = False
-) -> tuple[dict, str]:
-    """`given` with every PLANNED_FIELDS value it leaves out taken from the planner's proposal,
-    and the explanation to store. The planner runs only if something is left out, or if
-    `explain` (values that came from a proposal shown earlier: its explanation is kept, with
-    the values changed since)."""
-    missing = [name for name in PLANNED_FIELDS if name not in given]
-    if not missing and not explain:
-        return dict(given), ""
-    proposal = plan_propose(agreement=agreement, datasets=datasets, rounds_total=rounds_total, model_spec=model_spec)
-    filled = {**{name: proposal.values[name] for name in missing}, **given}
-    overridden = [name for name in PLANNED_FIELDS if name in given and given[name] != proposal.values.get(name)]
-    explanation = proposal.explanation
-    if overridden:
-        explanation += f"\nset by hand instead of the proposal: {', '.join(overridden)}."
-    return filled, explanation
 
 
 def plan_costs_precompute(*, plan_id: int) -> dict[str, float]:
@@ -221,14 +110,9 @@ def plan_pause(*, actor, plan: TrainingPlan, reason: str) -> TrainingPlan:
     return _pause(plan, actor=actor, reason=f"Paused by {name}: {reason}")
 
 
-@transaction.atomic
-def plan_resume(*, actor, plan: TrainingPlan):
-    """PAUSED -> ACTIVE, the count of failed tries starting again from 0, and the next round
-    requested at once (it needs the same approvals and checks as any round). Returns the
-    plan and that round (None when a round is still live); a round that blocks again
-    pauses or stops the plan again, saying why."""
-    from .orchestration import plan_continue
-
+def plan_reactivate(*, actor, plan: TrainingPlan) -> TrainingPlan:
+    """PAUSED -> ACTIVE under the caller's transaction, the count of failed tries starting
+    again from 0 (services.rounds.plan_resume then requests the next round)."""
     require_plan_steward(actor, plan, "resume this plan")
     plan = TrainingPlan.objects.select_for_update().select_related("agreement").get(pk=plan.pk)
     if plan.status != TrainingPlan.Status.PAUSED:
@@ -243,11 +127,18 @@ def plan_resume(*, actor, plan: TrainingPlan):
     event_record(
         kind=GovernanceEvent.Kind.PLAN_RESUMED, message=f"Plan '{plan.name}' resumed (was paused: {was})", actor=actor, agreement=plan.agreement
     )
-    if plan.rounds.filter(status__in=TrainingRound.LIVE_STATES).exists():
-        return plan, None
-    nxt = plan_continue(plan=plan, actor=actor)
-    plan.refresh_from_db()
-    return plan, nxt
+    return plan
+
+
+def plan_complete_if_done(plan: TrainingPlan) -> bool:
+    """ACTIVE -> COMPLETED (the caller holds the plan's lock) once all its rounds completed."""
+    if plan.rounds.filter(status=TrainingRound.Status.COMPLETED).count() < plan.rounds_total:
+        return False
+    plan.status = TrainingPlan.Status.COMPLETED
+    plan.stopped_reason = f"All {plan.rounds_total} rounds completed."
+    plan.retry_at = None
+    plan.save(update_fields=["status", "stopped_reason", "retry_at"])
+    return True
 
 
 @transaction.atomic
@@ -306,27 +197,7 @@ def plan_round_failed(*, round: TrainingRound, retryable: bool, actor=None) -> N
         agreement=plan.agreement,
         round=round,
     )
-    from .. import tasks
-
-    plan_id, countdown = plan.pk, plan.retry_backoff_seconds
-    transaction.on_commit(lambda: tasks.plan_retry_task.apply_async((plan_id,), countdown=countdown))
-
-
-@transaction.atomic
-def plan_retry(*, plan_id: int, now=None) -> TrainingRound | None:
-    """The retry task (and the beat sweep, if the task was lost): request the next try once
-    the backoff is over. Idempotent: a second delivery finds retry_at cleared."""
-    from django.utils import timezone
-
-    from .orchestration import plan_continue
-
-    plan = TrainingPlan.objects.select_for_update().filter(pk=plan_id).first()
-    now = now or timezone.now()
-    if plan is None or plan.status != TrainingPlan.Status.ACTIVE or plan.retry_at is None or plan.retry_at > now:
-        return None
-    plan.retry_at = None
-    plan.save(update_fields=["retry_at"])
-    return plan_continue(plan=plan)
+    enqueue.after_commit(enqueue.PLAN_RETRY, plan.pk, countdown=plan.retry_backoff_seconds)
 
 
 def plan_blocked(*, plan: TrainingPlan, round: TrainingRound, permanent: bool = False) -> None:
@@ -343,25 +214,3 @@ def plan_blocked(*, plan: TrainingPlan, round: TrainingRound, permanent: bool = 
         plan_stop(actor=None, plan=plan, reason=reason)
     else:
         _pause(plan, actor=None, reason=reason)
-
-
-def plans_sweep_retries(*, now=None) -> int:
-    """Beat safety net: a retry whose countdown task was lost (Redis restarted) is enqueued
-    again a few seconds after it fell due; the task itself is idempotent."""
-    from .. import tasks
-
-    n = 0
-    for plan_id in plans_retry_overdue(now=now):
-        tasks.plan_retry_task.delay(plan_id)
-        n += 1
-    return n
-
-
-def plans_retry_overdue(*, now=None) -> list[int]:
-    """Active plans whose retry fell due more than a few seconds ago and was not made."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    now = now or timezone.now()
-    return list(TrainingPlan.objects.filter(status=TrainingPlan.Status.ACTIVE, retry_at__lt=now - timedelta(seconds=5)).values_list("pk", flat=True))

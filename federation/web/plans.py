@@ -15,6 +15,7 @@ from ..selectors import agreements as agreement_selectors
 from ..selectors import plans as plan_selectors
 from ..services import plan_checks
 from ..services import plans as plan_services
+from ..services import proposals as proposal_services
 from ..services import rounds as round_services
 from .base import attempt, posted, role_context, safe_next, web_view
 
@@ -31,7 +32,7 @@ def _define(*, actor, plan_form, action: str, state: dict):
     defined (saved). Values left empty take the planner's (`plan_fill`). `state` keeps the planner's
     explanation for the page when a check refuses."""
     data = plan_form.cleaned_data
-    filled, explanation = plan_services.plan_fill(
+    filled, explanation = proposal_services.plan_fill(
         agreement=data["agreement"], datasets=data["datasets"], rounds_total=data["rounds_total"],
         model_spec=plan_form.model_spec(), given=plan_form.given_planned(plan_checks.PLANNED_FIELDS), explain=bool(data.get("proposed")),
     )  # fmt: skip
@@ -48,7 +49,7 @@ def plan_create(request):
     """Two steps on one page: "Propose" fills the planner's values from the agreement, datasets,
     rounds and model; "Preview" runs every definition-time check and shows the whole plan's
     epsilon per dataset against its remaining budget without saving; "Define" saves. Values
-    left empty take the planner's (services.plans.plan_fill, cached per inputs)."""
+    left empty take the planner's (services.proposals.plan_fill, cached per inputs)."""
     user = request.user
     access.require_administrator(user, what="training plan", action="create")
     agreements = agreement_selectors.open_agreements()
@@ -59,7 +60,7 @@ def plan_create(request):
     if request.method == "POST" and action == forms.PlanForm.ACTION_PROPOSE:
         if form.schedule_valid():
             done = attempt(
-                request, plan_services.plan_propose_with_projection, form=form, field_map=forms.PlanForm.ERROR_FIELDS,
+                request, proposal_services.plan_propose_with_projection, form=form, field_map=forms.PlanForm.ERROR_FIELDS,
                 agreement=form.cleaned_data["agreement"], datasets=form.cleaned_data["datasets"],
                 rounds_total=form.cleaned_data["rounds_total"], model_spec=form.model_spec(),
             )  # fmt: skip
@@ -126,7 +127,7 @@ def plan_pause(request, pk):
 def plan_resume(request, pk):
     plan = plan_selectors.plan_for(user=request.user, pk=pk)
     back = reverse("web:plan_detail", args=[pk])
-    done = attempt(request, plan_services.plan_resume, back=back, actor=request.user, plan=plan)
+    done = attempt(request, round_services.plan_resume, back=back, actor=request.user, plan=plan)
     if done.response:
         return done.response
     _plan, nxt = done.value

@@ -20,7 +20,7 @@ from accounting.models import LedgerEntry
 from accounting.services import budget as services
 from accounting.services import receipts as receipt_services
 from federation.models import Membership, TrainingRound
-from federation.services.orchestration import agent_enrol
+from federation.services.agents import agent_enrol
 from tests.accounting.helpers import make_rounds, set_status
 from tests.factories import UserFactory, member
 

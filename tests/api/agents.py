@@ -11,7 +11,8 @@ from django.db import transaction
 from rest_framework.test import APIClient
 
 from federation.models import Membership, TrainingRound
-from federation.services import orchestration as orch
+from federation.services.agents import agent_enrol
+from federation.services.protocol import ADVERTISE, EVALUATE
 from federation.services.rounds import round_approve, round_request, round_start
 from federation.services.tokens import token_issue
 from tests.factories import Cast, UserFactory, build_cast, member
@@ -39,7 +40,7 @@ class AgentWorld:
     def to_phase(self, phase: str) -> TrainingRound:
         """Put the round in `phase` as the coordinator would have (the evaluation phase follows
         aggregation, the others follow one another while RUNNING)."""
-        status = TrainingRound.Status.AGGREGATING if phase == orch.EVALUATE else TrainingRound.Status.RUNNING
+        status = TrainingRound.Status.AGGREGATING if phase == EVALUATE else TrainingRound.Status.RUNNING
         force_update(TrainingRound, self.round.pk, status=status, phase=phase)
         self.round.refresh_from_db()
         return self.round
@@ -51,7 +52,7 @@ def build_agent_world() -> AgentWorld:
     for org in (cast.org_a, cast.org_b, cast.org_c):
         user = cast.agent_a if org == cast.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
         key = Ed25519PrivateKey.generate()
-        orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
+        agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
         agents[org.slug], signing_keys[org.slug] = user, key
         _, keys[org.slug] = token_issue(actor=user, user=user, scopes=["agent"], name="agent")
     round = round_request(actor=cast.admin, plan=cast.plan)
@@ -62,5 +63,5 @@ def build_agent_world() -> AgentWorld:
             round_approve(actor=rep, round=round, organisation=org)
     with transaction.atomic():
         round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE, round.reason
+    assert round.status == TrainingRound.Status.RUNNING and round.phase == ADVERTISE, round.reason
     return AgentWorld(cast=cast, round=round, agents=agents, keys=keys, signing_keys=signing_keys)

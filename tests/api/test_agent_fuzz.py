@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from federation import secagg
 from federation.models import TrainingRound
-from federation.services import orchestration as orch
+from federation.services.protocol import ADVERTISE, AGENT_PHASES, AGGREGATE, EVALUATE, MASKED, SHARE, UNMASK, secagg_round_id
 from tests.api.agents import AgentWorld, build_agent_world
 from tests.tamper import force_update
 
@@ -30,18 +30,18 @@ FUZZ = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 
-PHASES = [*orch.AGENT_PHASES, orch.AGGREGATE, "key_list", "share_relay", "x", "advertise-keys"]
+PHASES = [*AGENT_PHASES, AGGREGATE, "key_list", "share_relay", "x", "advertise-keys"]
 CONTENT_TYPES = ["application/json", "application/octet-stream", "text/plain", "application/json; charset=utf-8", ""]
 MESSAGE_TYPES = [
     secagg.ADVERTISE_KEYS, secagg.KEY_LIST, secagg.SHARE_KEYS, secagg.SHARE_RELAY,
     secagg.MASKED_INPUT, secagg.UNMASK_REQUEST, secagg.UNMASK_RESPONSE,
 ]
 ROUND_STATES = [
-    (TrainingRound.Status.RUNNING, orch.ADVERTISE),
-    (TrainingRound.Status.RUNNING, orch.SHARE),
-    (TrainingRound.Status.RUNNING, orch.MASKED),
-    (TrainingRound.Status.RUNNING, orch.UNMASK),
-    (TrainingRound.Status.AGGREGATING, orch.EVALUATE),
+    (TrainingRound.Status.RUNNING, ADVERTISE),
+    (TrainingRound.Status.RUNNING, SHARE),
+    (TrainingRound.Status.RUNNING, MASKED),
+    (TrainingRound.Status.RUNNING, UNMASK),
+    (TrainingRound.Status.AGGREGATING, EVALUATE),
     (TrainingRound.Status.AGGREGATING, ""),
     (TrainingRound.Status.COMPLETED, ""),
     (TrainingRound.Status.AWAITING_APPROVAL, ""),
@@ -69,7 +69,7 @@ def world(db) -> AgentWorld:
 def _config(world: AgentWorld):
     protocol = world.round.protocol
     cfg = protocol.config
-    return secagg.RoundConfig(orch.secagg_round_id(world.round), tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
+    return secagg.RoundConfig(secagg_round_id(world.round), tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
 
 
 def _client(world: AgentWorld, slug: str):
@@ -84,7 +84,7 @@ def envelopes(draw, world: AgentWorld) -> bytes:
     msg = {
         "v": draw(st.one_of(st.just(secagg.messages.VERSION), json_scalars)),
         "type": draw(st.one_of(st.sampled_from(MESSAGE_TYPES), json_scalars)),
-        "round": draw(st.one_of(st.just(orch.secagg_round_id(world.round)), json_values)),
+        "round": draw(st.one_of(st.just(secagg_round_id(world.round)), json_values)),
     }
     for name in draw(st.lists(st.sampled_from(["sender", "keys", "shares", "ct", "cs", "sig", "pk_c", "pk_s", "survivors", "dropped", "d"]), max_size=5, unique=True)):
         msg[name] = draw(json_values)
@@ -110,7 +110,7 @@ def masked_inputs(draw, world: AgentWorld) -> bytes:
     header = {
         "v": draw(st.one_of(st.just(secagg.messages.VERSION), json_scalars)),
         "type": draw(st.sampled_from([secagg.MASKED_INPUT, "share_keys", ""])),
-        "round": draw(st.one_of(st.just(orch.secagg_round_id(world.round)), json_scalars)),
+        "round": draw(st.one_of(st.just(secagg_round_id(world.round)), json_scalars)),
         "d": draw(st.one_of(st.just(d), json_scalars)),
     }
     header.update(draw(st.dictionaries(st.sampled_from(["sender", "sig", "x", "nonce"]), json_values, max_size=2)))
@@ -156,7 +156,7 @@ def assert_no_server_error(response, what) -> None:
 
 def test_the_agent_message_endpoint_never_answers_a_server_error(world):
     seeds = [_client(world, s).advertise_keys() for s in sorted(world.agents)]
-    other_round = TrainingRound.objects.create(plan=world.cast.plan, number=99, status=TrainingRound.Status.RUNNING, phase=orch.SHARE)
+    other_round = TrainingRound.objects.create(plan=world.cast.plan, number=99, status=TrainingRound.Status.RUNNING, phase=SHARE)
     statuses = set()
 
     @FUZZ
@@ -189,12 +189,12 @@ def test_a_real_round_driven_through_the_api_with_fuzzed_messages_in_between(wor
     @FUZZ
     @given(sender=st.sampled_from(sorted(world.agents)), body=bodies(world, [valid["org-a"]]))
     def fuzz(sender, body):
-        response = world.client(sender).post(world.url(orch.ADVERTISE), body, content_type="application/json")
+        response = world.client(sender).post(world.url(ADVERTISE), body, content_type="application/json")
         assert_no_server_error(response, (sender, body[:200]))
 
     fuzz()
     for slug, message in valid.items():
-        response = world.client(slug).post(world.url(orch.ADVERTISE), message, content_type="application/json")
+        response = world.client(slug).post(world.url(ADVERTISE), message, content_type="application/json")
         assert response.status_code in (200, 400), response.content  # 400: the fuzzer's replay of a valid seed got in first
         if response.status_code == 400:
             assert response.json()["details"]["secagg_code"] == "replay"

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.utils import timezone
 
 from federation.models import AgentStatus, Membership
-from federation.services import orchestration as orch
+from federation.services.agent_rounds import agent_refuse
+from federation.services.agents import agent_enrol
 from tests.api.conftest import World
 from tests.factories import UserFactory, member
 from tests.tamper import force_update
@@ -23,7 +24,7 @@ def enrolled(world: World) -> dict:
     c, users = world.cast, {}
     for org in (c.org_a, c.org_b, c.org_c):
         user = c.agent_a if org == c.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
-        orch.agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
+        agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
         users[org.slug] = user
     AgentStatus.objects.filter(organisation=c.org_c).update(last_seen_at=timezone.now() - timedelta(hours=2))
     return users
@@ -60,7 +61,7 @@ def test_an_agent_shows_its_enrolment_last_poll_version_terms_and_refusals(world
     round = world.round
     force_update(type(round), round.pk, status="running", phase="advertise_keys")
     round.participant_links.update(status="active")
-    orch.agent_refuse(user=enrolled["org-a"], round_id=round.pk, code="terms_mismatch", reason="the ticket names terms v1; this agent holds v2")
+    agent_refuse(user=enrolled["org-a"], round_id=round.pk, code="terms_mismatch", reason="the ticket names terms v1; this agent holds v2")
     body = client.get(f"/api/v1/agents/{c.org_a.pk}/").json()
     assert body["enrolled"] is True and body["online"] is True and body["software_version"] == "3.4.5"
     assert body["public_key"] and body["enrolled_at"] and body["last_seen_at"]

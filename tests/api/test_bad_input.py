@@ -16,7 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from federation.models import RoundParticipant, TrainingRound
-from federation.services import orchestration as orch
+from federation.services.protocol import ADVERTISE, EVALUATE
 from federation.services.tokens import token_issue
 from tests.api.agents import EVAL_NOISE, build_agent_world
 from tests.api.conftest import World, build_world
@@ -85,7 +85,7 @@ def _url(route: str, world: World) -> str:
         obj = next((f(world) for part, f in PK_OBJECTS if part in route), world.round)
         url = url.replace("<int:pk>", str(obj.pk))
     # the agent's message route: the round's evaluation phase, a JSON message
-    return url.replace("<int:round_id>", str(world.round.pk)).replace("<slug:phase>", orch.EVALUATE)
+    return url.replace("<int:round_id>", str(world.round.pk)).replace("<slug:phase>", EVALUATE)
 
 
 def row_counts() -> dict[str, int]:
@@ -267,7 +267,7 @@ def test_an_unknown_agent_phase_is_a_404_with_a_code(agent_world, phase):
 
 
 def test_a_round_id_beyond_any_primary_key_is_a_404(agent_world):
-    response = agent_world.client().post(agent_world.url(orch.ADVERTISE, round_id=2**70), b"{}", content_type="application/json")
+    response = agent_world.client().post(agent_world.url(ADVERTISE, round_id=2**70), b"{}", content_type="application/json")
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
@@ -285,15 +285,15 @@ def test_a_round_id_beyond_any_primary_key_is_a_404(agent_world):
     ],
 )
 def test_an_evaluation_release_with_a_non_finite_figure_is_refused(agent_world, release):
-    round = agent_world.to_phase(orch.EVALUATE)
-    response = agent_world.client().post(agent_world.url(orch.EVALUATE), release.encode(), content_type="application/json")
+    round = agent_world.to_phase(EVALUATE)
+    response = agent_world.client().post(agent_world.url(EVALUATE), release.encode(), content_type="application/json")
     assert response.status_code == 400, response.content
     assert response.json()["code"] in {"non_finite_number", "protocol_rejected"}
     link = RoundParticipant.objects.get(round=round, dataset__organisation__slug="org-a")
     assert "evaluation" not in link.metrics
     # and a correct release is still taken
     good = {"noisy_correct": 3.5, "noisy_total": 10.0, "noise_multiplier": EVAL_NOISE}
-    response = agent_world.client().post(agent_world.url(orch.EVALUATE), good, format="json")
+    response = agent_world.client().post(agent_world.url(EVALUATE), good, format="json")
     assert response.status_code == 200, response.content
 
 

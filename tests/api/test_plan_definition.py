@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from federation.models import TrainingPlan
 from federation.services.plan_checks import PLANNED_FIELDS
-from federation.services.plans import plan_propose
+from federation.services.proposals import plan_propose
 from federation.services.tokens import token_issue
 from tests.factories import build_cast
 

@@ -10,7 +10,8 @@ import pytest
 from federation import governance
 from federation.models import TrainingRound
 from federation.services.agreements import agreement_suspend
-from federation.services.rounds import MSG_ALREADY_DECIDED, MSG_REASON_REQUIRED, MSG_ROUND_LIVE
+from federation.services.approvals import MSG_ALREADY_DECIDED
+from federation.services.rounds import MSG_REASON_REQUIRED, MSG_ROUND_LIVE
 from federation.services.tokens import token_issue
 from tests.api.conftest import ALL_SCOPES
 from tests.factories import build_cast

@@ -19,7 +19,8 @@ from federation.agent import http as agent_http
 from federation.agent.runner import Agent
 from federation.models import AgentStatus, Membership, RoundParticipant, RoundProtocol, RoundTicket, TrainingRound
 from federation.services import agents as agent_services
-from federation.services import orchestration as orch
+from federation.services.agent_rounds import agent_refuse
+from federation.services.agents import agent_enrol, agent_terms
 from federation.services.agreements import agreement_amend, agreement_create, agreement_sign, agreement_submit
 from federation.services.rounds import round_approve, round_request, round_start
 from federation.services.tokens import token_issue
@@ -33,7 +34,7 @@ def _enrol_all(cast) -> dict:
     tokens = {}
     for org in (cast.org_a, cast.org_b, cast.org_c):
         user = cast.agent_a if org == cast.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
-        orch.agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
+        agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
         _, tokens[org.slug] = token_issue(actor=user, user=user, scopes=["agent"], name="agent")
     return tokens
 
@@ -94,7 +95,7 @@ def test_a_user_agent_that_is_not_the_agents_records_no_version():
 def test_the_last_poll_is_written_at_most_every_few_seconds():
     cast = build_cast()
     _enrol_all(cast)
-    terms_now = orch.agent_terms(cast.org_a)
+    terms_now = agent_terms(cast.org_a)
     t0 = timezone.now() + timedelta(seconds=30)
     agent_services.agent_poll_record(organisation=cast.org_a, version="1", terms=terms_now, now=t0)
     with CaptureQueriesContext(connection) as queries:
@@ -228,5 +229,5 @@ def test_a_message_from_the_agent_counts_as_a_sign_of_life():
         round = round_start(round_id=_approved_round(cast).pk)
     _go_offline(cast.org_a, minutes=2)
     assert not agent_services.is_online(AgentStatus.objects.get(organisation=cast.org_a))
-    orch.agent_refuse(user=cast.agent_a, round_id=round.pk, code="outside_terms", reason="noise below the floor")
+    agent_refuse(user=cast.agent_a, round_id=round.pk, code="outside_terms", reason="noise below the floor")
     assert agent_services.is_online(AgentStatus.objects.get(organisation=cast.org_a))

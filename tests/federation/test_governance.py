@@ -8,8 +8,7 @@ from django.utils import timezone
 from federation import governance
 from federation.models import Agreement, AgreementParty, RoundApproval, TrainingPlan, TrainingRound
 from federation.services.agreements import agreement_amend, party_give_exit_notice
-from federation.services.plans import plan_resume
-from federation.services.rounds import round_approve, round_reject, round_request
+from federation.services.rounds import plan_resume, round_approve, round_reject, round_request
 from tests.tamper import force_update
 
 pytestmark = pytest.mark.django_db

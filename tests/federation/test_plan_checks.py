@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from federation import governance
 from federation.models import Membership, RoundParticipant, TrainingPlan, TrainingRound
-from federation.services import orchestration as orch
+from federation.services.agents import agent_enrol
 from federation.services.datasets import dataset_register
 from federation.services.plan_checks import DuplicateOrganisation
 from federation.services.plans import plan_create
@@ -139,7 +139,7 @@ def test_the_check_passes_for_one_dataset_per_organisation(cast):
 def test_an_approved_round_of_such_a_plan_is_blocked_at_start_not_a_crash(cast):
     for org in (cast.org_a, cast.org_b, cast.org_c):
         user = cast.agent_a if org == cast.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
-        orch.agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
+        agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
     round = round_request(actor=cast.admin, plan=cast.plan)
     for org, rep in ((cast.org_a, cast.rep_a), (cast.org_b, cast.rep_b), (cast.org_c, cast.rep_c)):
         round.refresh_from_db()

@@ -11,7 +11,8 @@ from federation import governance
 from federation.models import TrainingPlan
 from federation.services.datasets import dataset_register
 from federation.services.plan_checks import PLANNED_FIELDS, plan_check
-from federation.services.plans import plan_create, plan_fill, plan_propose
+from federation.services.plans import plan_create
+from federation.services.proposals import plan_fill, plan_propose
 from fedgov.errors import ValidationFailed
 from tests.factories import BOUNDS, FEATURES, build_cast
 from tests.web.helpers import complete_a_round

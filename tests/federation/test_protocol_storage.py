@@ -10,51 +10,43 @@ import json
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from federation import secagg
-from federation.models import ProtocolMessage, ProtocolRelay, RoundProtocol, TrainingRound
-from federation.services import orchestration as orch
-from federation.services.rounds import round_request, round_start
-from harness import simulation
+from federation.models import ProtocolMessage, ProtocolRelay, RoundProtocol
+from federation.services.agent_rounds import agent_submit, agent_tasks
+from federation.services.protocol import (
+    ADVERTISE,
+    MASKED,
+    SHARE,
+    UNMASK,
+    ProtocolRejected,
+    contributions_restore,
+    protocol_server,
+)
+from federation.services.rounds import round_aggregate, round_close_phase
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 4, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="st"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"st-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE
-    return round, agents, keys
+def running_round(secagg_round):
+    made = secagg_round(4, "st")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys
 
 
 def _task(user, phase):
-    (task,) = orch.agent_tasks(user=user)
+    (task,) = agent_tasks(user=user)
     assert task["phase"] == phase
     return task
 
 
 def _submit(user, round, phase, body):
-    return orch.agent_submit(user=user, round_id=round.pk, phase=phase, body=body)
+    return agent_submit(user=user, round_id=round.pk, phase=phase, body=body)
 
 
 def _refused_code(user, round, phase, body) -> str:
-    with pytest.raises(orch.ProtocolRejected) as info:
+    with pytest.raises(ProtocolRejected) as info:
         _submit(user, round, phase, body)
     return info.value.details["secagg_code"]
 
@@ -62,7 +54,7 @@ def _refused_code(user, round, phase, body) -> str:
 def _clients(agents, keys) -> dict:
     """An in-process SecAggClient per partner, configured from the round's first task."""
     slugs = sorted(agents)
-    payload = _task(agents[slugs[0]], orch.ADVERTISE)["payload"]
+    payload = _task(agents[slugs[0]], ADVERTISE)["payload"]
     cfg = payload["config"]
     config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
     identity = {p: bytes.fromhex(k) for p, k in payload["identity_keys"].items()}
@@ -71,7 +63,7 @@ def _clients(agents, keys) -> dict:
 
 def _close(round, phase):
     with transaction.atomic():
-        return orch.round_close_phase(round_id=round.pk, phase=phase)
+        return round_close_phase(round_id=round.pk, phase=phase)
 
 
 def test_contributions_and_relays_live_one_row_per_party_and_the_state_stays_linear(running_round):
@@ -80,66 +72,66 @@ def test_contributions_and_relays_live_one_row_per_party_and_the_state_stays_lin
     clients = _clients(agents, keys)
 
     for s in slugs:
-        _submit(agents[s], round, orch.ADVERTISE, clients[s].advertise_keys())
-    assert _close(round, orch.ADVERTISE) == f"opened {orch.SHARE}"
-    assert list(ProtocolRelay.objects.filter(round=round).values_list("phase", "party")) == [(orch.SHARE, "*")]
+        _submit(agents[s], round, ADVERTISE, clients[s].advertise_keys())
+    assert _close(round, ADVERTISE) == f"opened {SHARE}"
+    assert list(ProtocolRelay.objects.filter(round=round).values_list("phase", "party")) == [(SHARE, "*")]
 
     shares = {}
     for s in slugs:
-        key_list = base64.b64decode(_task(agents[s], orch.SHARE)["payload"]["relay"])
+        key_list = base64.b64decode(_task(agents[s], SHARE)["payload"]["relay"])
         shares[s] = clients[s].share_keys(key_list)
-        assert _submit(agents[s], round, orch.SHARE, shares[s]) == {"accepted": True}
+        assert _submit(agents[s], round, SHARE, shares[s]) == {"accepted": True}
         # a repeated POST (e.g. a lost answer) is still recognised as a replay
-        assert _refused_code(agents[s], round, orch.SHARE, shares[s]) == "replay"
+        assert _refused_code(agents[s], round, SHARE, shares[s]) == "replay"
     state = RoundProtocol.objects.get(round=round).state
     assert state["detached"] and "cts" not in state  # the sealed shares are not in the state
-    rows = {m.party: m.data for m in ProtocolMessage.objects.filter(round=round, phase=orch.SHARE)}
+    rows = {m.party: m.data for m in ProtocolMessage.objects.filter(round=round, phase=SHARE)}
     assert sorted(rows) == slugs and all(sorted(d) == sorted(set(slugs) - {p}) for p, d in rows.items())
 
-    assert _close(round, orch.SHARE) == f"opened {orch.MASKED}"
-    assert _close(round, orch.SHARE) == "already closed"  # a second delivery changes nothing
+    assert _close(round, SHARE) == f"opened {MASKED}"
+    assert _close(round, SHARE) == "already closed"  # a second delivery changes nothing
     assert not ProtocolMessage.objects.filter(round=round).exists()  # consumed into the relays
-    relays = dict(ProtocolRelay.objects.filter(round=round, phase=orch.MASKED).values_list("party", "body"))
+    relays = dict(ProtocolRelay.objects.filter(round=round, phase=MASKED).values_list("party", "body"))
     assert sorted(relays) == slugs
 
     d = clients[slugs[0]].config.vector_length
     rng = np.random.default_rng(3)
     inputs = {s: rng.integers(0, 2**32, d, dtype=np.uint32) for s in slugs}
     for s in slugs:
-        relay = _task(agents[s], orch.MASKED)["payload"]["relay"]
+        relay = _task(agents[s], MASKED)["payload"]["relay"]
         assert relay == relays[s]  # its own relay, read alone
         body = clients[s].masked_input(base64.b64decode(relay), inputs[s])
-        _submit(agents[s], round, orch.MASKED, body)
-        assert _refused_code(agents[s], round, orch.MASKED, body) == "replay"
-    assert _close(round, orch.MASKED) == f"opened {orch.UNMASK}"
+        _submit(agents[s], round, MASKED, body)
+        assert _refused_code(agents[s], round, MASKED, body) == "replay"
+    assert _close(round, MASKED) == f"opened {UNMASK}"
 
     for s in slugs:
-        request = base64.b64decode(_task(agents[s], orch.UNMASK)["payload"]["relay"])
+        request = base64.b64decode(_task(agents[s], UNMASK)["payload"]["relay"])
         body = clients[s].unmask(request)
-        _submit(agents[s], round, orch.UNMASK, body)
-        assert _refused_code(agents[s], round, orch.UNMASK, body) == "replay"
-    assert ProtocolMessage.objects.filter(round=round, phase=orch.UNMASK).count() == len(slugs)
-    assert _close(round, orch.UNMASK) == "aggregating"
+        _submit(agents[s], round, UNMASK, body)
+        assert _refused_code(agents[s], round, UNMASK, body) == "replay"
+    assert ProtocolMessage.objects.filter(round=round, phase=UNMASK).count() == len(slugs)
+    assert _close(round, UNMASK) == "aggregating"
     assert not ProtocolRelay.objects.filter(round=round).exists()
 
     # What the aggregation unmasks is the exact sum of the inputs: check it through the
     # same restore the task does, then let the task run.
     protocol = RoundProtocol.objects.get(round=round)
-    server = orch._server(protocol)
-    orch._restore_contributions(round, server)
+    server = protocol_server(protocol)
+    contributions_restore(round, server)
     expected = np.zeros(d, np.uint32)
     for v in inputs.values():
         expected += v
     np.testing.assert_array_equal(server.finalize().vector, expected)
-    assert orch.round_aggregate(round_id=round.pk) in ("evaluating", "completed")
+    assert round_aggregate(round_id=round.pk) in ("evaluating", "completed")
     assert not ProtocolMessage.objects.filter(round=round).exists()  # the unmask responses are used up
-    assert orch.round_aggregate(round_id=round.pk) == "not aggregating"
+    assert round_aggregate(round_id=round.pk) == "not aggregating"
 
 
 def test_a_refused_message_stores_nothing(running_round):
     round, agents, keys = running_round
     slug = sorted(agents)[0]
-    code = _refused_code(agents[slug], round, orch.ADVERTISE, json.dumps({"type": "advertise_keys"}).encode())
+    code = _refused_code(agents[slug], round, ADVERTISE, json.dumps({"type": "advertise_keys"}).encode())
     assert code in {"malformed", "wrong_round"}
     assert not ProtocolMessage.objects.filter(round=round).exists()
     assert RoundProtocol.objects.get(round=round).pending == sorted(agents)
@@ -155,14 +147,14 @@ def test_an_agent_cannot_speak_for_another_partner(running_round):
     victim, thief = slugs[0], slugs[1]
     before = RoundProtocol.objects.get(round=round).state
     advertised = {s: clients[s].advertise_keys() for s in slugs}
-    assert _refused_code(agents[thief], round, orch.ADVERTISE, advertised[victim]) == "wrong_sender"
+    assert _refused_code(agents[thief], round, ADVERTISE, advertised[victim]) == "wrong_sender"
     assert RoundProtocol.objects.get(round=round).state == before
     for s in slugs:
-        _submit(agents[s], round, orch.ADVERTISE, advertised[s])
-    _close(round, orch.ADVERTISE)
-    key_list = base64.b64decode(_task(agents[victim], orch.SHARE)["payload"]["relay"])
+        _submit(agents[s], round, ADVERTISE, advertised[s])
+    _close(round, ADVERTISE)
+    key_list = base64.b64decode(_task(agents[victim], SHARE)["payload"]["relay"])
     share_keys = clients[victim].share_keys(key_list)
-    assert _refused_code(agents[thief], round, orch.SHARE, share_keys) == "wrong_sender"
+    assert _refused_code(agents[thief], round, SHARE, share_keys) == "wrong_sender"
     assert not ProtocolMessage.objects.filter(round=round).exists()
-    _submit(agents[victim], round, orch.SHARE, share_keys)  # the same bytes from their owner: accepted
+    _submit(agents[victim], round, SHARE, share_keys)  # the same bytes from their owner: accepted
     assert list(ProtocolMessage.objects.filter(round=round).values_list("party", flat=True)) == [victim]

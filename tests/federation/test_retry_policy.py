@@ -22,9 +22,20 @@ from accounting.models import LedgerEntry
 from accounting.selectors import dataset_epsilon_spent
 from federation import secagg
 from federation.models import GovernanceEvent, StandingApproval, TrainingPlan, TrainingRound
-from federation.services import orchestration as orch
-from federation.services.plans import plan_pause, plan_resume, plan_retry, plan_retry_policy_set, plans_retry_overdue
-from federation.services.rounds import round_abort, round_reject, round_request, round_start
+from federation.services.agent_rounds import agent_submit, agent_tasks
+from federation.services.agents import agent_enrol
+from federation.services.plans import plan_pause, plan_retry_policy_set
+from federation.services.protocol import ADVERTISE, MASKED, SHARE
+from federation.services.rounds import (
+    plan_resume,
+    plan_retry,
+    round_abort,
+    round_close_phase,
+    round_reject,
+    round_request,
+    round_start,
+)
+from federation.services.sweeps import plans_retry_overdue
 from federation.services.tokens import token_issue
 from fedgov.errors import InvalidState, NotFound, PermissionDenied, ValidationFailed
 from harness import simulation
@@ -48,7 +59,7 @@ class Fed:
         for i, dataset in enumerate(sorted(self.fed.datasets, key=lambda d: d.organisation.slug)):
             user = get_user_model().objects.get(username=f"rt-agent{i + 1}")
             key = Ed25519PrivateKey.generate()
-            orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
+            agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
             self.agents[dataset.organisation.slug], self.keys[dataset.organisation.slug] = user, key
         self.rep1 = get_user_model().objects.get(username="rt-rep1")
 
@@ -57,22 +68,22 @@ class Fed:
         assert round.status == Status.APPROVED, round.reason  # the standing approvals cover it
         with transaction.atomic():
             round = round_start(round_id=round.pk)
-        assert round.status == Status.RUNNING and round.phase == orch.ADVERTISE, round.reason
+        assert round.status == Status.RUNNING and round.phase == ADVERTISE, round.reason
         return round
 
     def close(self, round, phase, *, late: bool = True) -> str:
         with transaction.atomic():
             now = timezone.now() + timedelta(hours=1) if late else None
-            return orch.round_close_phase(round_id=round.pk, phase=phase, now=now)
+            return round_close_phase(round_id=round.pk, phase=phase, now=now)
 
     def task(self, slug, phase):
-        (task,) = orch.agent_tasks(user=self.agents[slug])
+        (task,) = agent_tasks(user=self.agents[slug])
         assert task["phase"] == phase
         return task
 
     def clients(self) -> dict:
         slugs = sorted(self.agents)
-        payload = self.task(slugs[0], orch.ADVERTISE)["payload"]
+        payload = self.task(slugs[0], ADVERTISE)["payload"]
         cfg = payload["config"]
         config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
         identity = {p: bytes.fromhex(k) for p, k in payload["identity_keys"].items()}
@@ -84,24 +95,24 @@ class Fed:
         slugs = sorted(self.agents)
         clients = self.clients()
         for s in slugs:
-            orch.agent_submit(user=self.agents[s], round_id=round.pk, phase=orch.ADVERTISE, body=clients[s].advertise_keys())
-        assert self.close(round, orch.ADVERTISE, late=False) == f"opened {orch.SHARE}"
+            agent_submit(user=self.agents[s], round_id=round.pk, phase=ADVERTISE, body=clients[s].advertise_keys())
+        assert self.close(round, ADVERTISE, late=False) == f"opened {SHARE}"
         for s in slugs:
-            relay = base64.b64decode(self.task(s, orch.SHARE)["payload"]["relay"])
-            orch.agent_submit(user=self.agents[s], round_id=round.pk, phase=orch.SHARE, body=clients[s].share_keys(relay))
-        assert self.close(round, orch.SHARE, late=False) == f"opened {orch.MASKED}"
+            relay = base64.b64decode(self.task(s, SHARE)["payload"]["relay"])
+            agent_submit(user=self.agents[s], round_id=round.pk, phase=SHARE, body=clients[s].share_keys(relay))
+        assert self.close(round, SHARE, late=False) == f"opened {MASKED}"
         d = clients[slugs[0]].config.vector_length
         for s in slugs[:senders]:
-            relay = base64.b64decode(self.task(s, orch.MASKED)["payload"]["relay"])
+            relay = base64.b64decode(self.task(s, MASKED)["payload"]["relay"])
             body = clients[s].masked_input(relay, np.zeros(d, np.uint32))
-            orch.agent_submit(user=self.agents[s], round_id=round.pk, phase=orch.MASKED, body=body)
-        assert self.close(round, orch.MASKED) == "aborted"
+            agent_submit(user=self.agents[s], round_id=round.pk, phase=MASKED, body=body)
+        assert self.close(round, MASKED) == "aborted"
         round.refresh_from_db()
         return round
 
     def drop_at_advertise(self, round) -> TrainingRound:
         """No partner answers the first phase: the round aborts at its deadline."""
-        assert self.close(round, orch.ADVERTISE) == "aborted"
+        assert self.close(round, ADVERTISE) == "aborted"
         round.refresh_from_db()
         return round
 

@@ -14,8 +14,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
@@ -30,42 +28,31 @@ from federation.agent.checks import PlanRefused, check_round
 from federation.agent.config import AgentConfig
 from federation.agent.work import RoundWork
 from federation.models import RoundTicket, TrainingRound
-from federation.services import orchestration as orch
-from federation.services.rounds import round_abort, round_request, round_start
-from harness import simulation
+from federation.services.agent_rounds import agent_receipt, agent_refuse, agent_rounds_taking_part, agent_submit, agent_tasks
+from federation.services.agents import agent_terms
+from federation.services.protocol import ADVERTISE, MASKED, SHARE, UNMASK
+from federation.services.rounds import round_abort, round_aggregate, round_close_phase
+from federation.services.settlement import round_budget_settle
+from federation.services.tickets import round_ticket_hashes
 from tests.accounting.receipting import run_cli
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 4, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="rl"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"rl-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE
-    return round, agents, keys, parts
+def running_round(secagg_round):
+    made = secagg_round(4, "rl")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys, made.parts
 
 
 def _relay(user):
-    (task,) = orch.agent_tasks(user=user)
+    (task,) = agent_tasks(user=user)
     return base64.b64decode(task["payload"]["relay"])
 
 
 def _close(round, phase):
     with transaction.atomic():
-        return orch.round_close_phase(round_id=round.pk, phase=phase, now=timezone.now() + timedelta(days=1))
+        return round_close_phase(round_id=round.pk, phase=phase, now=timezone.now() + timedelta(days=1))
 
 
 def _receipt(round, slug, key):
@@ -85,28 +72,28 @@ def _drive_to_unmask(round, agents, keys, *, refuses=(), drops=()):
     """AdvertiseKeys .. MaskedInput closed: `refuses` decline at once, `drops` share keys
     and then never send their masked input. Returns the senders of a masked input."""
     slugs = sorted(agents)
-    (task,) = orch.agent_tasks(user=agents[slugs[0]])
+    (task,) = agent_tasks(user=agents[slugs[0]])
     cfg = task["payload"]["config"]
     config = secagg.RoundConfig(cfg["round_id"], tuple(cfg["roster"]), cfg["threshold"], cfg["vector_length"])
     identity = {p: bytes.fromhex(k) for p, k in task["payload"]["identity_keys"].items()}
     clients = {s: secagg.SecAggClient(config, party=s, signing_key=keys[s], identity_keys=identity) for s in slugs}
     for s in refuses:
-        orch.agent_refuse(user=agents[s], round_id=round.pk, code="ticket_mismatch", reason="z differs")
+        agent_refuse(user=agents[s], round_id=round.pk, code="ticket_mismatch", reason="z differs")
     taking_part = [s for s in slugs if s not in refuses]
     for s in taking_part:
-        orch.agent_submit(user=agents[s], round_id=round.pk, phase=orch.ADVERTISE, body=clients[s].advertise_keys())
-    assert _close(round, orch.ADVERTISE) == f"opened {orch.SHARE}"
+        agent_submit(user=agents[s], round_id=round.pk, phase=ADVERTISE, body=clients[s].advertise_keys())
+    assert _close(round, ADVERTISE) == f"opened {SHARE}"
     for s in taking_part:
-        orch.agent_submit(user=agents[s], round_id=round.pk, phase=orch.SHARE, body=clients[s].share_keys(_relay(agents[s])))
-    assert _close(round, orch.SHARE) == f"opened {orch.MASKED}"
+        agent_submit(user=agents[s], round_id=round.pk, phase=SHARE, body=clients[s].share_keys(_relay(agents[s])))
+    assert _close(round, SHARE) == f"opened {MASKED}"
     senders = [s for s in taking_part if s not in drops]
     rng = np.random.default_rng(5)
     for s in senders:
         body = clients[s].masked_input(_relay(agents[s]), rng.integers(0, 2**10, config.vector_length, dtype=np.uint32))
-        orch.agent_submit(user=agents[s], round_id=round.pk, phase=orch.MASKED, body=body)
+        agent_submit(user=agents[s], round_id=round.pk, phase=MASKED, body=body)
         # the agent signs its receipt before the masked input leaves and sends it after
-        orch.agent_receipt(user=agents[s], round_id=round.pk, body=json.dumps(_receipt(round, s, keys[s])).encode())
-    assert _close(round, orch.MASKED) == f"opened {orch.UNMASK}"
+        agent_receipt(user=agents[s], round_id=round.pk, body=json.dumps(_receipt(round, s, keys[s])).encode())
+    assert _close(round, MASKED) == f"opened {UNMASK}"
     return clients, senders
 
 
@@ -129,16 +116,16 @@ def test_a_completed_round_charges_its_contributors_and_releases_who_sent_no_mas
     out = slugs[1]
     clients, senders = _drive_to_unmask(round, agents, keys, **({"refuses": [out]} if case == "refused" else {"drops": [out]}))
     for s in senders:
-        orch.agent_submit(user=agents[s], round_id=round.pk, phase=orch.UNMASK, body=clients[s].unmask(_relay(agents[s])))
-    assert _close(round, orch.UNMASK) == "aggregating"
-    result = orch.round_aggregate(round_id=round.pk)
+        agent_submit(user=agents[s], round_id=round.pk, phase=UNMASK, body=clients[s].unmask(_relay(agents[s])))
+    assert _close(round, UNMASK) == "aggregating"
+    result = round_aggregate(round_id=round.pk)
     if result == "evaluating":
         assert _close(round, "evaluate") == "completed"
     round.refresh_from_db()
     assert round.status == TrainingRound.Status.COMPLETED
     assert sorted(round.metrics["contributors"]) == senders
 
-    hashes = orch.round_ticket_hashes(round)
+    hashes = round_ticket_hashes(round)
     for s in senders:
         assert _kinds(round, s) == [chain.RESERVE, chain.COMMIT]
         commit = LedgerEntry.objects.get(round=round, dataset__organisation__slug=s, kind=chain.COMMIT)
@@ -163,7 +150,7 @@ def test_an_abort_after_the_masked_input_charges_the_senders_only_and_twice_writ
     with transaction.atomic():
         round_abort(actor=None, round=round, reason="operator stop")  # a second delivery
     with transaction.atomic():
-        orch.round_budget_settle(round=round)  # every reservation is final already
+        round_budget_settle(round=round)  # every reservation is final already
     assert LedgerEntry.objects.count() == count
     for s in senders:
         assert _kinds(round, s) == [chain.RESERVE, chain.COMMIT]
@@ -206,10 +193,10 @@ def test_a_dataset_whose_masked_input_was_received_cannot_be_released(running_ro
 
 def _agent_reserving(user, state_dir, data):
     """A real runner Agent with its partner ledger, reserving the round of `user`'s task."""
-    (task,) = orch.agent_tasks(user=user)
+    (task,) = agent_tasks(user=user)
     org = user.memberships.get(role="agent").organisation
     ticket, ticket_hash = check_round(
-        task["round"], task["payload"], coordinator_key=heads.public_key_hex(), terms=orch.agent_terms(org), organisation=org.slug
+        task["round"], task["payload"], coordinator_key=heads.public_key_hex(), terms=agent_terms(org), organisation=org.slug
     )
     agent = runner.Agent(AgentConfig(server="http://127.0.0.1:9", token="t", data=data, state_dir=state_dir, budget=8.0, delta=1e-5))
     agent.coordinator_key = heads.public_key_hex()
@@ -247,7 +234,7 @@ def test_an_agent_releases_a_round_that_ended_before_its_masked_input_and_keeps_
     committed_agent._local_commit(committed_agent.work[round.pk])
     # While the round may still ask something of them, nothing is released.
     for slug, (agent, _key) in works.items():
-        live = orch.agent_rounds_taking_part(user=agents[slug])
+        live = agent_rounds_taking_part(user=agents[slug])
         assert live == [round.pk]
         agent.settle_ended_rounds(live, [])
         assert round.pk in agent.work
@@ -255,7 +242,7 @@ def test_an_agent_releases_a_round_that_ended_before_its_masked_input_and_keeps_
     with transaction.atomic():
         round_abort(actor=None, round=round, reason="another partner dropped in share_keys")
     for slug, (agent, _key) in works.items():
-        live = orch.agent_rounds_taking_part(user=agents[slug])
+        live = agent_rounds_taking_part(user=agents[slug])
         assert live == []
         agent.settle_ended_rounds(live, [])
     agent, key = works[slugs[0]]

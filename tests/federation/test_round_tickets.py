@@ -1,7 +1,7 @@
 """Round tickets, the agent's checks before it touches its data, refusals and receipts.
 
 The coordinator side runs through the services on a real round (budget reserved, protocol
-open); the agent's checks are `federation.agent.check_round` / `check_evaluation`
+open); the agent's checks are `federation.agent.runner.check_round` / `check_evaluation`
 applied to the task payload the coordinator really serves."""
 
 from __future__ import annotations
@@ -25,35 +25,23 @@ from federation.agent.checks import PlanRefused, check_evaluation, check_round
 from federation.agent.config import AgentConfig
 from federation.agent.work import RoundWork
 from federation.models import ImmutableRow, RoundParticipant, RoundTicket, TrainingRound
-from federation.services import orchestration as orch
-from federation.services.rounds import round_request, round_start
-from harness import simulation
+from federation.services.agent_rounds import ReceiptConflict, ReceiptRejected, agent_receipt, agent_refuse, agent_tasks
+from federation.services.agents import agent_terms
+from federation.services.protocol import ADVERTISE
+from federation.services.rounds import round_close_phase
+from federation.services.tickets import receipts_missing, ticket_signed
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def running_round(tmp_path):
-    table = simulation.default_table()
-    parts = simulation.partition(table, 3, tmp_path)
-    fed = simulation.setup_federation(
-        partitions=parts, schema=simulation.schema_for(table, parts[0]), epsilon=8.0, rounds=1, prefix="tk"
-    )
-    agents, keys = {}, {}
-    for i, dataset in enumerate(sorted(fed.datasets, key=lambda d: d.organisation.slug)):
-        user = get_user_model().objects.get(username=f"tk-agent{i + 1}")
-        key = Ed25519PrivateKey.generate()
-        orch.agent_enrol(user=user, public_key_hex=key.public_key().public_bytes_raw().hex())
-        agents[dataset.organisation.slug], keys[dataset.organisation.slug] = user, key
-    round = round_request(actor=None, plan=fed.plan, system=True)
-    with transaction.atomic():
-        round = round_start(round_id=round.pk)
-    assert round.status == TrainingRound.Status.RUNNING and round.phase == orch.ADVERTISE
-    return round, agents, keys, parts
+def running_round(secagg_round):
+    made = secagg_round(3, "tk")  # tests/federation/conftest.py
+    return made.round, made.agents, made.keys, made.parts
 
 
 def _task(user):
-    (task,) = orch.agent_tasks(user=user)
+    (task,) = agent_tasks(user=user)
     return task
 
 
@@ -61,7 +49,7 @@ def _check(task, user, *, key=None):
     org = user.memberships.get(role="agent").organisation
     return check_round(
         task["round"], task["payload"], coordinator_key=key or heads.public_key_hex(),
-        terms=orch.agent_terms(org), organisation=org.slug,
+        terms=agent_terms(org), organisation=org.slug,
     )
 
 
@@ -91,7 +79,7 @@ def test_every_participant_gets_a_ticket_signed_with_the_ledger_key_naming_its_r
     assert tickets.count() == 3
     reserves = {e.dataset_id: e for e in LedgerEntry.objects.filter(round=round, kind="RESERVE")}
     for ticket in tickets:
-        doc = orch.ticket_signed(ticket)
+        doc = ticket_signed(ticket)
         assert trust.ticket_verify(doc, heads.public_key_raw()) == ticket.ticket_hash
         reserve = reserves[ticket.participant.dataset_id]
         assert doc["reserve_entry_hash"] == reserve.entry_hash
@@ -246,12 +234,12 @@ def test_a_refusal_is_stored_with_its_code_and_reason_and_the_round_closes_when_
     round, agents, _, _ = running_round
     for slug, user in agents.items():
         with django_capture_on_commit_callbacks(execute=False):
-            out = orch.agent_refuse(user=user, round_id=round.pk, code="ticket_mismatch", reason=f"z differs for {slug}")
+            out = agent_refuse(user=user, round_id=round.pk, code="ticket_mismatch", reason=f"z differs for {slug}")
         assert out["code"] == "ticket_mismatch"
     links = RoundParticipant.objects.filter(round=round)
     assert {(p.refusal_code, p.status) for p in links} == {("ticket_mismatch", "dropped")}
     with transaction.atomic():
-        assert orch.round_close_phase(round_id=round.pk, phase=orch.ADVERTISE) == "aborted"
+        assert round_close_phase(round_id=round.pk, phase=ADVERTISE) == "aborted"
     round.refresh_from_db()
     assert round.status == TrainingRound.Status.ABORTED
     assert "declined (ticket_mismatch: z differs for" in round.reason
@@ -267,14 +255,14 @@ def test_a_refusal_needs_a_stable_code(running_round, code):
 
     round, agents, _, _ = running_round
     with pytest.raises(ValidationFailed):
-        orch.agent_refuse(user=next(iter(agents.values())), round_id=round.pk, code=code, reason="why")
+        agent_refuse(user=next(iter(agents.values())), round_id=round.pk, code=code, reason="why")
     assert not RoundParticipant.objects.filter(round=round).exclude(refusal_code="").exists()
 
 
 def test_the_round_api_and_page_say_why_a_partner_declined(running_round, client):
     round, agents, _, _ = running_round
     slug, user = next(iter(agents.items()))
-    orch.agent_refuse(user=user, round_id=round.pk, code="ticket_signature", reason="signed by another key")
+    agent_refuse(user=user, round_id=round.pk, code="ticket_signature", reason="signed by another key")
     admin = get_user_model().objects.get(username="tk-admin")
     client.force_login(admin)
     page = client.get(f"/rounds/{round.pk}/")
@@ -306,11 +294,11 @@ def test_a_receipt_is_checked_and_stored_once(running_round):
     round, agents, keys, _ = running_round
     slug = sorted(agents)[0]
     receipt = _receipt(round, slug, keys[slug])
-    assert orch.agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(receipt).encode()) == {"accepted": True}
+    assert agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(receipt).encode()) == {"accepted": True}
     # the same again (a retried POST): fine; another one: a conflict
-    assert orch.agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(receipt).encode()) == {"accepted": True}
-    with pytest.raises(orch.ReceiptConflict):
-        orch.agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(_receipt(round, slug, keys[slug], local_ledger_head="cd" * 32)).encode())
+    assert agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(receipt).encode()) == {"accepted": True}
+    with pytest.raises(ReceiptConflict):
+        agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(_receipt(round, slug, keys[slug], local_ledger_head="cd" * 32)).encode())
     stored = RoundTicket.objects.get(participant__round=round, participant__dataset__organisation__slug=slug)
     assert stored.receipt == receipt
 
@@ -329,8 +317,8 @@ def test_a_receipt_is_checked_and_stored_once(running_round):
 def test_a_bad_receipt_is_refused_and_nothing_is_stored(running_round, tamper, code):
     round, agents, keys, _ = running_round
     slug = sorted(agents)[0]
-    with pytest.raises(orch.ReceiptRejected) as info:
-        orch.agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(tamper(round, slug, keys[slug], agents)).encode())
+    with pytest.raises(ReceiptRejected) as info:
+        agent_receipt(user=agents[slug], round_id=round.pk, body=json.dumps(tamper(round, slug, keys[slug], agents)).encode())
     assert info.value.details["receipt_code"] == code
     assert not RoundTicket.objects.filter(participant__round=round, receipt__isnull=False).exists()
 
@@ -340,8 +328,8 @@ def test_a_round_whose_receipts_never_came_is_flagged(running_round):
     slugs = sorted(agents)
     round.metrics = {**round.metrics, "contributors": slugs}
     round.save(update_fields=["metrics"])
-    orch.agent_receipt(user=agents[slugs[0]], round_id=round.pk, body=json.dumps(_receipt(round, slugs[0], keys[slugs[0]])).encode())
-    assert orch.receipts_missing(round) == slugs[1:]
+    agent_receipt(user=agents[slugs[0]], round_id=round.pk, body=json.dumps(_receipt(round, slugs[0], keys[slugs[0]])).encode())
+    assert receipts_missing(round) == slugs[1:]
 
 
 def test_the_agent_refuses_a_round_its_own_ledger_cannot_pay_for(running_round, tmp_path):

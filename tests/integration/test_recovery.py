@@ -38,8 +38,7 @@ def wait_status(plan: TrainingPlan, status: str, timeout: float, stack) -> Train
 
 
 def test_an_agent_away_for_two_tries_pauses_the_plan_which_resumes_and_completes_when_it_is_back(tmp_path):
-    from federation.services.plans import plan_resume
-    from federation.services.rounds import round_request
+    from federation.services.rounds import plan_resume, round_request
 
     # The noise pays for four tries, not two: the coordinator releases the aborted tries, but a
     # partner's own ledger never hears of the abort and keeps their reservations open (counted

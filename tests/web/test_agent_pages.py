@@ -13,7 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from federation.models import AgentStatus, Membership, TrainingRound
-from federation.services import orchestration as orch
+from federation.services.agent_rounds import agent_refuse
+from federation.services.agents import agent_enrol
 from federation.services.rounds import round_approve, round_start
 from tests.factories import UserFactory, member
 
@@ -26,7 +27,7 @@ def agents(cast) -> dict:
     users = {}
     for org in (cast.org_a, cast.org_b, cast.org_c):
         user = cast.agent_a if org == cast.org_a else member(UserFactory(username=f"agent-{org.slug}"), org, Membership.Role.AGENT)
-        orch.agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
+        agent_enrol(user=user, public_key_hex=Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex())
         users[org.slug] = user
     AgentStatus.objects.filter(organisation=cast.org_c).update(last_seen_at=timezone.now() - timedelta(minutes=10), software_version="0.2.0")
     return users
@@ -69,7 +70,7 @@ def test_the_round_page_says_who_was_left_out_and_why_a_partner_declined_in_plai
     with transaction.atomic():
         round = round_start(round_id=waiting_round.pk)
     assert round.status == TrainingRound.Status.RUNNING, round.reason
-    orch.agent_refuse(user=agents["org-b"], round_id=round.pk, code="agreement_unknown", reason="agreement 7 is not one this organisation holds")
+    agent_refuse(user=agents["org-b"], round_id=round.pk, code="agreement_unknown", reason="agreement 7 is not one this organisation holds")
     page = as_user(cast.rep_a).get(reverse("web:round_detail", args=[round.pk])).content.decode()
     assert 'id="left-out-org-c-records"' in page and "agent offline since" in page
     assert "declined: its agent does not hold this agreement&#x27;s terms" in page

@@ -11,7 +11,7 @@ import pytest
 from django.urls import reverse
 
 from federation.models import TrainingPlan
-from federation.services.plans import plan_propose
+from federation.services.proposals import plan_propose
 from tests.federation.test_plan_definition import lean_dataset_of_org_c
 from tests.web.test_forms import field_errors, plan_post
 

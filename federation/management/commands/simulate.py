@@ -31,7 +31,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from federation.learning import LearningError
 from federation.models import ModelVersion, TrainingRound
-from federation.services.orchestration import model_params
+from federation.services.aggregation import model_params
 from federation.services.rounds import round_request
 from fedgov.errors import ApplicationError
 from harness import simulation
