@@ -484,7 +484,7 @@ def plot(rows, zs, cfg, path: Path) -> None:
 
 
 # --- the suite (issue #15): several public data sets, the planner's schedule ---------------
-SUITE_DATASETS = ("breast_cancer", "wine", "digits", "iris", "synthetic60k")
+SUITE_DATASETS = ("breast_cancer", "wine", "digits", "iris", "synthetic60k", "synthetic60k_std")
 SUITE_SPLITS = ("skew", "iid")
 SUITE_ROUNDS = 20
 
@@ -498,6 +498,13 @@ def suite_data(name: str):
         X, y = datasets.make_classification(
             n_samples=60_000, n_features=8, n_informative=5, n_redundant=2, n_classes=2, n_clusters_per_class=1, flip_y=0.15, class_sep=0.8, random_state=60
         )
+        return X, y
+    if name == "synthetic60k_std":
+        # The untouched generator (docs/QUALITY.md): fixed before any result was seen, from the
+        # issue's words only -- 8 features (6-10), 5% flipped labels ("some label noise") -- and
+        # scikit-learn's defaults for everything else (2 redundant features, 2 clusters per
+        # class, class_sep 1.0). "synthetic60k" above was changed after a result was seen.
+        X, y = datasets.make_classification(n_samples=60_000, n_features=8, n_informative=6, flip_y=0.05, random_state=60)
         return X, y
     loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "digits": datasets.load_digits, "iris": datasets.load_iris}[name]
     data = loader()

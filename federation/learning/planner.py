@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 
 from .errors import DPParameterError, LearningError
 
+#: Clip norm as a share of a record's typical first gradient (``C = CLIP_SHARE * g0``).
+CLIP_SHARE = 0.5
 #: Passes over the smallest dataset per round (one local epoch).
 EPOCHS_PER_ROUND = 1.0
 #: At most this many local steps: a round's local movement is then <= DRIFT_STEPS logits.
@@ -196,7 +198,7 @@ def plan_schedule(
     # Scale: clip norm and learning rate from the normalised-feature argument.
     r = math.sqrt(1 + d / 3)
     g0 = r * math.sqrt(1 - 1 / k)
-    C = g0 / 2
+    C = CLIP_SHARE * g0
     if max_clip_norm is not None and C > max_clip_norm:
         C = float(max_clip_norm)
         warnings.append(f"clip norm capped at the agreement's maximum {max_clip_norm:g}")

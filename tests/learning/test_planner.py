@@ -30,6 +30,18 @@ def test_the_plan_fits_every_budget_by_dp_accounting(plan):
     assert kwargs["sampling_rate"] == plan.q and kwargs["noise_multiplier"] == plan.noise_multiplier
 
 
+@pytest.mark.parametrize("d, k", [(8, 2), (13, 3), (64, 10)])
+def test_clip_norm_and_learning_rate_follow_the_documented_scale_rule(d, k):
+    """C = CLIP_SHARE x a record's typical first gradient r sqrt(1 - 1/k), r = sqrt(1 + d/3),
+    and lr = 1/(C r): a clipped step moves a typical logit by at most 1 (3 significant digits)."""
+    from federation.learning import planner
+
+    p = plan_schedule(**{**BASE, "n_features": d, "n_classes": k})
+    r = math.sqrt(1 + d / 3)
+    assert p.clip_norm == pytest.approx(planner.CLIP_SHARE * r * math.sqrt(1 - 1 / k), rel=5e-3)
+    assert p.learning_rate * p.clip_norm * r == pytest.approx(1.0, rel=1e-2)
+
+
 def test_the_tightest_dataset_budget_rules():
     loose = plan_schedule(**{**BASE, "epsilons": [8.0, 8.0, 8.0]})
     tight = plan_schedule(**{**BASE, "epsilons": [8.0, 8.0, 1.0]})
