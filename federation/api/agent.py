@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from django.db import close_old_connections
+from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import parsers, permissions, serializers, status
 from rest_framework.response import Response
@@ -189,6 +190,23 @@ class SubmitView(AgentView):
             parse_json(body)  # a JSON message must be JSON (strict: no NaN); the protocol checks the rest
         result = orchestration.agent_submit(user=request.user, round_id=round_id, phase=phase, body=body)
         return Response(result)
+
+
+class ModelView(AgentView):
+    """The raw parameters of a model a round hands out (the task names it with its SHA-256,
+    which the agent checks): 4 bytes a parameter instead of base64 inside the task's JSON."""
+
+    @extend_schema(
+        responses={(200, "application/octet-stream"): bytes},
+        description="The model's parameters as little-endian float32 words: the round's start model, or the model it "
+        "produced (for the evaluation), to an agent of an organisation active in the round.",
+    )
+    def get(self, request, round_id: int, version: int):
+        round_id = valid_pk(round_id)
+        if round_id is None:
+            raise NotFound("Round not found.")
+        body = orchestration.agent_model(user=request.user, round_id=round_id, version=version)
+        return HttpResponse(body, content_type="application/octet-stream")
 
 
 # Receipts and refusals are small (an event's JSON, two hashes, a key; a code and a sentence).

@@ -1,0 +1,66 @@
+"""The model a round hands its partners travels as raw float32 bytes (issue #19): 4 bytes a
+parameter, where base64 inside the task's JSON cost 5.33 and a JSON parse of megabytes on
+both sides. The task names it with its SHA-256 (the ticket pins the start model's), and only
+an agent of an organisation active in the live round gets it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from federation.models import ModelVersion, Organisation, RoundParticipant, TrainingRound
+from federation.services import orchestration as orch
+from federation.services.organisations import organisation_create
+from federation.services.tokens import token_issue
+from tests.api.agents import build_agent_world
+from tests.factories import UserFactory, member
+from tests.tamper import force_update
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world():
+    return build_agent_world()
+
+
+def _advertise_task(world, slug="org-a") -> dict:
+    (task,) = world.client(slug).get("/api/v1/agent/tasks/").json()["tasks"]
+    assert task["phase"] == orch.ADVERTISE
+    return task
+
+
+def test_the_task_names_the_model_and_the_agent_api_serves_its_raw_bytes(world):
+    task = _advertise_task(world)
+    model = task["payload"]["model"]
+    assert "params" not in model  # no base64 copy of the parameters inside the JSON
+    stored = ModelVersion.objects.get(plan=world.round.plan, version=model["version"])
+    response = world.client().get(f"/api/v1/agent/{model['url']}")
+    assert response.status_code == 200 and response["Content-Type"] == "application/octet-stream"
+    body = response.content
+    d = world.round.protocol.config["vector_length"]
+    assert len(body) == 4 * d  # exactly 4 bytes a parameter
+    assert hashlib.sha256(body).hexdigest() == model["sha256"] == stored.sha256 == task["payload"]["ticket"]["start_model_sha256"]
+    assert np.array_equal(np.frombuffer(body, dtype=np.float32), orch.model_params(stored))
+
+
+def test_only_the_rounds_models_go_to_its_active_partners(world):
+    url = _advertise_task(world)["payload"]["model"]["url"]
+    # A version the round does not hand out (another round's model of the same plan).
+    other = orch.model_store(plan=world.round.plan, version=7, params=np.zeros(world.round.protocol.config["vector_length"]))
+    assert world.client().get(f"/api/v1/agent/rounds/{world.round.pk}/model/{other.version}/").status_code == 404
+    # An agent of an organisation outside the round.
+    outsider = organisation_create(actor=world.cast.admin, slug="org-x", name="Outsider")
+    agent = member(UserFactory(username="agent-x"), outsider, "agent")
+    _, key = token_issue(actor=agent, user=agent, scopes=["agent"], name="agent")
+    world.keys["org-x"] = key
+    assert world.client("org-x").get(f"/api/v1/agent/{url}").status_code in (403, 404)
+    # A partner dropped from the round, and any partner once the round ended.
+    RoundParticipant.objects.filter(round=world.round, dataset__organisation__slug="org-b").update(status=RoundParticipant.Status.DROPPED)
+    assert world.client("org-b").get(f"/api/v1/agent/{url}").status_code == 404
+    assert world.client("org-c").get(f"/api/v1/agent/{url}").status_code == 200
+    force_update(TrainingRound, world.round.pk, status=TrainingRound.Status.COMPLETED)
+    assert world.client("org-c").get(f"/api/v1/agent/{url}").status_code == 404
+    assert Organisation.objects.filter(slug="org-x").exists()
