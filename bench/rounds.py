@@ -165,18 +165,23 @@ class TimedAgent(Agent):
         self.traffic: list[tuple[float, int, int]] = []  # (time, sent, received)
         session_request = self.http.session.request
 
+        self.trace: list[tuple[float, float, str, str]] = []  # (start, seconds, method, path): --trace
+
         def counted(method, url, **kwargs):
+            t0 = time.time()
             response = session_request(method, url, **kwargs)
             body = kwargs.get("data") or (json.dumps(kwargs["json"]).encode() if kwargs.get("json") is not None else b"")
             self.traffic.append((time.time(), len(body), len(response.content)))
+            self.trace.append((t0, time.time() - t0, method, url.split("/agent/")[-1]))
             return response
 
         self.http.session.request = counted
 
     def handle(self, task):
-        t0 = time.thread_time()
+        t0, w0 = time.thread_time(), time.time()
         super().handle(task)
         self.busy[task["round"]] += time.thread_time() - t0
+        self.trace.append((w0, time.time() - w0, "handle", task["phase"]))
 
     def _send(self, round_pk, *a, **kw):  # time on the wire is the coordinator's, not the partner's
         t0 = time.thread_time()
@@ -241,6 +246,15 @@ def run_fedgov(size: str, n: int, rounds: int, work: Path) -> dict:
             "sent": median(s for s, _ in traffic), "received": median(x for _, x in traffic),
         })
     steady = per_round[1:]
+    if os.environ.get("BENCH_TRACE"):  # where a round's time goes, as the agents saw it
+        last = done[-1]
+        t0 = last.requested_at.timestamp()
+        with (work / f"trace-{tag}.txt").open("w") as fh:
+            for i, a in enumerate(agents):
+                for start, secs, method, what in sorted(a.trace):
+                    if t0 <= start <= last.finished_at.timestamp():
+                        fh.write(f"p{i + 1} {start - t0:8.3f} {secs:7.3f} {method} {what}\n")
+        print(f"  trace: {work / f'trace-{tag}.txt'}")
     p = fed.plan
     return {
         "side": "fedgov", "size": size, "n": n, "d": learning.ModelSpec.from_dict(p.model_spec).n_params, "rounds": len(steady),
@@ -353,7 +367,7 @@ def run_flower(fed: dict, rounds: int, work: Path) -> dict:
     port = free_port()  # Flower 1.41 serves the Fleet, Control and Runtime APIs over HTTP on one port
     procs, relays = [], []
     try:
-        link = spawn([flower_bin("flower-superlink"), "--insecure", "--port", str(port), "--database", ":flwr-in-memory-state:"],
+        link = spawn([flower_bin("flower-superlink"), "--insecure", "--port", str(port)],
                      work / "superlink.log", env)
         procs.append(link)
         wait_for_port(port, timeout=60, proc=link, log=work / "superlink.log")
