@@ -27,8 +27,11 @@ its completion (evaluation included), Flower from the start of the fit stage to 
 the evaluate stage. Partners' compute: the CPU seconds of training, masking, unmasking and
 evaluating (fedgov: agent handlers' thread time, sending excluded; Flower: the ClientApp's
 fit and evaluate, SecAgg+ masking excluded, so Flower's share is if anything understated);
-on 2 cores, a round's compute is at least max(slowest partner, sum / 2). Coordinator's share
-= wall - compute. Peak RSS: VmHWM of each coordinator process (fedgov: gunicorn workers,
+on 2 cores, a round's compute is at least max(slowest partner, sum / 2). The rest (wall -
+compute) is orchestration, and on a loaded machine also the partners waiting for a core.
+Coordinator CPU: the CPU seconds the coordinator's processes used during the round (fedgov:
+web, worker, Redis; Flower: SuperLink, SuperExec and ServerApp), which the load does not
+inflate. Peak RSS: VmHWM of each coordinator process (fedgov: gunicorn workers,
 Celery worker and pool, Redis; Flower: SuperLink and the ServerApp process), sampled every
 0.2 s; the table gives the largest process and the sum. Traffic per partner per round:
 fedgov counts HTTP bodies at the agent's client; Flower's SuperNode-SuperLink traffic
@@ -99,12 +102,27 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 class PeakSampler:
-    """Every 0.2 s, the VmHWM of every process under the given roots, per group."""
+    """Every 0.2 s, the VmHWM of every process under the given roots, per group, and the CPU
+    seconds all of them have used so far (a process that ended keeps its last reading)."""
 
     def __init__(self, roots: dict[str, list[int]], *, skip=lambda pid: False) -> None:
         self.roots, self.skip = roots, skip
         self.peak: dict[str, dict[int, int]] = defaultdict(dict)
+        self.cpu: dict[int, float] = {}
+        self.cpu_series: list[tuple[float, float]] = []  # (time, CPU seconds of every process so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -122,6 +140,18 @@ class PeakSampler:
                     value = vm_hwm(pid)
                     if value:
                         self.peak[group][pid] = max(self.peak[group].get(pid, 0), value)
+                    used = cpu_seconds(pid)
+                    if used is not None:
+                        self.cpu[pid] = used
+        self.cpu_series.append((time.time(), sum(self.cpu.values())))
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the processes used from `start` to `end` (nearest samples)."""
+        def at(t: float) -> float:
+            before = [c for when, c in self.cpu_series if when <= t]
+            return before[-1] if before else 0.0
+
+        return at(end) - at(start)
 
     def __enter__(self):
         self._thread.start()
@@ -244,6 +274,7 @@ def run_fedgov(size: str, n: int, rounds: int, work: Path) -> dict:
         per_round.append({
             "wall": wall, "compute": compute, "overhead": wall - compute,
             "sent": median(s for s, _ in traffic), "received": median(x for _, x in traffic),
+            "coordinator_cpu": peaks.cpu_between(r.requested_at.timestamp(), r.finished_at.timestamp()),
         })
     steady = per_round[1:]
     if os.environ.get("BENCH_TRACE"):  # where a round's time goes, as the agents saw it
@@ -258,7 +289,7 @@ def run_fedgov(size: str, n: int, rounds: int, work: Path) -> dict:
     p = fed.plan
     return {
         "side": "fedgov", "size": size, "n": n, "d": learning.ModelSpec.from_dict(p.model_spec).n_params, "rounds": len(steady),
-        **{k: median(x[k] for x in steady) for k in ("wall", "compute", "overhead", "sent", "received")},
+        **{k: median(x[k] for x in steady) for k in ("wall", "compute", "overhead", "sent", "received", "coordinator_cpu")},
         "first": per_round[0]["wall"], "rss_largest": peaks.largest(), "rss_total": peaks.total(),
         "rss": {g: max(v.values(), default=0) for g, v in peaks.peak.items()},
         "threshold": done[-1].protocol.config["threshold"],
@@ -420,10 +451,11 @@ def run_flower(fed: dict, rounds: int, work: Path) -> dict:
         rows.append({
             "wall": r["end"] - r["start"], "compute": compute, "overhead": r["end"] - r["start"] - compute,
             "sent": median(s for s, _ in traffic), "received": median(x for _, x in traffic),
+            "coordinator_cpu": peaks.cpu_between(r["start"], r["end"]),
         })
     return {
         "side": "flower", "size": size, "n": n, "d": fed["d"], "rounds": len(rows),
-        **{k: median(x[k] for x in rows) for k in ("wall", "compute", "overhead", "sent", "received")},
+        **{k: median(x[k] for x in rows) for k in ("wall", "compute", "overhead", "sent", "received", "coordinator_cpu")},
         "first": per_round[0]["end"] - per_round[0]["start"], "rss_largest": peaks.largest(), "rss_total": peaks.total(),
         "rss": {str(pid) + " " + cmdline(pid)[:40]: v for pid, v in peaks.peak["superlink"].items()},
     }
@@ -451,16 +483,16 @@ def table(rows: list[dict], args, loads: list[tuple[str, tuple]]) -> str:
         "Load average (1, 5, 15 min) at the start of each measurement: "
         + "; ".join(f"{what} {a:.2f} {b:.2f} {c:.2f}" for what, (a, b, c) in loads),
         "",
-        "| d | n | side | wall per round (s) | partners' compute (s) | coordinator's share (s) | first round (s) "
+        "| d | n | side | wall per round (s) | partners' compute (s) | the rest: orchestration (s) | coordinator CPU (s) | first round (s) "
         "| coordinator peak RSS, largest / sum (MB) | partner sends / receives per round | Flower / fedgov wall |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r["size"], r["n"], r["side"]): r for r in rows}
     for r in rows:
         other = by.get((r["size"], r["n"], "fedgov"))
         ratio = f"{r['wall'] / other['wall']:.2f}" if r["side"] == "flower" and other else ""
         lines.append(
-            f"| {d_label(r['size'])} ({r['d']:,}) | {r['n']} | {r['side']} | {r['wall']:.3f} | {r['compute']:.3f} | {r['overhead']:.3f} "
+            f"| {d_label(r['size'])} ({r['d']:,}) | {r['n']} | {r['side']} | {r['wall']:.3f} | {r['compute']:.3f} | {r['overhead']:.3f} | {r['coordinator_cpu']:.2f} "
             f"| {r['first']:.2f} | {r['rss_largest'] / MB:.0f} / {r['rss_total'] / MB:.0f} | {fmt_bytes(r['sent'])} / {fmt_bytes(r['received'])} | {ratio} |"
         )
     lines += [
@@ -488,7 +520,7 @@ def flower_version() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="small,1e5,1e6")
+    parser.add_argument("--sizes", default="1e6,1e5,small")
     parser.add_argument("--partners", default="3,10")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds, after one warm-up round")
     parser.add_argument("--fifty", action="store_true", help="also 50 partners at d=1e5")
@@ -517,12 +549,17 @@ def main() -> None:
             fl = run_flower(fed, args.rounds, VAR)
             print(f"  Flower: {fl['wall']:.3f} s per round", flush=True)
             rows.append(fl)
+        write_results(rows, args, loads)  # after every case: a cut-short run still leaves its figures
+    print(write_results(rows, args, loads))
+
+
+def write_results(rows: list[dict], args, loads) -> str:
     text = table(rows, args, loads)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "rounds.md").write_text(text + "\n")
     (out / "rounds.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("schema", "parts")} for r in rows], indent=1, default=str) + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
