@@ -6,10 +6,13 @@ an agent of an organisation active in the live round gets it."""
 from __future__ import annotations
 
 import hashlib
+import io
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from federation.api.agent import spooled_body
 from federation.models import ModelVersion, Organisation, RoundParticipant, TrainingRound
 from federation.services import orchestration as orch
 from federation.services.organisations import organisation_create
@@ -64,3 +67,23 @@ def test_only_the_rounds_models_go_to_its_active_partners(world):
     force_update(TrainingRound, world.round.pk, status=TrainingRound.Status.COMPLETED)
     assert world.client("org-c").get(f"/api/v1/agent/{url}").status_code == 404
     assert Organisation.objects.filter(slug="org-x").exists()
+
+
+class _Upload(io.BytesIO):
+    """What the view reads a request body through (request.read)."""
+
+
+def test_a_masked_input_is_spooled_to_a_file_not_held_in_memory():
+    body = np.random.default_rng(0).integers(0, 2**32, size=1_000_000, dtype=np.uint32).tobytes()  # d = 10^6: 4 MB
+    upload = _Upload(body)
+    tracemalloc.start()
+    try:
+        with spooled_body(upload, limit=len(body)) as view:
+            _, peak = tracemalloc.get_traced_memory()
+            assert isinstance(view, memoryview) and view.readonly and len(view) == len(body)
+            assert bytes(view[:64]) == body[:64] and bytes(view[-64:]) == body[-64:]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(body) // 8  # a chunk at a time, never the whole body
+    with spooled_body(_Upload(body), limit=len(body) - 1) as view:
+        assert view is None  # over the round's limit: refused, nothing parsed
