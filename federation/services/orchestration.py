@@ -23,6 +23,7 @@ import base64
 import hashlib
 import logging
 import math
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -461,12 +462,30 @@ def agent_model(*, user, round_id: int, version: int) -> bytes:
     model = (
         ModelVersion.objects.filter(plan_id=round.plan_id, version=version)
         .filter(Q(version=protocol.config.get("model_version")) | Q(round=round))
-        .only("params")
+        .values_list("pk", "sha256")
         .first()
     )
     if model is None:
         raise NotFound("This round hands out no such model.")
-    return bytes(model.params)
+    return _model_bytes(*model)
+
+
+# The last models handed out, shared by every request of this process: when all n partners
+# fetch the round's model at once, the process holds it once, not n times (issue #19).
+_MODEL_BYTES: dict[tuple[int, str], bytes] = {}
+_MODEL_BYTES_LOCK = threading.Lock()
+MODEL_BYTES_KEPT = 2  # a round's start model and the model it produced
+
+
+def _model_bytes(pk: int, sha256: str) -> bytes:
+    with _MODEL_BYTES_LOCK:
+        raw = _MODEL_BYTES.get((pk, sha256))
+        if raw is None:
+            raw = bytes(ModelVersion.objects.filter(pk=pk).values_list("params", flat=True).get())
+            _MODEL_BYTES[(pk, sha256)] = raw
+            while len(_MODEL_BYTES) > MODEL_BYTES_KEPT:
+                del _MODEL_BYTES[next(iter(_MODEL_BYTES))]
+        return raw
 
 
 def _ticket_for(round: TrainingRound, dataset) -> dict | None:

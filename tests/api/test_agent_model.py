@@ -69,6 +69,14 @@ def test_only_the_rounds_models_go_to_its_active_partners(world):
     assert Organisation.objects.filter(slug="org-x").exists()
 
 
+def test_partners_fetching_the_model_at_once_share_one_copy_in_the_web_process(world):
+    url = _advertise_task(world)["payload"]["model"]["url"]
+    version = int(url.rstrip("/").rsplit("/", 1)[1])
+    first = orch.agent_model(user=world.agents["org-a"], round_id=world.round.pk, version=version)
+    second = orch.agent_model(user=world.agents["org-b"], round_id=world.round.pk, version=version)
+    assert first is second  # one buffer, however many partners download it
+
+
 class _Upload(io.BytesIO):
     """What the view reads a request body through (request.read)."""
 
