@@ -823,9 +823,12 @@ def round_close_phase(*, round_id: int, phase: str, now=None) -> str:
             )
             return "aborted"
         protocol.state = server.to_dict(contributions=False)
-        protocol.running_sum = server.running_sum_bytes()
         protocol.pending = server.pending()
-        protocol.save()
+        fields = ["state", "pending", "updated_at"]
+        if phase == SHARE:  # the running sum starts (zeros) as ShareKeys closes; no other close changes it: 4d bytes not rewritten
+            protocol.running_sum = server.running_sum_bytes()
+            fields.append("running_sum")
+        protocol.save(update_fields=fields)
         if phase == UNMASK:
             ProtocolRelay.objects.filter(round=round).delete()  # nothing is handed out any more
             round.phase = AGGREGATE
