@@ -467,7 +467,7 @@ def run_flower(fed: dict, rounds: int, work: Path) -> dict:
 def fmt_bytes(b: float) -> str:
     if b != b:
         return "-"
-    return f"{b / MB:.2f} MB" if b >= 0.1 * MB else f"{b / 1024:.1f} kB"
+    return f"{b / MB:.2f} MiB" if b >= 0.1 * MB else f"{b / 1024:.1f} KiB"
 
 
 def d_label(size: str) -> str:
@@ -484,7 +484,7 @@ def table(rows: list[dict], args, loads: list[tuple[str, tuple]]) -> str:
         + "; ".join(f"{what} {a:.2f} {b:.2f} {c:.2f}" for what, (a, b, c) in loads),
         "",
         "| d | n | side | wall per round (s) | partners' compute (s) | the rest: orchestration (s) | coordinator CPU (s) | first round (s) "
-        "| coordinator peak RSS, largest / sum (MB) | partner sends / receives per round | Flower / fedgov wall |",
+        "| coordinator peak RSS, largest / sum (MiB) | partner sends / receives per round | Flower / fedgov wall |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r["size"], r["n"], r["side"]): r for r in rows}
