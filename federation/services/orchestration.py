@@ -399,8 +399,9 @@ def _b64(data: bytes) -> str:
 
 def _task_payload(round: TrainingRound, protocol: RoundProtocol, slug: str) -> dict:
     plan, phase, cfg = round.plan, round.phase, protocol.config
+    # Only the model's name and hash: a poll never loads its 4d bytes (agent_model serves them).
     if phase == ADVERTISE:
-        model = plan.model_versions.get(version=cfg["model_version"])
+        model = plan.model_versions.only("version", "sha256").get(version=cfg["model_version"])
         dataset = round.participants.get(slug=cfg["datasets"][slug])
         return {
             "config": {"round_id": secagg_round_id(round), "roster": cfg["roster"], "threshold": cfg["threshold"], "vector_length": cfg["vector_length"]},
@@ -427,7 +428,7 @@ def _task_payload(round: TrainingRound, protocol: RoundProtocol, slug: str) -> d
             "ticket": _ticket_for(round, dataset),
         }
     if phase == EVALUATE:
-        model = plan.model_versions.get(round=round)
+        model = plan.model_versions.only("version", "sha256").get(round=round)
         return {
             "eval_noise_multiplier": plan.eval_noise_multiplier,
             "dataset": cfg["datasets"][slug],

@@ -11,6 +11,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from federation.api.agent import spooled_body
 from federation.models import ModelVersion, Organisation, RoundParticipant, TrainingRound
@@ -95,3 +97,11 @@ def test_a_masked_input_is_spooled_to_a_file_not_held_in_memory():
     assert peak < len(body) // 8  # a chunk at a time, never the whole body
     with spooled_body(_Upload(body), limit=len(body) - 1) as view:
         assert view is None  # over the round's limit: refused, nothing parsed
+
+
+def test_a_poll_names_the_model_without_loading_its_parameters(world):
+    with CaptureQueriesContext(connection) as queries:
+        task = _advertise_task(world)
+    assert task["payload"]["model"]["sha256"]
+    # n partners polling at once must not each hold a copy of the 4d-byte model.
+    assert not [q["sql"] for q in queries if '"federation_modelversion"."params"' in q["sql"]]
