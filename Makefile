@@ -2,15 +2,18 @@
 #   make run    the whole system on this machine (web, Celery worker and beat, Redis, agents)
 #   make test   the whole suite (SQLite, then the database tests again on PostgreSQL)
 #   make bench  every benchmark, printed as tables next to the peers
+#   make bench-rounds  a governed round at 10^5 and 10^6 parameters beside Flower's SecAgg+
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .venv-bench
+# Flower for bench/rounds.py, in its own environment (never in requirements*.txt of the project).
+FLOWER_VENV := bench/.venv-flower
 SYSTEM_TEST_PACKAGES := redis-server postgresql chromium fonts-dejavu-core
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-sqlite test-postgres bench lint venv system-packages clean
+.PHONY: run test test-sqlite test-postgres bench bench-rounds lint venv system-packages clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +58,13 @@ $(BENCH_VENV)/.installed: requirements.txt requirements-dev.txt requirements-ben
 	$(BENCH_VENV)/bin/pip install --quiet -r requirements-bench.txt
 	touch $@
 
-bench: system-packages $(BENCH_VENV)/.installed
+$(FLOWER_VENV)/.installed: bench/requirements-flower.txt
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOWER_VENV)/bin/pip install --quiet -r bench/requirements-flower.txt
+	touch $@
+
+bench: system-packages $(BENCH_VENV)/.installed $(FLOWER_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/accounting.py
 	$(BENCH_VENV)/bin/python bench/quality.py
 	$(BENCH_VENV)/bin/python bench/dpsgd.py
@@ -63,5 +72,10 @@ bench: system-packages $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python bench/rounds.py
 	$(BENCH_VENV)/bin/python bench/api_load.py
 
+# fedgov and Flower (deployment engine, SecAgg+) in the same run, round by round; the last
+# line compares them at n=10, d=1e6. Quick form: make bench-rounds ROUNDS_ARGS=--quick
+bench-rounds: system-packages venv $(FLOWER_VENV)/.installed
+	$(PY) bench/rounds.py $(ROUNDS_ARGS)
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) staticfiles
+	rm -rf $(VENV) $(BENCH_VENV) $(FLOWER_VENV) staticfiles

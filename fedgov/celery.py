@@ -10,6 +10,9 @@ import os
 
 from celery import Celery
 
+from fedgov.memory import release_large_buffers
+
+release_large_buffers()  # 4 MB vectors go back to the OS when freed (fedgov/memory.py)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fedgov.settings")
 
 app = Celery("fedgov")

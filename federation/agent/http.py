@@ -48,7 +48,7 @@ class CoordinatorClient:
         self.timeout = timeout
         self.max_backoff = max_backoff
 
-    def _request(self, method: str, path: str, *, retry_for: float = 600.0, **kwargs) -> Any:
+    def _request(self, method: str, path: str, *, retry_for: float = 600.0, raw: bool = False, **kwargs) -> Any:
         delay, deadline = 0.2, time.monotonic() + retry_for
         while True:
             try:
@@ -59,7 +59,7 @@ class CoordinatorClient:
                 logger.warning("coordinator unreachable (%s); retrying in %.1fs", exc.__class__.__name__, delay)
             else:
                 if response.status_code < 400:
-                    return response.json()
+                    return response.content if raw else response.json()
                 if response.status_code < 500:
                     try:
                         body = response.json()
@@ -82,6 +82,10 @@ class CoordinatorClient:
     def poll(self, wait: float = 10.0) -> dict:
         """The long poll's whole answer: the tasks, and the terms the organisation holds now."""
         return self._request("GET", "tasks/", params={"wait": wait})
+
+    def model(self, url: str, *, retry_for: float = 60.0) -> bytes:
+        """A model's raw parameters, from the path the task names (relative to the agent API)."""
+        return self._request("GET", url, raw=True, retry_for=retry_for)
 
     def submit(self, round_pk: int, phase: str, body: bytes, *, binary: bool = False, retry_for: float = 60.0) -> dict:
         content_type = "application/octet-stream" if binary else "application/json"

@@ -354,7 +354,7 @@ class Agent:
             eval_noise_floor=self.config.eval_noise_floor,
         )
         model = payload["model"]
-        raw = base64.b64decode(model["params"])
+        raw = self._model_bytes(model)
         if hashlib.sha256(raw).hexdigest() != ticket["start_model_sha256"]:
             raise PlanRefused("the global model does not match the ticket's start_model_sha256", "ticket_mismatch")
         params = np.frombuffer(raw, dtype=np.float32).copy()
@@ -389,6 +389,16 @@ class Agent:
         work.skip_masked_input = self._rng.random() < self.config.dropout
         self.work[round_pk] = work
         self._send(round_pk, secagg.ADVERTISE_KEYS, client.advertise_keys())
+
+    def _model_bytes(self, model: dict) -> bytes:
+        """The parameters a task names: downloaded raw from its `url` (a coordinator that
+        inlines them as base64 `params` is still understood). The caller checks the SHA-256."""
+        if "params" in model:
+            return base64.b64decode(model["params"])
+        url = model.get("url")
+        if not isinstance(url, str) or not url.startswith("rounds/") or ".." in url:
+            raise ValueError(f"the task names no model the agent API serves: {url!r}")
+        return self.http.model(url, retry_for=self.config.send_retry)
 
     def _relay(self, payload: dict) -> bytes:
         return base64.b64decode(payload["relay"])
@@ -425,7 +435,7 @@ class Agent:
         if work is None:
             return
         model = payload["model"]
-        raw = base64.b64decode(model["params"])
+        raw = self._model_bytes(model)
         if hashlib.sha256(raw).hexdigest() != model["sha256"]:
             raise ValueError("the new global model does not match its announced SHA-256")
         params = np.frombuffer(raw, dtype=np.float32)

@@ -10,5 +10,6 @@ urlpatterns = [
     # Before the phase route, which would take "refuse" and "receipt" for phase names.
     path("rounds/<int:round_id>/refuse/", agent.RefuseView.as_view(), name="agent-refuse"),
     path("rounds/<int:round_id>/receipt/", agent.ReceiptView.as_view(), name="agent-receipt"),
+    path("rounds/<int:round_id>/model/<int:version>/", agent.ModelView.as_view(), name="agent-model"),
     path("rounds/<int:round_id>/<slug:phase>/", agent.SubmitView.as_view(), name="agent-submit"),
 ]

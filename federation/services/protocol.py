@@ -290,9 +290,12 @@ def protocol_close(*, round: TrainingRound, phase: str, now) -> Outcome:
             Next.ABORT, phase=phase, reason=f"Secure aggregation stopped in {phase}: {exc}" + (f". {declined_words}." if declined_words else "")
         )
     protocol.state = server.to_dict(contributions=False)
-    protocol.running_sum = server.running_sum_bytes()
     protocol.pending = server.pending()
-    protocol.save()
+    fields = ["state", "pending", "updated_at"]
+    if phase == SHARE:  # the running sum starts (zeros) as ShareKeys closes; no other close changes it: 4d bytes not rewritten
+        protocol.running_sum = server.running_sum_bytes()
+        fields.append("running_sum")
+    protocol.save(update_fields=fields)
     if phase == UNMASK:
         ProtocolRelay.objects.filter(round=round).delete()  # nothing is handed out any more
         return Outcome(Next.AGGREGATE, phase=AGGREGATE)

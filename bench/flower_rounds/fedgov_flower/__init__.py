@@ -1,0 +1,1 @@
+"""The Flower side of bench/rounds.py."""
