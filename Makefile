@@ -37,6 +37,7 @@ system-packages:
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: system-packages venv lint
 	$(MAKE) test-sqlite
