@@ -37,8 +37,6 @@ class BudgetFigures:
 def datasets_budget_figures(*, datasets) -> dict[int, BudgetFigures]:
     """Spent and remaining epsilon for many datasets in one query (list pages), by the same
     rule as dataset_remaining_budget: the lower of the last GRANT and the Dataset's budget."""
-    from .services.budget import effective_budget
-
     datasets = list(datasets)
     rows = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}
     out = {}
@@ -116,3 +114,12 @@ def unreceipted_commits(*, dataset=None) -> QuerySet[LedgerEntry]:
     got = Receipt.objects.filter(dataset_id=OuterRef("dataset_id"), round_id=OuterRef("round_id"))
     qs = ledger_entries(dataset=dataset).filter(kind=chain.COMMIT, payload__contains='"ticket_hash":')
     return qs.filter(~Exists(got))
+
+
+def effective_budget(budget: DatasetBudget, dataset) -> float:
+    """The budget a check applies: the ledger's last GRANT, or the Dataset's budget if lower.
+    If the Dataset row was lowered behind the ledger's back, the lower figure wins; never the
+    higher: when in doubt, spend less."""
+    if budget.entry_count == 0:
+        return float(dataset.epsilon_budget)
+    return min(budget.epsilon_budget, float(dataset.epsilon_budget))

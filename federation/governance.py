@@ -386,8 +386,7 @@ def plan_projection(plan, datasets) -> list[PlanProjection]:
 
     from accounting import accountant as acc
     from accounting import dp_events
-    from accounting.selectors import dataset_budget_state
-    from accounting.services.budget import effective_budget
+    from accounting.selectors import dataset_budget_state, effective_budget
 
     out = []
     for dataset in datasets:

@@ -137,7 +137,8 @@ def budget_notices(round: TrainingRound) -> list[Notice]:
     from accounting import accountant as acc
     from accounting.ledger import project
     from accounting.models import DatasetBudget
-    from accounting.services.budget import effective_budget, round_dp_event
+    from accounting.selectors import effective_budget
+    from accounting.services.budget import round_dp_event
 
     datasets = list(round.participating_datasets().select_related("organisation"))
     rows = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=[d.pk for d in datasets])}

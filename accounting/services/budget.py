@@ -55,6 +55,7 @@ from ..errors import (
     ReleaseRefused,
 )
 from ..models import DatasetBudget, LedgerEntry
+from ..selectors import effective_budget
 
 __all__ = [
     "BudgetExceeded",
@@ -113,19 +114,6 @@ def _round_states(round_id: int, dataset_ids) -> dict[int, set[str]]:
     for dataset_id, kind in rows:
         states[dataset_id].add(kind)
     return states
-
-
-def effective_budget(budget: DatasetBudget, dataset) -> float:
-    """The budget a check applies: the ledger's last GRANT, or the Dataset's budget if lower."""
-    return _effective_budget(budget, dataset)
-
-
-def _effective_budget(budget: DatasetBudget, dataset) -> float:
-    # The ledger's budget is its last GRANT; if the Dataset row was lowered behind the
-    # ledger's back, the lower figure wins. Never the higher: when in doubt, spend less.
-    if budget.entry_count == 0:
-        return float(dataset.epsilon_budget)
-    return min(budget.epsilon_budget, float(dataset.epsilon_budget))
 
 
 def _open_ledger(budget: DatasetBudget, dataset, actor) -> None:
@@ -188,7 +176,7 @@ class BudgetCheckResult:
 def _check_one(*, budget: DatasetBudget, dataset, key: str, vector) -> tuple[ledger.Projection, float, float, float]:
     projection = ledger.project(budget, dataset, add=(key, vector))
     spent = ledger.project(budget, dataset).epsilon_spent
-    return projection, spent, _effective_budget(budget, dataset), projection.epsilon_spent - spent
+    return projection, spent, effective_budget(budget, dataset), projection.epsilon_spent - spent
 
 
 def budget_check(*, round) -> list[BudgetCheckResult]:
@@ -202,7 +190,7 @@ def budget_check(*, round) -> list[BudgetCheckResult]:
         budget = budgets.get(dataset.pk) or _empty_budget(dataset)
         if getattr(budget, "has_reserve", False):
             spent = ledger.project(budget, dataset).epsilon_spent
-            limit = _effective_budget(budget, dataset)
+            limit = effective_budget(budget, dataset)
             released = budget.has_release
             results.append(BudgetCheckResult(dataset, 0.0, limit - spent, spent, limit, not released, reserved=not released))
             continue

@@ -157,3 +157,9 @@ def agreement_report_rows(*, agreement: Agreement) -> dict:
 def party_datasets(*, agreement: Agreement, organisation):
     """The datasets `organisation` registered under `agreement`."""
     return agreement.datasets.filter(organisation=organisation)
+
+
+def require_history_of(*, user, pk: int) -> None:
+    """An agreement named in a history filter: 404 if `user` cannot see it, 403 if they see it
+    but not its history (`access.require_history_reader`)."""
+    access.require_history_reader(user, agreement_for(user=user, pk=pk))

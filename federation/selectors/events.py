@@ -26,11 +26,3 @@ def event_feed_for(*, user) -> QuerySet[GovernanceEvent]:
 def history_agreements(*, user):
     """The agreements whose history `user` reads (the history page's agreement filter)."""
     return access.history_agreements(user)
-
-
-def require_history_of(*, user, pk: int) -> None:
-    """An agreement named in a history filter: 404 if `user` cannot see it, 403 if they see it
-    but not its history (`access.require_history_reader`)."""
-    from .agreements import agreement_for
-
-    access.require_history_reader(user, agreement_for(user=user, pk=pk))

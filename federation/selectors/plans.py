@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from .. import access
 from ..models import ModelVersion, TrainingPlan, TrainingRound
 from .common import get_visible
+from .rounds import plan_progress, report_epsilons
 
 
 def plan_for(*, user, pk: int) -> TrainingPlan:
@@ -26,10 +27,6 @@ def plan_rows_for(*, user) -> list[dict]:
     """The plan list page: each plan the user sees with its progress."""
     return [{"plan": p, **plan_progress(plan=p)} for p in plan_list_for(user=user)]
 
-
-def plan_progress(*, plan) -> dict:
-    completed = plan.rounds.filter(status=TrainingRound.Status.COMPLETED).count()
-    return {"completed": completed, "total": plan.rounds_total, "remaining": max(plan.rounds_total - completed, 0)}
 
 
 def plan_page(*, user, plan: TrainingPlan) -> dict:
@@ -58,7 +55,6 @@ def plan_series(*, plan) -> dict:
     has not reserved yet."""
     from accounting import selectors as acct
 
-    from .rounds import report_epsilons
 
     rounds = list(plan.rounds.order_by("number"))
     versions = {mv.round_id: mv for mv in ModelVersion.objects.filter(plan=plan, round__isnull=False)}

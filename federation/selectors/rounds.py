@@ -260,8 +260,6 @@ def approval_page(*, round: TrainingRound, organisation) -> dict:
     round costs each dataset against what was spent and what remains, the plan's progress,
     the decisions so far and this organisation's own (the view adds which partners' agents are
     online)."""
-    from .plans import plan_progress
-
     decision = decision_of(round=round, organisation=organisation)
     return {
         "round": round,
@@ -277,3 +275,8 @@ def approval_page(*, round: TrainingRound, organisation) -> dict:
         "open": round.status == TrainingRound.Status.AWAITING_APPROVAL and decision is None,
         "standing": standing_approvals_of(round=round, organisation=organisation),
     }
+
+
+def plan_progress(*, plan) -> dict:
+    completed = plan.rounds.filter(status=TrainingRound.Status.COMPLETED).count()
+    return {"completed": completed, "total": plan.rounds_total, "remaining": max(plan.rounds_total - completed, 0)}

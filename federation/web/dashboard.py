@@ -9,6 +9,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
 from .. import forms
+from ..selectors import agreements as agreement_selectors
 from ..selectors import dashboard as dashboard_selectors
 from ..selectors import events as event_selectors
 from .base import role_context, web_view
@@ -39,7 +40,7 @@ def event_list(request):
         kind = form.cleaned_data.get("kind") or None
     elif request.GET.get("agreement"):
         # An agreement the user cannot read the history of: 404 if invisible, 403 if visible.
-        event_selectors.require_history_of(user=user, pk=agreement_pk(request.GET["agreement"]))
+        agreement_selectors.require_history_of(user=user, pk=agreement_pk(request.GET["agreement"]))
     events = event_selectors.events_for(user=user, agreement=agreement, kind=kind)
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     query = request.GET.copy()

@@ -13,6 +13,7 @@ from .. import access, forms
 from ..models import TrainingRound
 from ..selectors import agreements as agreement_selectors
 from ..selectors import plans as plan_selectors
+from ..selectors import rounds as round_selectors
 from ..services import plan_checks
 from ..services import plans as plan_services
 from ..services import proposals as proposal_services
@@ -169,5 +170,5 @@ def standing_approval(request, pk, org_slug):
     return render(
         request,
         "federation/standing_approval.html",
-        {"plan": plan, "organisation": org, "form": form, "progress": plan_selectors.plan_progress(plan=plan)},
+        {"plan": plan, "organisation": org, "form": form, "progress": round_selectors.plan_progress(plan=plan)},
     )

@@ -130,7 +130,7 @@ def event_csv(request):
     form = EventExportForm(request.GET, agreements=agreements)
     if not form.is_valid():
         if "agreement" in form.errors and request.GET.get("agreement"):
-            event_selectors.require_history_of(user=user, pk=agreement_pk(request.GET["agreement"]))
+            agreement_selectors.require_history_of(user=user, pk=agreement_pk(request.GET["agreement"]))
         return _form_errors(form)
     data = form.cleaned_data
     agreement = data.get("agreement")
