@@ -209,6 +209,7 @@ def _budgets_with_round_state(round_id: int, dataset_ids: list[int]) -> dict[int
     rows = {b.dataset_id: b for b in DatasetBudget.objects.filter(dataset_id__in=dataset_ids)}
     kinds = set(
         LedgerEntry.objects.filter(dataset_id__in=list(rows), round_id=round_id, kind__in=(chain.RESERVE, chain.RELEASE))
+        .order_by()  # no ORDER BY seq: on a long ledger it would make the seq index the scan
         .values_list("dataset_id", "kind")
         .distinct()
     ) if rows else set()
