@@ -25,6 +25,7 @@ from django.db.models import Q, QuerySet
 
 from fedgov.errors import NotFound, PermissionDenied, ValidationFailed
 
+from . import visibility_cache
 from .models import (
     ADMINISTRATORS_GROUP,
     AUDITORS_GROUP,
@@ -132,7 +133,8 @@ def visible_agreement_ids(user, *, cached: bool = False) -> list[int] | None:
     """Ids of `visible_agreements(user)`, or None for an administrator, who sees everything.
 
     With `cached` (the API: one user object per request) the list is read once per request
-    and kept on the user object; scoping datasets or rounds by the list (`agreement_id IN
+    and kept on the user object, and between requests in the shared cache
+    (federation/visibility_cache.py, stale at once when a membership, party or auditor changes); scoping datasets or rounds by the list (`agreement_id IN
     (...)`) is then one cheap lookup per query."""
     if is_administrator(user):
         return None
@@ -142,7 +144,7 @@ def visible_agreement_ids(user, *, cached: bool = False) -> list[int] | None:
         return _visible_agreement_ids(user)
     ids = getattr(user, "_fedgov_visible_agreements", None)
     if ids is None:
-        ids = user._fedgov_visible_agreements = _visible_agreement_ids(user)
+        ids = user._fedgov_visible_agreements = visibility_cache.visible_ids(user.pk, lambda: _visible_agreement_ids(user))
     return ids
 
 

@@ -27,6 +27,7 @@ class FederationConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_reinstall_guards, sender=self, dispatch_uid="federation_reinstall_guards")
-        from .token_cache import connect_signals
+        from . import token_cache, visibility_cache
 
-        connect_signals()
+        token_cache.connect_signals()
+        visibility_cache.connect_signals()
