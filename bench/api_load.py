@@ -11,12 +11,15 @@ What it does, all on loopback and in a throw-away directory (FEDGOV_VAR_DIR):
    CPU-bound; threads in one process only queue for the GIL (gthread 2x4 spent about 1 ms
    more CPU per request here, and a keep-alive connection pinned to a busy worker stretched
    the p99). The agents' long polls hold a request open for up to 25 s and belong to a
-   separate gthread pool with many threads, which this benchmark does not load;
+   separate gthread pool with many threads, which this benchmark does not load. Its access
+   log records each request's time inside gunicorn; the load starts once every worker has
+   answered a health check (a worker's boot is not a request's latency);
 3. run locust headless (from .venv-bench, see requirements-bench.txt) for `--duration`
    seconds: `--users` auditors, each at a constant rate so that together they offer `--rate`
    requests per second, half `GET /api/v1/datasets/{id}/ledger/?page_size=20` and half
    `GET /api/v1/rounds/{id}/`, with `Authorization: Token ...`;
-4. stop everything, print a table (requests/s, p50, p99 per endpoint) and write
+4. stop everything, print a table (requests/s, p50, p99 per endpoint) beside the time spent
+   inside gunicorn (the rest is queueing for the two cores), and write
    bench/results/api_load.md and .json.
 
 The target on a 2-core machine (gunicorn and locust share it): >= 300 requests/s with p99 <
@@ -116,6 +119,27 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
     sys.exit(f"gunicorn did not answer {url} within {timeout:.0f} s")
 
 
+def wait_for_every_worker(url: str, workers: int, access_log: Path, timeout: float = 60.0) -> None:
+    """Send bursts of concurrent health checks until every gunicorn worker has answered one
+    (the access log names the worker's pid): a worker still booting when the load starts
+    would count its boot as request latency, which no steady-state server has."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(_):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(max_workers=workers * 2) as pool:
+        while time.monotonic() < deadline:
+            list(pool.map(ask, range(workers * 2)))
+            pids = {line.split()[1] for line in access_log.read_text().splitlines() if line.strip()}
+            if len(pids) >= workers:
+                return
+            time.sleep(0.2)
+    sys.exit(f"only {len(pids)} of {workers} gunicorn workers answered within {timeout:.0f} s")
+
+
 def stop(process: subprocess.Popen) -> None:
     """Stop a process we started (its own process group: gunicorn's workers go with it)."""
     if process.poll() is not None:
@@ -160,6 +184,17 @@ def read_stats(prefix: Path) -> list[dict]:
                 }
             )
     return rows
+
+
+def server_times(log: Path) -> dict:
+    """p50, p99 and max of the time each request spent inside gunicorn, from its access log."""
+    if not log.exists():
+        return {}
+    micros = sorted(int(line.split()[0]) for line in log.read_text().splitlines() if line.strip())
+    if not micros:
+        return {}
+    pick = lambda q: micros[min(len(micros) - 1, int(q * len(micros)))] / 1000  # noqa: E731
+    return {"requests": len(micros), "p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": micros[-1] / 1000}
 
 
 def table(rows: list[dict]) -> str:
@@ -228,6 +263,12 @@ def main() -> int:
                 args.worker_class,
                 "--log-level",
                 "warning",
+                # Each request's time inside gunicorn (microseconds), to tell the server's
+                # own tail from time spent queueing in the kernel or in locust.
+                "--access-logfile",
+                str(var / "access.log"),
+                "--access-logformat",
+                "%(D)s %(p)s %(U)s %(t)s",
             ],
             cwd=ROOT,
             env=env,
@@ -236,6 +277,7 @@ def main() -> int:
             stderr=(var / "gunicorn.log").open("w"),
         )
         wait_until_up(f"{host}/api/v1/health/")
+        wait_for_every_worker(f"{host}/api/v1/health/", args.workers, var / "access.log")
 
         locustfile = var / "locustfile.py"
         locustfile.write_text(
@@ -288,6 +330,7 @@ def main() -> int:
     finally:
         if server is not None:
             stop(server)
+        inside = server_times(var / "access.log")
         shutil.rmtree(var, ignore_errors=True)
 
     total = next(r for r in rows if r["name"] == "Aggregated")
@@ -308,6 +351,12 @@ def main() -> int:
     print(table(rows))
     print()
     print(verdict)
+    if inside:
+        context += (
+            f" Inside gunicorn (its access log, {inside['requests']} requests with the health checks): p50 "
+            f"{inside['p50_ms']:.1f} ms, p99 {inside['p99_ms']:.1f} ms, max {inside['max_ms']:.0f} ms; the rest of "
+            "locust's figures is queueing for the cores, in the kernel and in locust itself."
+        )
     print(context)
 
     if not args.no_write:
@@ -328,6 +377,7 @@ def main() -> int:
                     "server_cpu_seconds": round(server_cpu, 1),
                     "locust_cpu_seconds": round(locust_cpu, 1),
                     "load_average_before": load_before,
+                    "inside_gunicorn": inside,
                     "results": rows,
                 },
                 indent=2,
