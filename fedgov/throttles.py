@@ -8,11 +8,12 @@ A client-supplied header therefore never picks the key a guess is counted under.
 
 Password failures count twice, per client and per username, so neither rotating addresses
 against one account nor one address against many accounts gets more than the limit. The
-failures are DRF's throttle history (`FailureThrottle`, a SimpleRateThrottle) in Django's cache
-(Redis in production, shared by every web process). Like DRF's own throttles, a failure is
-recorded by reading the key's history and writing it back, so two failures of one key recorded
-at the same instant can count once; a guess is checked before its password is, so a guesser
-running requests in parallel gains about its parallelism in guesses either way.
+failures are counted in Django's cache (Redis in production, shared by every web process) by
+the cache's atomic `incr`, never by reading a count and writing it back: a guesser's parallel
+failures are each counted (DRF's own throttles keep a history list read and rewritten per
+request, which loses concurrent entries, so `FailureThrottle` takes DRF's rate parsing, cache
+and clock but not its history). A guess is checked before its password is, so a guesser
+running P requests in parallel gets at most the limit plus P guesses in a window.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ def client_ident(request) -> str:
 
 class FailureThrottle(SimpleRateThrottle):
     """DRF's rate throttle applied to failures rather than requests: at most `rate` failures
-    (DRF's `parse_rate`, plus a count of units, e.g. "10/15m") per key in the sliding window;
-    a key over it waits until its oldest counted failure leaves the window (DRF's `wait`).
+    (DRF's `parse_rate`, plus a count of units, e.g. "10/15m") per key in a window that opens
+    at the key's first failure; a key at the limit waits until its window closes.
 
-    The history is DRF's (a list of timestamps per key in the cache, pruned to the window),
-    kept under one key per (kind, value): `check` reads every key in one cache round trip
-    and `record` adds a failure to each.
+    Per key, two cache entries that expire with the window: the time of the first failure
+    (`cache.add`, so only the first writes it) and the count (`cache.add` of 1, else the
+    cache's atomic `incr`). `check` reads every key in one cache round trip.
     """
 
     cache_format = "failed:%(scope)s:%(ident)s"
@@ -62,33 +63,37 @@ class FailureThrottle(SimpleRateThrottle):
         digest = hashlib.sha256(value.encode()).hexdigest()[:40]
         return self.cache_format % {"scope": self.scope, "ident": f"{kind}:{digest}"}
 
-    def _load(self, key: str, history: list[float]) -> None:
-        """Make `key` the throttle's current key, with its history pruned to the window."""
-        self.key, self.history = key, list(history)
-        while self.history and self.history[-1] <= self.now - self.duration:
-            self.history.pop()
-
     def check(self, keys: list[tuple[str, str]]) -> int:
-        """Seconds until every key may try again; 0 when none is over the limit."""
-        cache_keys = [self.cache_key(*key) for key in keys]
-        histories = self.cache.get_many(cache_keys)
-        self.now = self.timer()
+        """Seconds until every key may try again; 0 when none is at the limit."""
+        bases = [self.cache_key(*key) for key in keys]
+        values = self.cache.get_many([f"{base}:{part}" for base in bases for part in ("n", "since")])
+        now = self.timer()
         wait = 0
-        for key in cache_keys:
-            self._load(key, histories.get(key, []))
-            if len(self.history) >= self.num_requests:
-                # DRF's wait counts from the oldest entry, so the history holds at most the limit.
-                del self.history[: len(self.history) - self.num_requests]
-                wait = max(wait, math.ceil(self.wait()), 1)
+        for base in bases:
+            if values.get(f"{base}:n", 0) < self.num_requests:
+                continue
+            since = values.get(f"{base}:since")
+            if since is None:  # the count outlived its start by a moment: refuse for a second
+                wait = max(wait, 1)
+            elif since + self.duration > now:
+                wait = max(wait, math.ceil(since + self.duration - now))
         return wait
 
     def record(self, keys: list[tuple[str, str]]) -> None:
-        self.now = self.timer()
+        now = self.timer()
         for key in keys:
-            cache_key = self.cache_key(*key)
-            self._load(cache_key, self.cache.get(cache_key, []))
-            del self.history[self.num_requests - 1 :]  # the newest failures are the ones that count
-            self.throttle_success()  # DRF's: the timestamp first in the history, the history cached
+            base = self.cache_key(*key)
+            count_key = f"{base}:n"
+            self.cache.add(f"{base}:since", now, self.duration)
+            if self.cache.add(count_key, 1, self.duration):
+                continue
+            try:
+                if self.cache.incr(count_key) == 1:
+                    # The entry expired between the cache's existence check and its INCR, which
+                    # then made a count with no expiry: give it this failure's window.
+                    self.cache.touch(count_key, self.duration)
+            except ValueError:  # expired between add and incr: this failure opens a new window
+                self.cache.add(count_key, 1, self.duration)
 
 
 def password_failures() -> FailureThrottle:

@@ -22,7 +22,7 @@ class FailedAuthThrottle(FailureThrottle):
     20/min) per client, the client as `NUM_PROXIES` identifies it (fedgov.throttles).
 
     Only failures count, so a well-behaved client is never slowed down, and a guesser is
-    stopped (429) before its next guess is even looked up. The history lives in Django's
+    stopped (429) before its next guess is even looked up. The count lives in Django's
     cache, shared by every web process in production (Redis).
     """
 

@@ -41,3 +41,51 @@ def test_failed_logins_are_counted_in_redis_and_seen_by_every_process(tmp_path):
             assert password_wait(RequestFactory().post("/", REMOTE_ADDR="192.0.2.1"), "rep-b") == 0
     finally:
         stop(redis.popen)
+
+
+RACER = """
+import os, sys, time
+import django
+django.setup()
+from fedgov.throttles import FailureThrottle
+throttle = FailureThrottle("race", "{limit}/15m")
+start = float(sys.argv[1])
+while time.time() < start:  # every process starts at the same instant
+    time.sleep(0.001)
+for _ in range({per_process}):
+    throttle.record([("user", "rep-race")])
+"""
+
+
+def test_failures_recorded_at_once_by_many_processes_are_each_counted(tmp_path):
+    """A guesser's parallel wrong passwords land in different web processes at the same
+    instant; each must count (a read-then-write history would keep one of a clash)."""
+    import subprocess
+    import sys
+    import time
+
+    from django.core.cache import caches as django_caches
+
+    from fedgov.throttles import FailureThrottle
+
+    processes, per_process = 4, 50
+    limit = processes * per_process
+    redis = start_redis(tmp_path)
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/1"
+        env = django_env(CACHE_REDIS="1", CACHE_URL=url)
+        script = RACER.format(limit=limit, per_process=per_process)
+        start = time.time() + 3
+        racers = [subprocess.Popen([sys.executable, "-c", script, str(start)], env=env, stderr=subprocess.PIPE, text=True) for _ in range(processes)]
+        for racer in racers:
+            assert racer.wait(timeout=120) == 0, racer.stderr.read()
+        caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": "fedgov"}}
+        with override_settings(CACHES=caches):
+            try:
+                # Exactly the limit: locked out; one fewer allowed would not be.
+                assert FailureThrottle("race", f"{limit}/15m").check([("user", "rep-race")]) > 0
+                assert FailureThrottle("race", f"{limit + 1}/15m").check([("user", "rep-race")]) == 0
+            finally:
+                django_caches["default"].close()
+    finally:
+        stop(redis.popen)

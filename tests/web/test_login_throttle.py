@@ -109,18 +109,19 @@ def test_the_limit_and_lockout_come_from_the_settings(cast, settings):
     assert "Too many failed login attempts; try again in 1 minute." in refused.content.decode()
 
 
-def test_the_failure_throttle_reads_drf_rates_with_a_count_of_units_and_waits_for_the_oldest_failure():
+def test_the_failure_throttle_reads_drf_rates_with_a_count_of_units_and_waits_for_the_window_of_the_first_failure():
     from fedgov.throttles import FailureThrottle
 
     throttle = FailureThrottle("probe", "3/15m")
     assert (throttle.num_requests, throttle.duration) == (3, 900)
     assert FailureThrottle("probe", "20/min").duration == 60
-    clock = iter([1000.0, 1100.0, 1200.0, 1300.0, 1300.0, 1950.0, 2001.0])
+    clock = iter([1000.0, 1100.0, 1150.0, 1200.0, 1300.0, 1899.5, 1900.0])
     throttle.timer = lambda: next(clock)
     keys = [("client", "192.0.2.1")]
-    for _ in range(3):
-        throttle.record(keys)  # at 1000, 1100 and 1200
-    throttle.record(keys)  # at 1300: the history keeps the newest three
-    assert throttle.check(keys) == 700  # at 1300: the oldest kept (1100) leaves the window at 2000
-    assert throttle.check(keys) == 50  # at 1950
-    assert throttle.check(keys) == 0  # at 2001: two failures left in the window
+    for _ in range(2):
+        throttle.record(keys)  # at 1000 and 1100
+    assert throttle.check(keys) == 0  # at 1150: two failures, under the limit
+    throttle.record(keys)  # at 1200: the third
+    assert throttle.check(keys) == 600  # at 1300: the window opened at 1000 closes at 1900
+    assert throttle.check(keys) == 1  # at 1899.5
+    assert throttle.check(keys) == 0  # at 1900: the window is over
