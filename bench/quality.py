@@ -537,13 +537,14 @@ def suite_split(X, y, seed: int, kind: str, *, validation: bool, parts: int = 3)
     return (X_te, y_te), [(X_tr[i], y_tr[i]) for i in idx]
 
 
-def planned_fedavg(partners, test, spec, plan, *, seed: int, dp: bool) -> float:
+def planned_fedavg(partners, test, spec, plan, *, seed: int, dp: bool, clip: bool = False) -> float:
     """FedAvg under the planner's schedule through the secure-aggregation encoding and the
-    server optimiser; ``dp=False`` runs the same schedule without clipping or noise."""
+    server optimiser; ``dp=False`` runs the same schedule without noise, and without clipping
+    unless ``clip`` (the DP procedure with its noise alone taken out)."""
     from federation.learning.server import ServerOptimizer, server_step
 
     opt = ServerOptimizer.from_dict(plan.server_optimizer)
-    C, z = (plan.clip_norm, plan.noise_multiplier) if dp else (1e9, 1e-12)
+    C, z = (plan.clip_norm, plan.noise_multiplier) if dp else (plan.clip_norm if clip else 1e9, 1e-12)
     counts = {i: len(yp) for i, (_, yp) in enumerate(partners)}
     weights = fedavg_weights(counts)
     qspec = QuantSpec(clip=max(1e-3, 2.0 * plan.learning_rate * plan.local_steps * plan.clip_norm), n_parties=len(partners))
@@ -604,15 +605,18 @@ def suite_cell(name, kind, seed, epsilons, models, validation, plans, overrides)
     for model in models:
         hidden = [32] if model == "mlp" else []
         spec = {"kind": model, "n_features": X.shape[1], "n_classes": k, "hidden": hidden}
-        for eps in (None, *epsilons):
-            # The no-DP row runs the epsilon-8 schedule without clipping or noise.
-            plan = plans[(name, kind, model, 8.0 if eps is None else eps, sizes)]
+        for eps in (None, "clipped", *epsilons):
+            # The no-DP rows run the epsilon-8 schedule without noise: without clipping too
+            # ("no DP"), and with it ("no noise": what the DP procedure reaches without its
+            # noise, which separates the cost of the noise from that of the procedure).
+            private = eps not in (None, "clipped")
+            plan = plans[(name, kind, model, eps if private else 8.0, sizes)]
             if overrides:
                 import dataclasses
 
                 plan = dataclasses.replace(plan, **overrides)
-            label = f"{model} FedAvg no DP" if eps is None else f"{model} eps {eps:g}"
-            out[label] = planned_fedavg(partners, test, spec, plan, seed=seed, dp=eps is not None)
+            label = f"{model} eps {eps:g}" if private else f"{model} FedAvg no DP" if eps is None else f"{model} FedAvg no noise"
+            out[label] = planned_fedavg(partners, test, spec, plan, seed=seed, dp=private, clip=eps == "clipped")
     return out
 
 
