@@ -27,7 +27,8 @@ class FederationConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_reinstall_guards, sender=self, dispatch_uid="federation_reinstall_guards")
-        from . import token_cache, visibility_cache
+        from . import member_guards, token_cache, visibility_cache
 
+        member_guards.connect_signals()
         token_cache.connect_signals()
         visibility_cache.connect_signals()

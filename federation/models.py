@@ -78,6 +78,10 @@ MSG_TERMS_SIGNED = (
     "Agreement {pk} is {status}: its signed terms ({fields}) change only by an amendment, "
     "which needs every party's signature again."
 )
+MSG_MEMBERS_SIGNED = (
+    "Agreement {pk} is {status}: its {what} are part of the signed terms and change only by an amendment "
+    "(a new version the parties sign again)."
+)
 MSG_PLAN_HAS_ROUNDS = "Plan {pk} has rounds: {fields} cannot change; a change is a new plan."
 MSG_DATASET_BUDGETED = "Dataset {pk} has a budget ledger: {fields} cannot change."
 MSG_ROUND_FIELDS = "Round {pk}: {fields} never change."
@@ -173,24 +177,49 @@ class Agreement(GuardedModel):
     def __str__(self) -> str:
         return f"{self.title} (v{self.version})"
 
-    def terms(self) -> dict:
-        """The terms as plain JSON values, in TERM_FIELDS order, with the parties' slugs."""
+    def terms(self, *, parties=None, auditors=None) -> dict:
+        """The terms as plain JSON values, in TERM_FIELDS order, with the parties' slugs and the
+        auditors' usernames: the stored ones, or `parties` (organisations) and `auditors`
+        (users) about to be stored (an amendment hashes its new lists before writing them)."""
         out = {"format": TERMS_FORMAT, "version": self.version}
         for name in TERM_FIELDS:
             value = getattr(self, name)
             if hasattr(value, "isoformat"):
                 value = value.isoformat()
             out[name] = value
-        out["parties"] = sorted(self.parties.values_list("slug", flat=True)) if self.pk else []
-        out["auditors"] = sorted(self.auditors.values_list("username", flat=True)) if self.pk else []
+        if parties is not None:
+            out["parties"] = sorted({o.slug for o in parties})
+        else:
+            out["parties"] = sorted(self.parties.values_list("slug", flat=True)) if self.pk else []
+        if auditors is not None:
+            out["auditors"] = sorted({u.username for u in auditors})
+        else:
+            out["auditors"] = sorted(self.auditors.values_list("username", flat=True)) if self.pk else []
         return out
 
-    def canonical_terms(self) -> bytes:
+    def canonical_terms(self, **lists) -> bytes:
         """Canonical serialisation: sorted keys, no whitespace, UTF-8; what parties sign."""
-        return json.dumps(self.terms(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(self.terms(**lists), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-    def compute_terms_hash(self) -> str:
-        return hashlib.sha256(self.canonical_terms()).hexdigest()
+    def compute_terms_hash(self, **lists) -> str:
+        return hashlib.sha256(self.canonical_terms(**lists)).hexdigest()
+
+    @classmethod
+    def members_frozen(cls, pk) -> str | None:
+        """The agreement's status if its parties and auditors may no longer change, else None.
+
+        They are part of the signed terms (`terms`): editable in a draft, and while the
+        current version awaits its first signature (an amendment writes its new lists then);
+        from the first signature of a version on, only a new amendment changes them. The
+        same rule is a database trigger (federation/triggers.py)."""
+        row = cls.objects.filter(pk=pk).values("status", "version").first()
+        if row is None or row["status"] == cls.Status.DRAFT:
+            return None
+        if row["status"] == cls.Status.AWAITING_SIGNATURES and not AgreementSignature.objects.filter(
+            agreement_id=pk, version=row["version"]
+        ).exists():
+            return None
+        return row["status"]
 
     @property
     def terms_frozen(self) -> bool:

@@ -12,7 +12,10 @@ around the models: raw SQL, a database console, another program.
 * a round's status follows the state machine (ARCHITECTURE.md, Rounds), its phase only moves
   forward and matches its status, and its plan and number never change;
 * a round approval is only inserted for an organisation with a dataset in the round and a
-  party to the agreement, and never changes.
+  party to the agreement, and never changes;
+* an agreement's parties and auditors (part of its signed terms) are added, removed or
+  re-pointed only in a draft or while the current version awaits its first signature
+  (`Agreement.members_frozen`; federation/member_guards.py at the model level).
 
 This module only declares the guards: `install_sql(vendor)` and `uninstall_sql(vendor)` for
 the migrations, and `GOVERNANCE`, a set of the one trigger installer (accounting/triggers.py,
@@ -69,6 +72,27 @@ _PLAN_COLUMNS = tuple(_column(TrainingPlan, f) for f in TrainingPlan.GUARDED_FIE
 _PLAN_HAS_ROUND = "EXISTS (SELECT 1 FROM federation_traininground r WHERE r.plan_id = {row}.trainingplan_id)"
 _TRANSITIONS = [f"{old}>{new}" for old, news in TrainingRound.TRANSITIONS.items() for new in news]
 _FINAL = _quoted(TrainingRound.FINAL_STATES)
+# The agreement of row {row} no longer takes a change of its parties or auditors.
+_MEMBERS_FROZEN = (
+    "EXISTS (SELECT 1 FROM federation_agreement a WHERE a.id = {row}.agreement_id AND a.status <> 'draft' "
+    "AND (a.status <> 'awaiting_signatures' OR EXISTS (SELECT 1 FROM federation_agreementsignature s "
+    "WHERE s.agreement_id = a.id AND s.version = a.version)))"
+)
+
+
+def _member_guards(kind: str, table: str, columns: tuple[str, ...]) -> tuple[Guard, ...]:
+    message = f"the {kind} of a signed agreement change only by an amendment (a new version to sign)"
+    return (
+        Guard(f"{kind}_fixed_insert", table, "INSERT", _MEMBERS_FROZEN.format(row="NEW"), message),
+        Guard(f"{kind}_fixed_delete", table, "DELETE", _MEMBERS_FROZEN.format(row="OLD"), message),
+        Guard(
+            f"{kind}_fixed_update",
+            table,
+            "UPDATE",
+            f"{_differs(columns)} AND ({_MEMBERS_FROZEN.format(row='OLD')} OR {_MEMBERS_FROZEN.format(row='NEW')})",
+            message,
+        ),
+    )
 _RUNNING_PHASES = _quoted(TrainingRound.STATUS_PHASES[TrainingRound.Status.RUNNING])
 _AGGREGATING_PHASES = _quoted(TrainingRound.STATUS_PHASES[TrainingRound.Status.AGGREGATING])
 
@@ -160,6 +184,8 @@ GUARDS = (
         _differs(("round_id", "organisation_id", "decision")),
         "a recorded round decision never changes",
     ),
+    *_member_guards("parties", "federation_agreementparty", ("agreement_id", "organisation_id")),
+    *_member_guards("auditors", "federation_agreement_auditors", ("agreement_id", "user_id")),
 )
 
 

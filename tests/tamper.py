@@ -25,6 +25,30 @@ def triggers_lifted():
             triggers.GOVERNANCE.install(connection)
 
 
+@contextmanager
+def membership_unguarded():
+    """An agreement's parties and auditors writable for the block, as in a draft: the model
+    guards' signals disconnected and the database's triggers off. For tests of what reacts to
+    such a change (caches, access), not of governance (tests/federation/test_member_guards.py)."""
+    from django.db.models.signals import m2m_changed, pre_delete, pre_save
+
+    from federation.models import Agreement, AgreementParty
+
+    disconnected = [
+        pre_save.disconnect(sender=AgreementParty, dispatch_uid="member_guards_party_saved"),
+        pre_delete.disconnect(sender=AgreementParty, dispatch_uid="member_guards_party_deleted"),
+        m2m_changed.disconnect(sender=Agreement.auditors.through, dispatch_uid="member_guards_auditors"),
+    ]
+    assert all(disconnected), "the member guards were not connected"
+    try:
+        with triggers_lifted():
+            yield
+    finally:
+        from federation import member_guards
+
+        member_guards.connect_signals()
+
+
 def force_update(model, pk, **fields) -> int:
     with triggers_lifted():
         return models.QuerySet(model=model).filter(pk=pk).update(**fields)

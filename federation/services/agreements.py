@@ -25,6 +25,10 @@ User = get_user_model()
 MSG_TERMS_FROZEN = "The terms of '{title}' are frozen since signing started; change them with an amendment."
 MSG_NOT_A_PARTY = "{organisation} is not a party to '{title}'."
 MSG_ALREADY_SIGNED = "{organisation} already signed version {version} of '{title}'."
+MSG_TERMS_DRIFTED = (
+    "'{title}' v{version}: its parties or auditors no longer match the terms hash being signed "
+    "(changed below the services); an administrator must amend the agreement."
+)
 MSG_HASH_MISMATCH = "The terms changed since you read them: you signed {given}, the current terms hash is {current}."
 MSG_NOT_SIGNABLE = "'{title}' is {status}; only an agreement awaiting signatures can be signed."
 MSG_NO_PARTIES = "An agreement needs at least two parties."
@@ -137,12 +141,16 @@ def _set_parties(agreement: Agreement, parties: list[Organisation]) -> None:
         AgreementParty.objects.get_or_create(agreement=agreement, organisation=organisation)
 
 
-def _set_auditors(agreement: Agreement, auditors) -> None:
+def _checked_auditors(auditors) -> list:
     auditors = list(auditors or [])
     for user in auditors:
         if not user.groups.filter(name=AUDITORS_GROUP).exists():
             raise field_error("auditors", f"{user.username} is not an auditor.")
-    agreement.auditors.set(auditors)
+    return auditors
+
+
+def _set_auditors(agreement: Agreement, auditors) -> None:
+    agreement.auditors.set(_checked_auditors(auditors))
 
 
 @transaction.atomic
@@ -253,6 +261,10 @@ def agreement_sign(*, actor, agreement: Agreement, organisation: Organisation, t
     terms_hash = (terms_hash or "").strip().lower()
     if terms_hash != agreement.terms_hash:
         raise ValidationFailed(MSG_HASH_MISMATCH.format(given=terms_hash or "(nothing)", current=agreement.terms_hash))
+    if agreement.compute_terms_hash() != agreement.terms_hash:
+        # The rows no longer hash to what is being signed (a party or an auditor changed below
+        # the services): nobody signs a hash that does not describe the agreement as it stands.
+        raise InvalidState(MSG_TERMS_DRIFTED.format(title=agreement.title, version=agreement.version))
     signature = AgreementSignature.objects.create(
         agreement=agreement, organisation=organisation, version=agreement.version, terms_hash=terms_hash, signed_by=actor
     )
@@ -295,14 +307,18 @@ def agreement_amend(*, actor, agreement: Agreement, parties=None, auditors=None,
     agreement.version += 1
     agreement.status = Agreement.Status.AWAITING_SIGNATURES
     agreement.activated_at = None
-    if parties is not None:
-        _set_parties(agreement, parties)
-    if auditors is not None:
-        _set_auditors(agreement, auditors)
-    # New terms, version + 1, back to signature and the new hash in one UPDATE: the only
-    # change of signed terms the model and database guards let through (ARCHITECTURE.md, Trust 4).
-    agreement.terms_hash = agreement.compute_terms_hash()
+    new_parties = list({o.pk: o for o in parties}.values()) if parties is not None else None
+    new_auditors = _checked_auditors(auditors) if auditors is not None else None
+    # New terms, version + 1, back to signature and the new hash (of the lists about to be
+    # written) in one UPDATE: the only change of signed terms the model and database guards
+    # let through (ARCHITECTURE.md, Trust 4). Then the parties and auditors, which the guards
+    # accept while the new version awaits its first signature (federation/member_guards.py).
+    agreement.terms_hash = agreement.compute_terms_hash(parties=new_parties, auditors=new_auditors)
     agreement.save()
+    if new_parties is not None:
+        _set_parties(agreement, new_parties)
+    if new_auditors is not None:
+        agreement.auditors.set(new_auditors)
     after = agreement.terms()
     changed = sorted(k for k in after if before.get(k) != after.get(k) and k != "version")
     event_record(
@@ -354,17 +370,22 @@ def agreement_terminate(*, actor, agreement: Agreement, reason: str = "") -> Agr
 
 
 @transaction.atomic
-def agreement_assign_auditor(*, actor, agreement: Agreement, auditor) -> None:
+def agreement_assign_auditor(*, actor, agreement: Agreement, auditor) -> Agreement:
+    """Add an auditor. The auditors are signed terms: in a draft the list just grows; out of
+    draft it is an amendment, a new version every party signs again before it is active (and
+    before the auditor's access is agreed)."""
     require_administrator(actor, what="agreement", action="assign auditors to")
     if not auditor.groups.filter(name=AUDITORS_GROUP).exists():
         raise field_error("auditor", f"{auditor.username} is not an auditor.")
-    agreement.auditors.add(auditor)
-    event_record(
-        kind=GovernanceEvent.Kind.AUDITOR_ASSIGNED,
-        message=f"{auditor.username} audits '{agreement.title}'.",
-        actor=actor,
-        agreement=agreement,
-    )
+    agreement = Agreement.objects.select_for_update().get(pk=agreement.pk)
+    if agreement.status == Agreement.Status.DRAFT:
+        agreement.auditors.add(auditor)
+        message = f"{auditor.username} audits '{agreement.title}'."
+    else:
+        agreement = agreement_amend(actor=actor, agreement=agreement, auditors=[*agreement.auditors.all(), auditor])
+        message = f"{auditor.username} audits '{agreement.title}' from v{agreement.version}, once every party signs it."
+    event_record(kind=GovernanceEvent.Kind.AUDITOR_ASSIGNED, message=message, actor=actor, agreement=agreement)
+    return agreement
 
 
 @transaction.atomic
