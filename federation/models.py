@@ -747,13 +747,28 @@ class StandingApproval(models.Model):
         (blocked by a governance check, rejected by another party) and a try aborted before
         any update could leave (its budget released: ARCHITECTURE.md, Ledger 2) trained
         nothing and spent nothing, so they do not use up an approval given for "up to N
-        rounds". A try aborted or failed once the masked input opened spent its budget: it
-        counts, like a completed round (and its epsilon counts against `max_epsilon`)."""
+        rounds". A try aborted or failed once the masked input opened is decided per dataset
+        (Ledger 2): it counts for this organisation if any of its datasets in the round stayed
+        charged (its masked input came, like a completed round; its epsilon counts against
+        `max_epsilon`), not if every one of them was released (it sent nothing)."""
         released_phases = ("", "advertise_keys", "share_keys")
+        stopped = (TrainingRound.Status.ABORTED, TrainingRound.Status.FAILED)
         ended_unspent = Q(round__status__in=(TrainingRound.Status.BLOCKED, TrainingRound.Status.REJECTED)) | Q(
-            round__status__in=(TrainingRound.Status.ABORTED, TrainingRound.Status.FAILED), round__phase__in=released_phases
+            round__status__in=stopped, round__phase__in=released_phases
         )
-        return self.uses.exclude(ended_unspent).count()
+        uses = self.uses.exclude(ended_unspent)
+        stopped_ids = set(uses.filter(round__status__in=stopped).values_list("round_id", flat=True))
+        if not stopped_ids:
+            return uses.count()
+        mine = RoundParticipant.objects.filter(round_id__in=stopped_ids, dataset__organisation_id=self.organisation_id)
+        participating = set(mine.values_list("round_id", "dataset_id"))
+        released = set(
+            mine.filter(
+                dataset__ledger_entries__round_id=models.F("round_id"), dataset__ledger_entries__kind="RELEASE"
+            ).values_list("round_id", "dataset_id")
+        )
+        sent_nothing = [r for r in stopped_ids if (mine_in_r := {p for p in participating if p[0] == r}) and mine_in_r <= released]
+        return uses.count() - len(sent_nothing)
 
 
 class GovernanceEvent(models.Model):
