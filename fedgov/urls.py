@@ -1,7 +1,9 @@
 """fedgov's URLs: the web UI, the REST API under /api/v1/, its schema and docs, the admin."""
 
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from federation import i18n
@@ -17,7 +19,18 @@ def admin_login(request, extra_context=None):
     return accounts.admin_login(request, extra_context)
 
 
+class FaviconView(RedirectView):
+    """Browsers, feed readers and crawlers ask for /favicon.ico whatever a page links: the
+    project's one icon is an SVG (read per request, so the static files' manifest is used)."""
+
+    permanent = True
+
+    def get_redirect_url(self, *args, **kwargs) -> str:
+        return static("favicon.svg")
+
+
 urlpatterns = [
+    path("favicon.ico", FaviconView.as_view()),
     path("admin/login/", admin_login),  # before admin.site.urls, which it answers for
     path("admin/", admin.site.urls),
     path("accounts/login/", accounts.TwoFactorLoginView.as_view(), name="login"),
