@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from django.core.cache import cache
 
 from .. import governance
-from ..learning import DPParameterError, LearningError
+from ..learning import DPParameterError, LearningError, planner
 from ..learning.planner import plan_schedule
 from ..models import Agreement, TrainingPlan
 from .common import field_error
@@ -35,10 +40,36 @@ def _proposal(key: tuple) -> Proposal:
     return Proposal(values=plan.plan_kwargs(), explanation=plan.explanation, warnings=list(plan.warnings))
 
 
+#: How long a proposal stays in the shared cache. It is a pure function of its key and of the
+#: planner's code (both in the cache key), so the limit only bounds the cache's size.
+SHARED_SECONDS = 24 * 3600
+
+
+@functools.cache
+def _planner_version() -> str:
+    """The planner's source and dp-accounting's version: a proposal another process cached
+    under other rules (a deployment mid-upgrade) is never served."""
+    source = Path(planner.__file__).read_bytes() + metadata.version("dp-accounting").encode()
+    return hashlib.sha256(source).hexdigest()[:16]
+
+
+def _shared_proposal(key: tuple) -> Proposal:
+    """`_proposal(key)`, through Django's cache (Redis in production): the planner takes
+    seconds, and every web process would otherwise run it again for the same plan form."""
+    name = "plan-proposal:" + hashlib.sha256(repr((_planner_version(), key)).encode()).hexdigest()
+    hit = cache.get(name)
+    if hit is not None:
+        return Proposal(**hit)
+    proposal = _proposal(key)
+    cache.set(name, asdict(proposal), SHARED_SECONDS)
+    return proposal
+
+
 def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, model_spec: dict | None = None) -> Proposal:
     """The planner's whole DP-SGD and FedAvg schedule for these datasets, from public metadata
     only (record counts, features, classes, each dataset's remaining budget and delta, the
-    agreement's bounds, the rounds and the model kind). Cached per inputs."""
+    agreement's bounds, the rounds and the model kind). Cached per inputs, in the process and
+    in the cache every process shares."""
     from accounting.selectors import datasets_budget_figures
 
     datasets = list(datasets)
@@ -72,7 +103,7 @@ def plan_propose(*, agreement: Agreement, datasets: list, rounds_total: int, mod
         float(agreement.max_epsilon_per_round),
     )
     try:
-        proposal = _proposal(key)
+        proposal = _shared_proposal(key)
     except DPParameterError as exc:  # no noise fits the budgets over these rounds, or a delta over the ceiling
         raise field_error("rounds_total" if exc.name == "epsilon" else "datasets", f"The planner found no schedule: {exc}.") from exc
     except LearningError as exc:

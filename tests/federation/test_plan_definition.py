@@ -113,6 +113,28 @@ def test_the_planner_fills_what_is_left_out_and_its_proposal_passes_the_checks(c
     assert plan.noise_multiplier >= cast.agreement.min_noise_multiplier and plan.explanation == proposal.explanation
 
 
+def test_a_proposal_another_process_made_comes_from_the_shared_cache(cast, monkeypatch):
+    """The planner takes seconds; a web process that never ran it for these inputs reads the
+    proposal another one stored in the shared cache (Redis in production) instead of
+    planning again, and gets the same values."""
+    from django.core.cache import cache
+
+    from federation.services import proposals
+
+    cache.clear()
+    proposals._proposal.cache_clear()
+    args = dict(agreement=cast.agreement, datasets=cast.datasets, rounds_total=4, model_spec={"kind": "logreg"})
+    first = plan_propose(**args)
+    proposals._proposal.cache_clear()  # as in another process: nothing planned here
+    planned = []
+    real = proposals.plan_schedule
+    monkeypatch.setattr(proposals, "plan_schedule", lambda **kw: planned.append(kw) or real(**kw))
+    assert plan_propose(**args) == first and planned == []
+    # Other inputs are planned, not served from another key.
+    other = plan_propose(**{**args, "rounds_total": 5})
+    assert len(planned) == 1 and other.values["noise_multiplier"] > first.values["noise_multiplier"]  # more rounds, same budget
+
+
 def test_nothing_left_out_means_no_planner(cast):
     given = {name: 1.0 for name in PLANNED_FIELDS}
     filled, explanation = plan_fill(agreement=cast.agreement, datasets=[], rounds_total=3, model_spec=None, given=given)
