@@ -10,11 +10,13 @@ script, a careless service) and the database refuses it again below them
 change either list.
 
 A party's own exit (its `status`, notice and effective dates) is not a change of the list
-and stays writable.
+and stays writable. Deleting a user who audits a signed agreement would remove them from its
+auditors too: refused, with the advice to deactivate the account instead.
 """
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db.models.signals import m2m_changed, pre_delete, pre_save
 
 from .guards import RecordFrozen
@@ -58,7 +60,19 @@ def _auditors_changed(sender, instance, action: str, reverse: bool, pk_set, **kw
         _refuse_if_frozen(agreement_id, "auditors")
 
 
+def _user_deleted(sender, instance, **kwargs) -> None:
+    for agreement_id in sorted(instance.audited_agreements.values_list("pk", flat=True)):
+        status = Agreement.members_frozen(agreement_id)
+        if status is not None:
+            raise RecordFrozen(
+                f"{instance.get_username()} audits agreement {agreement_id} ({status}), whose auditors are signed terms: "
+                "deactivate the account instead of deleting it (an amendment removes an auditor).",
+                model="Agreement", pk=agreement_id, fields=["auditors"],
+            )
+
+
 def connect_signals() -> None:
+    pre_delete.connect(_user_deleted, sender=get_user_model(), dispatch_uid="member_guards_user_deleted")
     pre_save.connect(_party_saved, sender=AgreementParty, dispatch_uid="member_guards_party_saved")
     pre_delete.connect(_party_deleted, sender=AgreementParty, dispatch_uid="member_guards_party_deleted")
     m2m_changed.connect(_auditors_changed, sender=Agreement.auditors.through, dispatch_uid="member_guards_auditors")

@@ -30,6 +30,7 @@ def membership_unguarded():
     """An agreement's parties and auditors writable for the block, as in a draft: the model
     guards' signals disconnected and the database's triggers off. For tests of what reacts to
     such a change (caches, access), not of governance (tests/federation/test_member_guards.py)."""
+    from django.contrib.auth import get_user_model
     from django.db.models.signals import m2m_changed, pre_delete, pre_save
 
     from federation.models import Agreement, AgreementParty
@@ -38,6 +39,7 @@ def membership_unguarded():
         pre_save.disconnect(sender=AgreementParty, dispatch_uid="member_guards_party_saved"),
         pre_delete.disconnect(sender=AgreementParty, dispatch_uid="member_guards_party_deleted"),
         m2m_changed.disconnect(sender=Agreement.auditors.through, dispatch_uid="member_guards_auditors"),
+        pre_delete.disconnect(sender=get_user_model(), dispatch_uid="member_guards_user_deleted"),
     ]
     assert all(disconnected), "the member guards were not connected"
     try:

@@ -108,6 +108,13 @@ def test_the_database_refuses_what_bypasses_the_models(cast):
     assert members(cast.agreement) == before
 
 
+def test_an_auditor_of_a_signed_agreement_is_deactivated_not_deleted(cast):
+    with frozen("deactivate the account instead"):
+        cast.auditor.delete()
+    assert members(cast.agreement)[1] == ["auditor"]
+    cast.outsider.delete()  # a user who audits nothing goes as before
+
+
 def test_a_partys_exit_is_not_a_change_of_the_list(cast):
     party = party_give_exit_notice(actor=cast.rep_c, agreement=cast.agreement, organisation=cast.org_c)
     assert party.status in (AgreementParty.Status.NOTICE, AgreementParty.Status.EXITED)
