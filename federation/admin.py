@@ -9,6 +9,8 @@ The ledger's models are in accounting/admin.py, read-only too.
 """
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 
 from fedgov.errors import ApplicationError
 
@@ -211,3 +213,25 @@ class UserPreferenceAdmin(ReadOnlyAdmin):
     list_display = ("user", "language", "updated_at")
     list_filter = ("language",)
     search_fields = ("user__username",)
+
+
+class GovernedUserAdmin(UserAdmin):
+    """Django's user admin, except that deleting a user who audits a signed agreement (one of
+    its signed auditors: federation/member_guards.py) is shown as protected on the delete
+    page, single or bulk, rather than failing: deactivate such an account instead."""
+
+    def get_deleted_objects(self, objs, request):
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for user in objs:
+            for agreement in user.audited_agreements.order_by("pk"):
+                if models.Agreement.members_frozen(agreement.pk) is not None:
+                    protected.append(
+                        f"{user.get_username()} audits the signed agreement '{agreement}': deactivate the account instead "
+                        "(an amendment removes an auditor)"
+                    )
+        return to_delete, model_count, perms_needed, protected
+
+
+if admin.site.is_registered(get_user_model()):
+    admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), GovernedUserAdmin)

@@ -113,3 +113,20 @@ def test_the_token_revoke_action_goes_through_the_service(cast, superuser_client
     assert token.revoked_at is not None
     assert superuser_client.post(change_url(token), {"revoked_at_0": "", "revoked_at_1": ""}).status_code == 403
     assert ApiToken.objects.get(pk=token.pk).revoked_at is not None
+
+
+def test_the_user_admin_protects_an_auditor_of_a_signed_agreement_from_deletion(cast, superuser_client):
+    """Deleting them would drop a signed auditor (federation/member_guards.py): the delete
+    page lists why, single or bulk, and deletes nothing; a user who audits nothing goes."""
+    User = get_user_model()
+    url = reverse("admin:auth_user_delete", args=[cast.auditor.pk])
+    page = superuser_client.post(url, {"post": "yes"})
+    assert page.status_code == 200 and "deactivate the account instead" in page.content.decode()
+    changelist = reverse("admin:auth_user_changelist")
+    bulk = superuser_client.post(
+        changelist, {"action": "delete_selected", "_selected_action": [cast.auditor.pk, cast.outsider.pk], "post": "yes"}
+    )
+    assert bulk.status_code == 200 and "deactivate the account instead" in bulk.content.decode()
+    assert User.objects.filter(pk__in=[cast.auditor.pk, cast.outsider.pk]).count() == 2
+    gone = superuser_client.post(reverse("admin:auth_user_delete", args=[cast.outsider.pk]), {"post": "yes"})
+    assert gone.status_code == 302 and not User.objects.filter(pk=cast.outsider.pk).exists()
