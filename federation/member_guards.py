@@ -31,12 +31,14 @@ def _refuse_if_frozen(agreement_id, what: str) -> None:
         )
 
 
-def _party_saved(sender, instance: AgreementParty, raw: bool = False, **kwargs) -> None:
-    if raw:  # loaddata of a fixture: the rows as they were
+def _party_saved(sender, instance: AgreementParty, raw: bool = False, update_fields=None, **kwargs) -> None:
+    if raw:  # loaddata of a fixture: the rows as they were (the database's triggers still apply)
         return
-    if instance.pk is None or instance._state.adding:
+    if instance._state.adding:
         _refuse_if_frozen(instance.agreement_id, "parties")
         return
+    if update_fields is not None and not {"agreement", "organisation"} & set(update_fields):
+        return  # an exit (status, notice, dates): nothing of the list to read
     stored = AgreementParty.objects.filter(pk=instance.pk).values("agreement_id", "organisation_id").first()
     if stored is None or (stored["agreement_id"], stored["organisation_id"]) != (instance.agreement_id, instance.organisation_id):
         _refuse_if_frozen(instance.agreement_id, "parties")

@@ -97,6 +97,9 @@ def test_the_database_refuses_what_bypasses_the_models(cast):
         "INSERT INTO federation_agreementparty (agreement_id, organisation_id, status) VALUES (%s, %s, 'active')",
         [cast.agreement.pk, newcomer.pk],
     )
+    with pytest.raises(DatabaseError):  # the auditors' through model, written directly, sends no m2m signal
+        with transaction.atomic():
+            Agreement.auditors.through.objects.create(agreement=cast.agreement, user=cast.other_auditor)
     refused_by_the_database("DELETE FROM federation_agreementparty WHERE agreement_id = %s", [cast.agreement.pk])
     refused_by_the_database(
         "INSERT INTO federation_agreement_auditors (agreement_id, user_id) VALUES (%s, %s)", [cast.agreement.pk, cast.other_auditor.pk]
