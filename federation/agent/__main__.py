@@ -1,6 +1,8 @@
 """python -m federation.agent --server URL --token TOKEN --data FILE.csv [--state DIR]
        [--data-id ID] [--budget EPSILON --delta DELTA]
-python -m federation.agent ledger --state DIR [--verify] [--json]"""
+python -m federation.agent ledger --state DIR [--verify] [--json]
+python -m federation.agent reconcile --state DIR --bundle FILE [--coordinator-key KEY] [--coordinator NAME]
+       [--dataset SLUG ...] [--json]"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import AgentConfig
-from .identity import load_coordinator_key
+from .identity import PINNED_KEY_FILE, load_coordinator_key, load_public_identity
 from .ledger_format import LEDGER_FILE
 from .ledger_view import LedgerView, read_ledger
 from .runner import Agent
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["ledger"]:
         return ledger_main(argv[1:])
+    if argv[:1] == ["reconcile"]:
+        return reconcile_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m federation.agent", description="fedgov partner agent")
     parser.add_argument("--server", required=True, help="coordinator URL, e.g. https://fedgov.example.org")
     parser.add_argument("--token", required=True, help="this organisation's agent token")
@@ -122,6 +126,74 @@ def ledger_main(argv: list[str]) -> int:
     else:
         _print_ledger(view)
     return 0 if view.error is None else 1
+
+
+def reconcile_main(argv: list[str]) -> int:
+    """Compare the coordinator's audit bundle with this agent's own ledger, round by round
+    (federation/agent/reconcile.py). Never writes.
+
+    Exit codes: 0 the books agree, 1 they disagree, 2 they cannot be compared (usage, an
+    unreadable or unverifiable ledger or bundle, no pinned coordinator key, a key not enrolled).
+    """
+    from accounting import bundle as bundle_mod
+    from accounting import manifest
+
+    from .reconcile import ReconcileError, reconcile
+
+    parser = argparse.ArgumentParser(
+        prog="python -m federation.agent reconcile",
+        description="check the coordinator's audit bundle against this agent's own privacy ledger",
+    )
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE, help="the agent's state directory")
+    parser.add_argument("--bundle", required=True, type=Path, help="the coordinator's audit bundle (export_ledger, or the audit page)")
+    parser.add_argument(
+        "--coordinator-key",
+        help="the coordinator's ledger public key (64 hex digits, or a file with them or its PEM); default: the key this agent pinned",
+    )
+    parser.add_argument(
+        "--coordinator",
+        help="the name this ledger's rounds carry for the coordinator (default: its ledger key; agents that pinned no key used the server URL)",
+    )
+    parser.add_argument("--dataset", action="append", metavar="SLUG", help="only this dataset (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's convergence chatter, not the partner's concern
+
+    def cannot(message: str) -> int:
+        print(json.dumps({"ok": False, "error": message}) if args.json else f"cannot reconcile: {message}", file=sys.stdout if args.json else sys.stderr)
+        return 2
+
+    try:
+        coordinator_key = load_coordinator_key(args.coordinator_key) if args.coordinator_key else (
+            (args.state / PINNED_KEY_FILE).read_text().strip()
+        )
+    except FileNotFoundError:
+        return cannot(f"no coordinator key: this agent pinned none in {args.state / PINNED_KEY_FILE}; give --coordinator-key")
+    except (ValueError, OSError) as exc:
+        return cannot(str(exc))
+    try:
+        agent_key = load_public_identity(args.state)
+    except (ValueError, OSError) as exc:
+        return cannot(f"no agent identity in {args.state}: {exc}")
+    try:
+        view = read_ledger(args.state, verify=True)
+    except OSError as exc:
+        return cannot(f"no partner ledger readable at {args.state / LEDGER_FILE}: {exc.strerror or exc}")
+    if view.error is not None:
+        return cannot(f"this agent's own ledger does not verify: {view.error.message}")
+    try:
+        bundle = bundle_mod.load(str(args.bundle))
+        result = reconcile(
+            bundle, view.entries, agent_key=agent_key, pinned_key_id=manifest.key_id_of(bytes.fromhex(coordinator_key)),
+            coordinator=args.coordinator or coordinator_key, datasets=args.dataset,
+        )
+    except (ReconcileError, manifest.BundleError) as exc:
+        return cannot(str(exc))
+    if args.json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.ok else 1
 
 
 def _fmt(value: object, spec: str = ".4f") -> str:

@@ -9,11 +9,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+#: Where the agent keeps the coordinator's ledger key it pinned (first enrolment or --coordinator-key).
+PINNED_KEY_FILE = "coordinator_ledger_key.hex"
+IDENTITY_FILE = "identity_ed25519.pem"
+
 
 def load_identity(state_dir: Path) -> Ed25519PrivateKey:
     """The long-term Ed25519 identity key, created on first run and kept (0600) in state_dir."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "identity_ed25519.pem"
+    path = state_dir / IDENTITY_FILE
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
@@ -25,6 +29,14 @@ def load_identity(state_dir: Path) -> Ed25519PrivateKey:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return key
+
+
+def load_public_identity(state_dir: Path) -> str:
+    """The identity's public key (hex) of an existing state directory; never creates one."""
+    key = serialization.load_pem_private_key((state_dir / IDENTITY_FILE).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{state_dir / IDENTITY_FILE} is not an Ed25519 private key")
+    return public_hex(key)
 
 
 def public_hex(key: Ed25519PrivateKey) -> str:

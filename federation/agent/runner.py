@@ -31,7 +31,7 @@ from . import trust
 from .checks import PlanRefused, check_evaluation, check_round
 from .config import AgentConfig
 from .http import ApiError, CoordinatorClient
-from .identity import load_identity, public_hex
+from .identity import PINNED_KEY_FILE, load_identity, public_hex
 from .work import WORK_TTL, RoundWork
 
 try:  # the partner's own privacy ledger (docs/PARTNER-LEDGER.md)
@@ -90,7 +90,7 @@ class Agent:
 
     @property
     def _pin_path(self) -> Path:
-        return self.config.state_dir / "coordinator_ledger_key.hex"
+        return self.config.state_dir / PINNED_KEY_FILE
 
     def enrol(self) -> None:
         answer = self.http.enrol(public_hex(self.identity))

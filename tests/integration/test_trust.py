@@ -160,6 +160,14 @@ def test_a_real_rounds_bundle_with_a_receipt_removed_altered_or_re_signed_fails_
     for result in _verifiers(good, pin):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "1 receipts verified" in result.stdout
+    # Each partner reconciles the bundle with its own ledger, with its agent's state only.
+    env = {k: v for k, v in django_env().items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+    for slug in fed.tokens:
+        result = subprocess.run([sys.executable, "-m", "federation.agent", "reconcile", "--state", str(tmp_path / "agents" / slug),
+                                 "--bundle", str(good)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "coordinator charged 1 rounds" in result.stdout and "this ledger committed 1; 1 agree" in result.stdout
+        assert "the books agree" in result.stdout
     data = json.loads(good.read_text())
     slugs = list(fed.tokens)
     chain_of = {c["organisation"]: i for i, c in enumerate(data["chains"])}
