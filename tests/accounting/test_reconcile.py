@@ -276,3 +276,30 @@ def test_books_that_cannot_be_compared_are_refused_with_exit_2(books, attack):
     assert result.returncode == 2, result.stdout + result.stderr
     assert want in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_rounds_recorded_under_the_server_url_are_matched_with_coordinator_and_json_names_each_mismatch(books):
+    """An agent that pinned no key named the coordinator by its URL: without --coordinator its
+    rounds are not this coordinator's (so the charge is unmatched); with it, they agree."""
+    books.coordinator = "https://coordinator.example"
+    (r1,) = books.rounds(1)
+    books.reserve(r1)
+    head = books.local(r1, "commit")
+    books.receipt(r1, head)
+    books.commit(r1)
+    bundle = books.export()
+    unmatched = books.run(bundle, "--json")
+    data = json.loads(unmatched.stdout)
+    assert unmatched.returncode == 1 and data["ok"] is False
+    assert [(f["level"], f["round"]) for f in data["findings"]] == [("mismatch", r1.pk)]
+    assert "never reserved the round" in data["findings"][0]["message"]
+    matched = books.run(bundle, "--coordinator", books.coordinator)
+    assert matched.returncode == 0, matched.stdout + matched.stderr
+
+
+def test_dataset_limits_the_check_and_an_unknown_one_cannot_be_compared(books):
+    agreed(books)
+    bundle = books.export()
+    assert books.run(bundle, "--dataset", books.slug).returncode == 0
+    other = books.run(bundle, "--dataset", "org-b-records")  # not this agent's organisation's
+    assert other.returncode == 2 and "no chain of organisation org-a in the bundle is named org-b-records" in other.stderr
