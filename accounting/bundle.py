@@ -11,9 +11,13 @@ A bundle is one JSON object:
      "accountant": {"rdp_orders": [...], "pld_value_discretization_interval": ..., ...},
      "agents": [{"organisation": SLUG, "public_key": HEX, "enrolled_at": ISO}, ...],
      "chains": [{"dataset": SLUG, "organisation": SLUG, "entries": [...], "signed_heads": [...],
-                 "receipts": [...]}],
+                 "receipts": [...], "tickets": [...]}],
+     "agreements": [{"agreement_id", "version", "terms", "signatures"}],
      "manifest": {"type": MANIFEST_TYPE, "key_id", "exported_at", "agents": [...],
-                  "chains": [{"dataset", "organisation", "head_seq", "head_hash"}], "signature"}}
+                  "chains": [{"dataset", "organisation", "head_seq", "head_hash"}],
+                  "digests": {"agreements", "tickets"}, "signature"}}
+
+The tickets and the terms they name are checked by `accounting.terms_check`.
 
 The manifest is what the coordinator signs at export (with the ledger key, writing nothing):
 the agent keys receipts are checked against and which organisation each chain belongs to,
