@@ -24,6 +24,7 @@ federation, and tests/accounting/test_bundle_terms.py keeps the two equal.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -229,6 +230,14 @@ def _check_one(ticket, charge, reserve, agreements, *, orders, pld_interval) -> 
         raise ValueError(f"the round's parameters are outside the signed terms of {name}: " + "; ".join(problems))
 
 
+@functools.lru_cache(maxsize=1024)
+def _round_epsilon(event_key: str, delta: float, accountant: str, orders: tuple[float, ...], pld_interval: float) -> float:
+    """A round's epsilon at its delta; memoised, since a plan's rounds repeat a few events."""
+    return acc.compose_epsilon(
+        [event_key], delta, accountant, value_discretization_interval=pld_interval, orders=orders
+    )  # fmt: skip
+
+
 def _outside_terms(ticket, terms, event, *, orders, pld_interval) -> list[str]:
     problems = []
     try:
@@ -238,9 +247,7 @@ def _outside_terms(ticket, terms, event, *, orders, pld_interval) -> list[str]:
             problems.append(f"clip norm C={ticket['C']} > ceiling {terms['max_clip_norm']}")
         if ticket["delta"] > terms["max_delta"]:
             problems.append(f"delta {ticket['delta']} > ceiling {terms['max_delta']}")
-        eps = acc.compose_epsilon(
-            [event], ticket["delta"], ticket["accountant"], value_discretization_interval=pld_interval, orders=orders
-        )
+        eps = _round_epsilon(dp_events.canonical_json(event), ticket["delta"], ticket["accountant"], orders, pld_interval)
         if eps > terms["max_epsilon_per_round"] * (1 + EPSILON_RTOL):
             problems.append(f"one round costs epsilon {eps:.6g} > ceiling {terms['max_epsilon_per_round']}")
         issued = datetime.fromisoformat(ticket["issued_at"]).date()
