@@ -96,6 +96,8 @@ def load_agreements(bundle: Mapping[str, Any]) -> dict[tuple[int, int], Terms] |
             raise manifest.BundleError(f"{where}: listed twice")
         if not isinstance(terms, Mapping) or any(name not in terms for name in TERM_LIMITS) or terms.get("version") != version:
             raise manifest.BundleError(f"{where}: the terms document lacks the signed limits or names another version")
+        if not isinstance(terms["parties"], list) or not all(isinstance(p, str) for p in terms["parties"]):
+            raise manifest.BundleError(f"{where}: the terms' parties must be a list of organisation slugs")
         digest = sha256_hex(terms)
         signatures = a["signatures"]
         if not isinstance(signatures, list):
@@ -221,7 +223,7 @@ def _check_one(ticket, charge, reserve, agreements, *, orders, pld_interval) -> 
             f"{str(ticket['terms_hash'])[:16]}...: not the terms the round ran under"
         )
     org = ticket["organisation"]
-    if org not in (terms.terms["parties"] or []):
+    if org not in terms.terms["parties"]:
         raise ValueError(f"organisation {org} is not a party to {name}")
     if org not in terms.signed_by:
         raise ValueError(f"the coordinator recorded no signature of {name} by organisation {org}")

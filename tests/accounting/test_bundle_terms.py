@@ -283,6 +283,9 @@ def test_unknown_fields_in_the_new_sections_are_refused(receipted):
     data["agreements"][0]["note"] = "trust me"
     fails(resign(data), "an agreement must have exactly agreement_id, version, terms and signatures")
     data = receipted.data()
+    data["agreements"][0]["terms"]["parties"] = "org-a org-b org-c"  # not a substring test
+    fails(resign(data), "the terms' parties must be a list of organisation slugs")
+    data = receipted.data()
     chain_of(data, "org-a-records")["tickets"][0]["extra"] = 1
     fails(resign(data), "dataset org-a-records: ticket 1: its fields differ from the ticket format")
 
