@@ -163,6 +163,64 @@ def enrolled_agents(*, organisation_ids=None) -> list[dict]:
     return [{"organisation": a.organisation.slug, "public_key": a.public_key, "enrolled_at": iso(a.enrolled_at)} for a in rows]
 
 
+TICKET_BATCH = 500
+
+
+def signed_tickets(hashes: list[str]) -> list[dict]:
+    """The signed tickets (document + signature) the ledger's COMMITs name, in their order. A
+    hash with no stored ticket is left out: the bundle's verifier then fails on that COMMIT."""
+    from federation.models import RoundTicket
+
+    found: dict[str, dict] = {}
+    for i in range(0, len(hashes), TICKET_BATCH):
+        rows = RoundTicket.objects.filter(ticket_hash__in=hashes[i : i + TICKET_BATCH]).values_list("ticket_hash", "document", "signature")
+        found.update({h: {**document, "signature": signature} for h, document, signature in rows})
+    return [found[h] for h in hashes if h in found]
+
+
+def agreement_versions(named: set[tuple[int, int, str]]) -> list[dict]:
+    """The terms of each (agreement id, version, terms hash) tickets name, with the signatures
+    the coordinator recorded for that version (docs/TRUST-FORMATS.md).
+
+    An agreement's row holds only its current version; earlier versions' terms are recovered
+    from its governance events, which record them whole when they are frozen for signature
+    (agreement_submit: `terms`) and when amended (agreement_amend: `before` and `after`). The
+    document chosen is the one hashing to the hash the ticket names; if none does (the
+    coordinator's rows drifted), the one recorded for that version, so that the verifier
+    reports the mismatch; if the version's terms were never recorded, the version is left out
+    and the verifier fails on the tickets naming it."""
+    from federation.models import Agreement, AgreementSignature, GovernanceEvent
+
+    out = []
+    for pk, version, terms_hash in sorted(named):
+        agreement = Agreement.objects.filter(pk=pk).first()
+        if agreement is None:
+            continue
+        candidates = [agreement.terms()] if agreement.version == version else []
+        events = GovernanceEvent.objects.filter(
+            agreement_id=pk, kind__in=[GovernanceEvent.Kind.AGREEMENT_SUBMITTED, GovernanceEvent.Kind.AGREEMENT_AMENDED]
+        ).order_by("-created_at", "-id")
+        for event in events:
+            candidates += [event.details.get(k) for k in ("terms", "after", "before") if isinstance(event.details.get(k), dict)]
+        candidates = [t for t in candidates if t.get("version") == version]
+        if not candidates:
+            continue
+        terms = next((t for t in candidates if manifest.sha256_hex(t) == terms_hash), candidates[0])
+        signatures = AgreementSignature.objects.filter(agreement_id=pk, version=version).order_by("signed_at", "pk")
+        out.append(
+            {
+                "agreement_id": pk,
+                "version": version,
+                "terms": terms,
+                "signatures": [
+                    {"organisation": slug, "terms_hash": h, "signed_at": iso(at)}
+                    for slug, h, at in signatures.values_list("organisation__slug", "terms_hash", "signed_at")
+                ],
+            }
+        )
+    return out
+
+
 def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk_size: int = VERIFY_CHUNK_SIZE) -> dict:
     """Write a signed audit bundle to the text stream `out`; returns a summary.
 
@@ -171,9 +229,10 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
     export, so downloading a bundle writes nothing). Appends racing the export, or a head
     not signed yet, are left for the next one; a chain with no signed head is listed in
     `summary["unsigned"]` and left out. Entries are streamed, not held in memory.
-    Each chain carries its dataset's organisation and the receipts of its rounds committed
-    with a ticket up to that head; `agents` (default: the enrolled agents of the chains'
-    organisations) lists the keys receipts are checked against.
+    Each chain carries its dataset's organisation and the receipts and signed tickets of its
+    rounds committed with a ticket up to that head; `agents` (default: the enrolled agents of
+    the chains' organisations) lists the keys receipts are checked against; `agreements` the
+    terms those tickets name (agreement_versions). The manifest signs digests of both.
     """
     from federation.models import Dataset
 
@@ -196,6 +255,8 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
     out.write(head_text[: head_text.rstrip().rfind("}")].rstrip() + ',\n "chains": [')
     summary = {"key_id": kid, "chains": {}, "unsigned": []}
     manifest_chains: list[dict] = []  # what the signed heads do not cover: see the manifest below
+    ticket_digests: dict[str, str] = {}
+    named_terms: set[tuple[int, int, str]] = set()  # (agreement id, version, terms hash) of the tickets
     first_chain = True
     for dataset in datasets:
         head = SignedHead.objects.filter(dataset_id=dataset.pk, key_id=kid).order_by("-seq").first()
@@ -211,11 +272,13 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
         )
         first_chain = False
         qs = LedgerEntry.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq).order_by("seq")
-        ticketed: set[int] = set()  # rounds committed with a ticket: their receipts go in
+        ticketed: set[int] = set()  # rounds committed with a ticket: their receipts and tickets go in
+        ticket_hashes: list[str] = []
         for i, entry in enumerate(qs.iterator(chunk_size=chunk_size)):
             doc = entry.document()
             if doc["kind"] == chain.COMMIT and "ticket_hash" in doc["payload"]:
                 ticketed.add(doc["round"])
+                ticket_hashes.append(doc["payload"]["ticket_hash"])
             out.write(("\n   " if i == 0 else ",\n   ") + dp_events.canonical_json(doc))
         heads = SignedHead.objects.filter(dataset_id=dataset.pk, seq__lte=head.seq, key_id=kid).order_by("seq")
         out.write('\n  ], "signed_heads": [')
@@ -229,15 +292,25 @@ def export_bundle(out, *, datasets=None, agents: list[dict] | None = None, chunk
             if round_id in ticketed:
                 out.write(("\n   " if first_receipt else ",\n   ") + body)
                 first_receipt = False
+        tickets = signed_tickets(ticket_hashes)
+        out.write('\n  ], "tickets": [')
+        out.write(",".join("\n   " + dp_events.canonical_json(t) for t in tickets))
         out.write("\n  ]}")
+        ticket_digests[head.dataset_slug] = manifest.sha256_hex(tickets)
+        named_terms |= {(t["agreement_id"], t["agreement_version"], t["terms_hash"]) for t in tickets}
         summary["chains"][head.dataset_slug] = head.seq
         manifest_chains.append(
             {"dataset": head.dataset_slug, "organisation": organisation, "head_seq": head.seq, "head_hash": head.head_hash}
         )
     # The coordinator signs the agents and each chain's organisation and head (the README, "Partners need not trust the coordinator",
     # the bundle): an export signature, not a ledger head, so exporting still writes nothing.
+    # The tickets and the terms they name are covered too (digests), so none can be swapped
+    # or dropped without breaking the coordinator's own signature.
+    agreements = agreement_versions(named_terms)
+    digests = {"agreements": manifest.sha256_hex(agreements), "tickets": ticket_digests}
     signed_manifest = manifest.sign_manifest(
-        private_key=signing_key(), key_id=kid, exported_at=exported_at, agents=agents, chains=manifest_chains
+        private_key=signing_key(), key_id=kid, exported_at=exported_at, agents=agents, chains=manifest_chains, digests=digests
     )
-    out.write('\n ],\n "manifest": ' + json.dumps(signed_manifest, sort_keys=True) + "\n}\n")
+    out.write('\n ],\n "agreements": ' + json.dumps(agreements, sort_keys=True))
+    out.write(',\n "manifest": ' + json.dumps(signed_manifest, sort_keys=True) + "\n}\n")
     return summary

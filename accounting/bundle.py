@@ -11,9 +11,13 @@ A bundle is one JSON object:
      "accountant": {"rdp_orders": [...], "pld_value_discretization_interval": ..., ...},
      "agents": [{"organisation": SLUG, "public_key": HEX, "enrolled_at": ISO}, ...],
      "chains": [{"dataset": SLUG, "organisation": SLUG, "entries": [...], "signed_heads": [...],
-                 "receipts": [...]}],
+                 "receipts": [...], "tickets": [...]}],
+     "agreements": [{"agreement_id", "version", "terms", "signatures"}],
      "manifest": {"type": MANIFEST_TYPE, "key_id", "exported_at", "agents": [...],
-                  "chains": [{"dataset", "organisation", "head_seq", "head_hash"}], "signature"}}
+                  "chains": [{"dataset", "organisation", "head_seq", "head_hash"}],
+                  "digests": {"agreements", "tickets"}, "signature"}}
+
+The tickets and the terms they name are checked by `accounting.terms_check`.
 
 The manifest is what the coordinator signs at export (with the ledger key, writing nothing):
 the agent keys receipts are checked against and which organisation each chain belongs to,
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import accountant as acc
-from . import chain, dp_events, manifest
+from . import chain, dp_events, manifest, terms_check
 from . import receipts as receipts_mod
 
 BUNDLE_FORMAT = "fedgov.audit-bundle.v1"
@@ -55,6 +59,8 @@ class ChainSummary:
     open_reservations: list[int] = field(default_factory=list)
     receipts: int = 0
     legacy_commits: list[int] = field(default_factory=list)  # seqs of COMMITs reserved before tickets
+    tickets: int | None = None  # tickets checked against their terms; None: the bundle carries none
+    ticketed_commits: int = 0
 
 
 @dataclass
@@ -72,6 +78,7 @@ class BundleReport:
             out.append(
                 f"{c.dataset}: {c.entries} entries, head #{c.head_seq} {c.head_hash[:16]}..., "
                 f"epsilon spent {c.epsilon_spent:.6g} of {c.epsilon_budget:.6g}, {c.receipts} receipts verified"
+                + (f", {c.tickets} tickets checked against their signed terms" if c.tickets is not None else "")
                 + (f", open reservations: rounds {c.open_reservations}" if c.open_reservations else "")
             )
         return out
@@ -84,6 +91,11 @@ class BundleReport:
                 out.append(
                     f"warning: {c.dataset}: {len(c.legacy_commits)} committed rounds unreceipted (legacy, reserved "
                     f"before tickets): entries {shown}"
+                )
+            if c.tickets is None and c.ticketed_commits:
+                out.append(
+                    f"warning: {c.dataset}: no tickets in bundle (exported before they were): {c.ticketed_commits} committed "
+                    "rounds' tickets, terms and DP parameters unchecked"
                 )
         return out
 
@@ -126,9 +138,9 @@ def _accountant_settings(bundle: Mapping[str, Any]) -> tuple[tuple[float, ...], 
     return orders, float(interval)
 
 
-BUNDLE_KEYS = {"format", "exported_at", "public_key", "accountant", "agents", "chains", "manifest"}
+BUNDLE_KEYS = {"format", "exported_at", "public_key", "accountant", "agents", "chains", "manifest", "agreements"}
 CHAIN_KEYS = {"dataset", "entries", "signed_heads"}
-CHAIN_OPTIONAL_KEYS = {"organisation", "receipts"}
+CHAIN_OPTIONAL_KEYS = {"organisation", "receipts", "tickets"}
 AGENT_FIELDS = {"organisation", "public_key", "enrolled_at"}
 
 
@@ -314,6 +326,7 @@ def verify(
     if not chains:
         raise manifest.BundleError("the bundle holds no chains: there is nothing to verify")
     signed_lines = manifest.check_manifest(bundle, key, kid)
+    agreements = terms_check.load_agreements(bundle)
     if agent_keys is not None:
         agents = {org: set(keys) for org, keys in agent_keys.items()}
     seen: set[str] = set()
@@ -321,7 +334,7 @@ def verify(
     for c in chains:
         if not isinstance(c, Mapping) or not CHAIN_KEYS <= set(c) <= CHAIN_KEYS | CHAIN_OPTIONAL_KEYS:
             raise manifest.BundleError(
-                "a chain must have dataset, entries and signed_heads (and may have organisation, receipts)"
+                "a chain must have dataset, entries and signed_heads (and may have organisation, receipts, tickets)"
             )
         slug = c["dataset"]
         if not isinstance(slug, str) or slug in seen:
@@ -368,6 +381,14 @@ def verify(
                 seq=state.seq,
             )
         n_receipts = _check_receipts(c, slug, charged, agents, signed=signed_lines is not None, pinned=agent_keys is not None)
+        n_tickets = None
+        if agreements is not None:
+            n_tickets = terms_check.check_tickets(
+                c, slug, entries, charged, agreements,
+                key=key, kid=kid, signed=signed_lines is not None, orders=orders, pld_interval=interval,
+            )  # fmt: skip
+        elif "tickets" in c:
+            raise manifest.BundleError(f"dataset {slug}: the chain carries tickets but the bundle no agreements", dataset=slug)
         summaries.append(
             ChainSummary(
                 dataset=slug,
@@ -379,6 +400,8 @@ def verify(
                 open_reservations=sorted(state.open_rounds),
                 receipts=n_receipts,
                 legacy_commits=legacy,
+                tickets=n_tickets,
+                ticketed_commits=len(charged),
             )
         )
     if datasets is not None and not summaries:

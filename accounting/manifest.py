@@ -25,6 +25,9 @@ MANIFEST_TYPE = "fedgov.audit-bundle.manifest.v1"
 MANIFEST_DOMAIN = b"fedgov.audit-bundle.manifest.v1\n"
 MANIFEST_FIELDS = {"type", "key_id", "exported_at", "agents", "chains", "signature"}
 MANIFEST_CHAIN_FIELDS = {"dataset", "organisation", "head_seq", "head_hash"}
+# A bundle carrying tickets and agreements (docs/TRUST-FORMATS.md) has its manifest sign their
+# digests too: {"agreements": sha256 hex, "tickets": {dataset slug: sha256 hex}}.
+MANIFEST_DIGESTS = "digests"
 HEAD_FIELDS = ("dataset", "seq", "head_hash", "key_id", "signed_at", "signature")
 HEX = re.compile(r"[0-9a-f]+")
 
@@ -51,9 +54,15 @@ def manifest_message(manifest: Mapping[str, Any]) -> bytes:
     return MANIFEST_DOMAIN + dp_events.canonical_json(body).encode("utf-8")
 
 
-def sign_manifest(*, private_key, key_id: str, exported_at: str, agents: list, chains: list) -> dict:
-    """The manifest of a bundle, signed by `private_key` (the coordinator's ledger key)."""
+def sign_manifest(
+    *, private_key, key_id: str, exported_at: str, agents: list, chains: list, digests: dict | None = None
+) -> dict:
+    """The manifest of a bundle, signed by `private_key` (the coordinator's ledger key);
+    `digests` ({"agreements": sha256_hex(agreements), "tickets": {slug: sha256_hex(tickets)}})
+    when the bundle carries tickets and agreements."""
     manifest = {"type": MANIFEST_TYPE, "key_id": key_id, "exported_at": exported_at, "agents": agents, "chains": chains}
+    if digests is not None:
+        manifest[MANIFEST_DIGESTS] = digests
     manifest["signature"] = private_key.sign(manifest_message(manifest)).hex()
     return manifest
 
@@ -118,7 +127,11 @@ def check_manifest(bundle: Mapping[str, Any], key: Ed25519PublicKey, kid: str) -
     manifest = bundle.get("manifest")
     if manifest is None:
         return None
-    if not isinstance(manifest, Mapping) or set(manifest) != MANIFEST_FIELDS or manifest["type"] != MANIFEST_TYPE:
+    if (
+        not isinstance(manifest, Mapping)
+        or set(manifest) - {MANIFEST_DIGESTS} != MANIFEST_FIELDS
+        or manifest["type"] != MANIFEST_TYPE
+    ):
         raise BundleError(f"manifest: fields or type differ from {MANIFEST_TYPE}")
     if manifest["key_id"] != kid:
         raise BundleError(f"manifest: signed by another key ({str(manifest['key_id'])[:16]}...)")
@@ -168,4 +181,37 @@ def check_manifest(bundle: Mapping[str, Any], key: Ed25519PublicKey, kid: str) -
                 f"{line['organisation']!r}",
                 dataset=slug,
             )
+    _check_digests(bundle, manifest.get(MANIFEST_DIGESTS))
     return lines
+
+
+def sha256_hex(value: Any) -> str:
+    """SHA-256 of the canonical JSON of `value`."""
+    return hashlib.sha256(dp_events.canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def _check_digests(bundle: Mapping[str, Any], signed: Any) -> None:
+    """The bundle's agreements and tickets are exactly those the signed manifest covers: none
+    edited, added or removed, and no section dropped whose digest the manifest signs."""
+    chains = [c for c in bundle.get("chains") or [] if isinstance(c, Mapping)]
+    carried = "agreements" in bundle or any("tickets" in c for c in chains)
+    if signed is None:
+        if carried:
+            raise BundleError("manifest: the bundle carries agreements and tickets its signed manifest does not cover")
+        return
+    if not carried:
+        raise BundleError("manifest: it signs the digests of agreements and tickets the bundle lacks (sections removed?)")
+    if not isinstance(signed, Mapping) or set(signed) != {"agreements", "tickets"} or not isinstance(signed["tickets"], Mapping):
+        raise BundleError("manifest: digests must be {agreements, tickets}")
+    try:
+        agreements = sha256_hex(bundle.get("agreements"))
+        tickets = {c.get("dataset"): sha256_hex(c.get("tickets")) for c in chains}
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"agreements or tickets cannot be serialised canonically: {e}") from None
+    if agreements != signed["agreements"]:
+        raise BundleError("agreements: they differ from what the coordinator's signed manifest covers")
+    for slug in sorted(set(tickets) | set(signed["tickets"]), key=str):
+        if tickets.get(slug) != signed["tickets"].get(slug):
+            raise BundleError(
+                f"dataset {slug}: its tickets differ from what the coordinator's signed manifest covers", dataset=slug
+            )

@@ -22,7 +22,8 @@ transaction, as the real append path does one at a time. Then, for each size:
   * every COMMIT names a ticket and every round has its partner's signed receipt (stored
     beside the ledger, docs/TRUST-FORMATS.md): `export_ledger --dataset SLUG`, then the
     auditor's `python -m accounting.verify BUNDLE --public-key HEX` in a fresh process,
-    which also checks every receipt's Ed25519 signature, ticket and event.
+    which also checks every receipt's Ed25519 signature, ticket and event, and every round's
+    ticket (signed by the ledger key, as the ticket code stores them) against its terms.
 
 The table goes to stdout and to bench/results/accounting.md (and .json); --quick writes
 accounting.quick.md, --sizes accounting.custom.md.
@@ -69,14 +70,18 @@ from dp_accounting.rdp import RdpAccountant  # noqa: E402
 
 from accounting import accountant as acc  # noqa: E402
 from accounting import chain, dp_events, heads, ledger, receipts  # noqa: E402
-from accounting.models import DatasetBudget, LedgerEntry, Receipt  # noqa: E402
+from accounting.models import DatasetBudget, LedgerEntry, Receipt, iso  # noqa: E402
 from accounting.services import budget as services  # noqa: E402
+from federation.agent import trust  # noqa: E402
 from federation.models import (  # noqa: E402
     AgentIdentity,
     Agreement,
+    AgreementParty,
+    AgreementSignature,
     Dataset,
     Organisation,
     RoundParticipant,
+    RoundTicket,
     TrainingPlan,
     TrainingRound,
 )
@@ -101,8 +106,14 @@ def world():
         max_delta=1e-3,
         max_epsilon_per_round=1e9,
         max_epsilon_budget=1e12,
-        status=Agreement.Status.ACTIVE,
     )
+    # Signed by its one party, so the bundle's tickets check against terms it signed.
+    AgreementParty.objects.create(agreement=agreement, organisation=org)
+    agreement.terms_hash = agreement.compute_terms_hash()
+    agreement.status = Agreement.Status.ACTIVE
+    agreement.save(update_fields=["terms_hash", "status"])
+    rep = get_user_model().objects.create(username="bench-rep")
+    AgreementSignature.objects.create(agreement=agreement, organisation=org, version=1, terms_hash=agreement.terms_hash, signed_by=rep)
     plan_kwargs = dict(
         agreement=agreement,
         name="Bench plan",
@@ -127,8 +138,22 @@ def enrol_agent(org) -> None:
     AgentIdentity.objects.create(organisation=org, user=user, public_key=AGENT_KEY.public_key().public_bytes_raw().hex())
 
 
-def ticket_hash(slug: str, round_id: int) -> str:
-    return hashlib.sha256(f"bench ticket {slug} {round_id}".encode()).hexdigest()
+def ticket(plan, dataset, round_id: int, number: int, reserve: LedgerEntry, q: float, z: float) -> dict:
+    """The round's ticket, signed with the ledger key, as federation/services/tickets.py issues it."""
+    agreement = plan.agreement
+    return trust.ticket_sign(
+        {
+            "round": round_id, "dataset": dataset.slug, "event": json.loads(reserve.event), "q": q, "z": z, "K": STEPS,
+            "C": plan.clip_norm, "eval_noise": None, "eval_count": 0, "records": RECORDS, "model_spec": plan.model_spec,
+            "start_model_sha256": "00" * 32, "agreement_id": agreement.pk, "agreement_version": agreement.version,
+            "terms_hash": agreement.terms_hash, "reserve_entry_hash": reserve.entry_hash, "v": trust.TICKET_VERSION,
+            "round_number": number, "plan": plan.pk, "secagg_round_id": f"round-{round_id}",
+            "organisation": dataset.organisation.slug, "model_version": 0, "delta": dataset.delta,
+            "accountant": dataset.accountant, "learning_rate": plan.learning_rate, "momentum": plan.momentum,
+            "weight": 1.0, "quant": {}, "epsilon_budget": 1e12, "key_id": heads.key_id(), "issued_at": iso(timezone.now()),
+        },
+        heads.signing_key(),
+    )  # fmt: skip
 
 
 def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
@@ -146,7 +171,8 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
         delta=1e-5,
     )
     plan.datasets.add(dataset)
-    events = [dp_events.canonical_json(dp_events.round_event(q, z, STEPS)) for q in QS for z in ZS]
+    params = [(q, z) for q in QS for z in ZS]
+    events = [dp_events.canonical_json(dp_events.round_event(q, z, STEPS)) for q, z in params]
     vectors = {e: acc.rdp_vector_from_json(e) for e in events}
     n_rounds = (n_entries - 1) // 2
     first = (plan.rounds.order_by("-number").values_list("number", flat=True).first() or 0) + 1
@@ -155,6 +181,10 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
         batch_size=BATCH,
     )
     round_ids = list(plan.rounds.filter(number__gte=first).order_by("number").values_list("id", flat=True))
+    RoundParticipant.objects.bulk_create([RoundParticipant(round_id=r, dataset=dataset) for r in round_ids], batch_size=BATCH)
+    links = dict(RoundParticipant.objects.filter(dataset=dataset).values_list("round_id", "id"))
+    hashes: dict[int, str] = {}  # round id -> its ticket's hash, named by the COMMIT and the receipt
+    tickets = []
     with transaction.atomic():
         budget = ledger.lock_budget(dataset)
         services.budget_grant(dataset=dataset, epsilon_budget=1e12, actor="bench")
@@ -177,14 +207,28 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                     actor="bench",
                     round_id=round_id,
                     event=key,
-                    payload={"ticket_hash": ticket_hash(dataset.slug, round_id)} if kind == chain.COMMIT else None,
+                    payload={"ticket_hash": hashes[round_id]} if kind == chain.COMMIT else None,
                 )
                 ledger.advance(budget, entry, proj)
                 pending.append(entry)
+                if kind == chain.RESERVE:
+                    signed = ticket(plan, dataset, round_id, first + i, entry, *params[i % len(params)])
+                    hashes[round_id] = trust.ticket_hash(signed)
+                    tickets.append(
+                        RoundTicket(
+                            participant_id=links[round_id],
+                            document={k: v for k, v in signed.items() if k != "signature"},
+                            signature=signed["signature"],
+                            ticket_hash=hashes[round_id],
+                            key_id=signed["key_id"],
+                        )
+                    )
             if len(pending) >= BATCH:
                 LedgerEntry.objects.bulk_create(pending)
-                pending = []
+                RoundTicket.objects.bulk_create(tickets)
+                pending, tickets = [], []
         LedgerEntry.objects.bulk_create(pending)
+        RoundTicket.objects.bulk_create(tickets)
         budget.save()
         heads.sign_head(dataset)
         # The partner's receipt of every round, hash-chained as receipt_record stores them.
@@ -195,7 +239,7 @@ def build_ledger(org, agreement, plan, n_entries: int) -> Dataset:
                 {
                     "round": round_id,
                     "dataset": dataset.slug,
-                    "ticket_hash": ticket_hash(dataset.slug, round_id),
+                    "ticket_hash": hashes[round_id],
                     "event": json.loads(events[i % len(events)]),
                     "local_ledger_head": hashlib.sha256(f"agent {round_id}".encode()).hexdigest(),
                     "agent_public_key": agent_hex,
@@ -416,7 +460,7 @@ def main() -> None:
         "events is memoised); peak RSS is the whole process's (Django + numpy + scipy + dp-accounting included).",
         "* every COMMIT names a ticket and every round has its partner's signed receipt; accounting.verify = "
         "`python -m accounting.verify BUNDLE --public-key HEX` on the exported bundle in a fresh process without Django "
-        "(the same chain checks, plus every receipt's Ed25519 signature, ticket and event).",
+        "(the same chain checks, plus every receipt's Ed25519 signature, ticket and event, and every round's signed ticket against its terms).",
     ]
     report = "\n".join(lines) + "\n"
     print()

@@ -154,7 +154,7 @@ def event_csv(request):
 
 
 def chains_fingerprint(bundle: dict) -> str:
-    """SHA-256 of the canonical JSON of a bundle's "chains" (entries, receipts and signed
+    """SHA-256 of the canonical JSON of a bundle's "chains" (entries, receipts, tickets and signed
     heads): the same for every export up to the same heads, whenever it was exported (the
     bundle's own export time and manifest signature change with each export). An auditor
     computes it from any bundle with `accounting.dp_events.canonical_json`."""

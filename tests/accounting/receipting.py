@@ -15,12 +15,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import CommandError, call_command
 
-from accounting import chain, dp_events, heads, receipts
+from accounting import chain, heads, receipts
 from accounting.models import LedgerEntry
 from accounting.services import budget as services
 from accounting.services import receipts as receipt_services
-from federation.models import Membership, TrainingRound
+from federation.models import Membership, ModelVersion, RoundParticipant, RoundTicket, TrainingRound
 from federation.services.agents import agent_enrol
+from federation.services.tickets import round_tickets_issue
 from tests.accounting.helpers import make_rounds, set_status
 from tests.factories import UserFactory, member
 
@@ -40,28 +41,17 @@ runpy.run_module('accounting.verify', run_name='__main__', alter_sys=True)
 """
 
 
-def ticket_hash_for(reserve: LedgerEntry, **extra) -> str:
-    """A ticket in the issue's format for one RESERVE, hashed as the format says."""
-    ticket = {
-        "round": reserve.round_id,
-        "dataset": reserve.dataset_slug,
-        "event": json.loads(reserve.event),
-        "q": 0.08,
-        "z": 1.1,
-        "K": 5,
-        "C": 1.0,
-        "eval_noise": 0.0,
-        "eval_count": 0,
-        "records": 400,
-        "model_spec": {"kind": "logreg"},
-        "start_model_sha256": "ab" * 32,
-        "agreement_id": 1,
-        "agreement_version": 1,
-        "terms_hash": "cd" * 32,
-        "reserve_entry_hash": reserve.entry_hash,
-        **extra,
-    }
-    return hashlib.sha256(dp_events.canonical_json(ticket).encode()).hexdigest()
+def ticket_hash_for(reserve: LedgerEntry) -> str:
+    """The coordinator's signed ticket for one RESERVE, issued by the ticket code as a round's
+    start issues it (federation/services/tickets.py); returns its hash."""
+    round = TrainingRound.objects.get(pk=reserve.round_id)
+    link = RoundParticipant.objects.select_related("dataset__organisation").get(round=round, dataset_id=reserve.dataset_id)
+    model = ModelVersion.objects.filter(plan=round.plan, version=0).first() or ModelVersion.objects.create(
+        plan=round.plan, version=0, params=b"", sha256="ab" * 32
+    )
+    config = {"weights": {link.dataset.organisation.slug: 1.0}, "quant": {"bits": 32}}
+    round_tickets_issue(round=round, links=[link], model=model, config=config)
+    return RoundTicket.objects.get(participant=link).ticket_hash
 
 
 @dataclass

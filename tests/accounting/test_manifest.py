@@ -77,7 +77,8 @@ def test_pinned_agent_keys_pass_and_catch_a_coordinator_that_swaps_keys_and_re_s
     _swap_in(data, mallory)
     m = data["manifest"]
     data["manifest"] = manifest.sign_manifest(
-        private_key=heads.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=data["agents"], chains=m["chains"]
+        private_key=heads.signing_key(), key_id=m["key_id"], exported_at=m["exported_at"], agents=data["agents"], chains=m["chains"],
+        digests=m.get("digests"),
     )
     run = run_cli  # the bundle's own view is consistent: without pins it passes ...
     path = tmp_path / "swapped.json"

@@ -107,6 +107,10 @@ def _bundle_verifies(tmp_path):
     call_command("verify_ledger", bundle=str(path), public_key=heads.public_key_hex())
     result = run_cli(str(path), "--public-key", heads.public_key_hex())
     assert result.returncode == 0, result.stdout + result.stderr
+    # The senders' signed tickets went in, checked against the terms the parties signed.
+    data = json.loads(path.read_text())
+    assert data["agreements"] and all(c["tickets"] for c in data["chains"] if any(e["kind"] == chain.COMMIT for e in c["entries"]))
+    assert "tickets checked against their signed terms" in result.stdout and "no tickets in bundle" not in result.stderr
 
 
 @pytest.mark.parametrize("case", ["refused", "dropped"])
