@@ -127,7 +127,7 @@ def world():
         batch_size=256,
         local_steps=STEPS,
     )
-    return org, agreement, TrainingPlan.objects.create(**plan_kwargs)
+    return org, agreement, plan_kwargs
 
 
 AGENT_KEY = Ed25519PrivateKey.generate()
@@ -389,11 +389,14 @@ def main() -> None:
     recompose_reps = {n: (5 if n <= 1_000 else 1) for n in sizes if n <= 10_000}
 
     call_command("migrate", verbosity=0)
-    org, agreement, plan = world()
+    org, agreement, plan_kwargs = world()
     enrol_agent(org)
     rows, raw = [], {}
     per_event = None
     for n in sizes:
+        # One plan per ledger size: a plan with rounds keeps its datasets (a database guard,
+        # ARCHITECTURE.md, Trust 4), so the next size's dataset goes to a plan of its own.
+        plan = TrainingPlan.objects.create(**{**plan_kwargs, "name": f"Bench plan, {n} entries"})
         t = time.perf_counter()
         dataset = build_ledger(org, agreement, plan, n)
         build_s = time.perf_counter() - t
