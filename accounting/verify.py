@@ -93,8 +93,13 @@ def verify_files(
     trust_bundle_key: bool = False,
     dataset: str | None = None,
     agent_keys: str | None = None,
+    require_tickets: bool = False,
 ) -> Verdict:
-    """Verify the bundle at `bundle_path`; return the report lines, or raise VerifyFailed."""
+    """Verify the bundle at `bundle_path`; return the report lines, or raise VerifyFailed.
+
+    `require_tickets`: a chain whose COMMITs name tickets the bundle does not carry fails
+    instead of warning. Older bundles carry none; the coordinator, who holds the key, can
+    also export without them, so an auditor who expects them says so."""
     if public_key and trust_bundle_key:
         raise VerifyFailed("give either --public-key or --trust-bundle-key, not both", exit_code=EXIT_USAGE)
     pinned = pinned_key_id(public_key) if public_key else None
@@ -110,6 +115,12 @@ def verify_files(
                 exit_code=EXIT_USAGE,
             )
         report = bundle.verify(new, pinned_key_id=pinned, datasets=[dataset] if dataset else None, agent_keys=pinned_agents)
+        unchecked = [c for c in report.chains if c.tickets is None and c.ticketed_commits]
+        if require_tickets and unchecked:
+            raise VerifyFailed(
+                "tickets required (--require-tickets): "
+                + "; ".join(f"dataset {c.dataset}: {c.ticketed_commits} committed rounds name tickets the bundle does not carry" for c in unchecked)
+            )
         verdict = Verdict(lines=report.lines(), warnings=report.warnings())
         verdict.lines[0] += " (pinned)" if pinned else " (trusted from the bundle, not pinned)"
         if pinned_agents is not None:
@@ -141,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         "--agent-keys", help="JSON file {organisation: [hex keys]}: the partners' agent keys to check receipts against."
     )
     parser.add_argument("--dataset", help="Only this dataset's chain (slug).")
+    parser.add_argument(
+        "--require-tickets", action="store_true",
+        help="Fail, instead of warning, when committed rounds name tickets the bundle does not carry.",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
@@ -151,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             trust_bundle_key=args.trust_bundle_key,
             dataset=args.dataset,
             agent_keys=args.agent_keys,
+            require_tickets=args.require_tickets,
         )
     except VerifyFailed as e:
         print(f"FAILED: {e}", file=sys.stderr)

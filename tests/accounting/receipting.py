@@ -149,7 +149,7 @@ def both_fail(data: dict | None, tmp_path, match: str, *, path=None, extra: tupl
         it = iter(args)
         for a in it:
             name = a.lstrip("-").replace("-", "_")
-            options[name] = True if name == "trust_bundle_key" else next(it)
+            options[name] = True if name in ("trust_bundle_key", "require_tickets") else next(it)
         call_command("verify_ledger", **options)
     assert match in str(excinfo.value), str(excinfo.value)
     assert excinfo.value.returncode == 1

@@ -276,6 +276,13 @@ def test_an_older_bundle_without_tickets_still_verifies_with_a_warning(receipted
         "parameters unchecked"
     ) in result.stderr
     assert "tickets checked" not in result.stdout
+    # The coordinator holds the key, so it could export such a bundle today to hide its
+    # tickets: an auditor who expects them requires them, in both verifiers.
+    strict = run_cli(str(path), "--public-key", pinned(), "--require-tickets")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "tickets required (--require-tickets): dataset org-a-records: 3 committed rounds name tickets the bundle does not carry" in strict.stderr
+    both_fail(None, tmp_path, "tickets required (--require-tickets)", path=path, extra=("--require-tickets",))
+    assert run_cli(str(receipted.path), "--public-key", pinned(), "--require-tickets").returncode == 0
 
 
 def test_unknown_fields_in_the_new_sections_are_refused(receipted):

@@ -33,6 +33,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--agent-keys", help="With --bundle: JSON file {organisation: [hex keys]} of the partners' agent keys to pin."
         )
+        parser.add_argument(
+            "--require-tickets", action="store_true",
+            help="With --bundle: fail, instead of warning, when committed rounds name tickets the bundle does not carry.",
+        )
         parser.add_argument("--chunk-size", type=int, default=2000, help="Entries fetched per query when streaming.")
 
     def handle(self, *args, **options):
@@ -42,8 +46,8 @@ class Command(BaseCommand):
         if options["bundle"]:
             self._verify_bundle(options)
         else:
-            if options["public_key"] or options["trust_bundle_key"] or options["agent_keys"]:
-                raise CommandError("--public-key, --trust-bundle-key and --agent-keys need --bundle", returncode=2)
+            if options["public_key"] or options["trust_bundle_key"] or options["agent_keys"] or options["require_tickets"]:
+                raise CommandError("--public-key, --trust-bundle-key, --agent-keys and --require-tickets need --bundle", returncode=2)
             self._verify_database(options)
         self.stdout.write(f"verified in {time.monotonic() - started:.2f} s")
 
@@ -58,6 +62,7 @@ class Command(BaseCommand):
                 trust_bundle_key=options["trust_bundle_key"],
                 dataset=options["dataset"],
                 agent_keys=options["agent_keys"],
+                require_tickets=options["require_tickets"],
             )
         except verify.VerifyFailed as e:
             raise CommandError(str(e), returncode=e.exit_code) from None
