@@ -184,6 +184,18 @@ def test_budget_check_reports_requested_and_remaining_as_epsilon(cast):
     assert all(r.reserved and r.requested == 0.0 for r in services.budget_check(round=first))
 
 
+def test_budget_check_costs_two_queries_whatever_the_number_of_datasets(cast, django_assert_num_queries):
+    """The governance report's hot read (bench/accounting.py times it): the round's datasets
+    with their budget rows, then the round's own entries; nothing per dataset."""
+    first, second = make_rounds(cast.plan, 2)
+    services.budget_reserve(round=first, actor=cast.admin)
+    services.budget_check(round=second)  # the round's event memoised, as in a running process
+    for r in (first, second):
+        with django_assert_num_queries(2):
+            results = services.budget_check(round=r)
+        assert len(results) == len(cast.datasets) == 3
+
+
 def test_budget_check_says_no_when_the_composition_would_exceed_the_budget(cast):
     (r,) = make_rounds(cast.plan, 1)
     a = cast.datasets[0]
