@@ -453,7 +453,7 @@ def main() -> None:
         )
     lines += [
         "",
-        f"* fedgov check = `budget_check(round=...)` ({args.calls} calls): participant, budget-row and reservation queries, "
+        f"* fedgov check = `budget_check(round=...)` ({args.calls} calls): the round's datasets with their budget rows, and its entries (two queries), "
         "then cumulative RDP vector + the round's memoised RDP vector -> epsilon by dp-accounting's `compute_epsilon` "
         "(156 orders, ~0.3 ms of it). Its cost does not depend on the ledger's length.",
         "* recompose = every reserved event of the ledger plus the new round composed into a fresh `RdpAccountant` "
