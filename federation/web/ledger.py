@@ -61,8 +61,17 @@ def ledger(request, slug):
             "series": series,
             "verification": verification,
             "audits": access.audits(user, dataset.agreement),
+            "ledger_key_fingerprint": _ledger_key_fingerprint(),
         },
     )
+
+
+def _ledger_key_fingerprint() -> str:
+    """The fingerprint of the key the bundle is signed with, for the auditor to compare with
+    the key obtained out of band (never a reason to trust it: the page is the coordinator's)."""
+    from accounting import heads, manifest
+
+    return manifest.fingerprint(heads.key_id())
 
 
 @web_view

@@ -118,3 +118,29 @@ def test_export_ledger_signs_only_when_asked(cast, tmp_path, capsys):
         budget = DatasetBudget.objects.get(dataset__slug=chain["dataset"])
         assert chain["signed_heads"][-1]["seq"] == budget.entry_count
     bundle.verify(data)
+
+
+def test_the_ledger_page_gives_an_offline_check_that_works_as_written(cast, as_user, tmp_path, django_capture_on_commit_callbacks):
+    """The command the page shows, run on the bundle it offers with the coordinator's key in
+    place of KEY, verifies it; the fingerprint it shows is the one the verifier prints (so an
+    auditor can compare it with the key obtained out of band)."""
+    import html
+    import re
+    import shlex
+
+    from tests.accounting.receipting import run_cli
+
+    with django_capture_on_commit_callbacks(execute=True):  # appends commit: their heads are signed then
+        run_a_round(cast)
+    client = as_user(cast.auditor)
+    page = client.get(reverse("web:ledger", args=[cast.dataset_a.slug])).content.decode()
+    offline = html.unescape(re.search(r'<small id="verify-offline">(.*?)</small>', page, re.S).group(1))
+    command = re.search(r"<code>python -m accounting\.verify ([^<]*)</code>", offline).group(1)
+    fingerprint = re.search(r"fingerprint starts <code>([0-9a-f ]+)</code>", offline).group(1)
+    assert "verify_ledger --bundle FILE</code>;" not in page  # the old line, refused without a pinned key
+    path, _ = download(client, cast.dataset_a, tmp_path, "bundle.json")
+    args = [str(path) if a == "FILE" else ledger_heads.public_key_hex() if a == "KEY" else a for a in shlex.split(command)]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"coordinator key {fingerprint} " in result.stdout
+    assert "python -m federation.agent reconcile --state DIR --bundle FILE" in offline

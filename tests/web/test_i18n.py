@@ -108,7 +108,8 @@ def normalise(text: str) -> str:
 
 
 class VisibleText(HTMLParser):
-    """Text nodes and the title, aria-label and data-label attributes; no script or style."""
+    """Text nodes and the title, aria-label and data-label attributes; no script or style, and
+    no `<code>`: a command line or a hash is typed as shown, in any language."""
 
     ATTRIBUTES = ("title", "aria-label", "data-label", "placeholder")
 
@@ -118,14 +119,14 @@ class VisibleText(HTMLParser):
         self._skip = 0
 
     def handle_starttag(self, tag, attrs):
-        if tag in ("script", "style"):
+        if tag in ("script", "style", "code"):
             self._skip += 1
         for name, value in attrs:
             if name in self.ATTRIBUTES and value:
                 self.texts.append(normalise(value))
 
     def handle_endtag(self, tag):
-        if tag in ("script", "style") and self._skip:
+        if tag in ("script", "style", "code") and self._skip:
             self._skip -= 1
 
     def handle_data(self, data):
