@@ -17,9 +17,8 @@ must be in the bundle, and must agree with the chain and with each other:
   delta <= max_delta, the round's epsilon (training and evaluation, at the RESERVE's delta)
   <= max_epsilon_per_round, and the day it was issued within valid_from..valid_until.
 
-The ticket's signing format is the ticket code's (federation/agent/trust.py, which the
-partner's agent runs); it is repeated here because the auditor's verifier imports nothing of
-federation, and tests/accounting/test_bundle_terms.py keeps the two equal.
+The ticket's signed format (fields, domain, hash) is `accounting.tickets`, the same module the
+coordinator signs with and the partner's agent verifies with (federation/agent/trust.py).
 """
 
 from __future__ import annotations
@@ -36,32 +35,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import accountant as acc
 from . import chain, dp_events, manifest
 from . import receipts as receipts_mod
+from .tickets import TICKET_FIELDS, ticket_hash, ticket_message
 
-TICKET_DOMAIN = b"fedgov.ticket.v1\n"
-TICKET_FIELDS = frozenset(
-    {
-        "round", "dataset", "event", "q", "z", "K", "C", "eval_noise", "eval_count", "records", "model_spec",
-        "start_model_sha256", "agreement_id", "agreement_version", "terms_hash", "reserve_entry_hash",
-        "v", "round_number", "plan", "secagg_round_id", "organisation", "model_version", "delta", "accountant",
-        "learning_rate", "momentum", "weight", "quant", "epsilon_budget", "key_id", "issued_at",
-    }
-)  # fmt: skip
 AGREEMENT_FIELDS = {"agreement_id", "version", "terms", "signatures"}
 SIGNATURE_FIELDS = {"organisation", "terms_hash", "signed_at"}
 TERM_LIMITS = ("parties", "valid_from", "valid_until", "min_noise_multiplier", "max_clip_norm", "max_delta", "max_epsilon_per_round")
 EPSILON_RTOL = 1e-9  # the same slack the partner's agent allows (federation/agent/checks.py)
 
 
-sha256_hex = manifest.sha256_hex  # a ticket's hash (without its signature), a terms hash (what the parties sign)
-
-
-def ticket_hash(ticket: Mapping[str, Any]) -> str:
-    return sha256_hex({k: v for k, v in ticket.items() if k != "signature"})
-
-
-def ticket_message(ticket: Mapping[str, Any]) -> bytes:
-    """The bytes the coordinator signs for a ticket (federation/agent/trust.py's format)."""
-    return TICKET_DOMAIN + dp_events.canonical_json({k: v for k, v in ticket.items() if k != "signature"}).encode("utf-8")
+sha256_hex = manifest.sha256_hex  # a terms hash (what the parties sign)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ docs/TRUST-FORMATS-tickets.md.
 
 * A ticket freezes what a round reserved on one dataset. Signed by the coordinator's ledger
   key (the key of the signed ledger heads):
-      signature = Ed25519(ledger key, TICKET_DOMAIN + canonical_json(ticket without "signature"))
+      signature = Ed25519(ledger key, accounting.tickets.TICKET_DOMAIN + canonical_json(ticket without "signature"))
       ticket_hash = SHA-256(canonical_json(ticket without "signature"))   (docs/TRUST-FORMATS.md)
 * A receipt says what the partner ran, once its masked input is sent. Signed by the agent's
   enrolled identity key:
-      signature = Ed25519(identity key, RECEIPT_DOMAIN + canonical_json(receipt without "signature"))
+      signature = Ed25519(identity key, accounting.receipts.RECEIPT_DOMAIN + canonical_json(receipt without "signature"))
 
 Canonical JSON is the ledger entries' (accounting/dp_events.py, canonical_json): sorted
 keys, no whitespace, UTF-8, shortest round-trip floats, no NaN/Infinity.
@@ -26,25 +26,16 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from accounting.dp_events import canonical_json
+from accounting.receipts import SIGNED_FIELDS, receipt_message
+from accounting.tickets import TICKET_FIELDS, TICKET_VERSION, ticket_hash, ticket_message
+from accounting.tickets import unsigned as _unsigned
 
-TICKET_VERSION = 1
-TICKET_DOMAIN = b"fedgov.ticket.v1\n"
-RECEIPT_DOMAIN = b"fedgov.receipt.v1\n"
+# The signed formats are the pure accounting modules' (accounting/tickets.py, accounting/receipts.py):
+# one definition for the coordinator, the partner's agent and the auditor's verifier.
+__all__ = ["TICKET_FIELDS", "TICKET_VERSION", "RECEIPT_FIELDS", "TrustError", "key_id", "fingerprint", "ticket_hash",
+           "ticket_message", "ticket_sign", "ticket_verify", "receipt_message", "receipt_sign", "receipt_verify"]
 
-# docs/TRUST-FORMATS.md's ticket fields, and what the partner also needs to run the round:
-# the dataset's delta and accountant (its per-round epsilon check), the training
-# hyper-parameters, its secure-aggregation weight and quantisation, and the dataset's budget
-# (which its own ledger records as shown, docs/PARTNER-LEDGER.md).
-TICKET_FIELDS = frozenset(
-    {
-        "round", "dataset", "event", "q", "z", "K", "C", "eval_noise", "eval_count", "records", "model_spec",
-        "start_model_sha256", "agreement_id", "agreement_version", "terms_hash", "reserve_entry_hash",
-        "v", "round_number", "plan", "secagg_round_id", "organisation", "model_version", "delta", "accountant",
-        "learning_rate", "momentum", "weight", "quant", "epsilon_budget", "key_id", "issued_at",
-    }
-)
-RECEIPT_FIELDS = frozenset({"round", "dataset", "ticket_hash", "event", "local_ledger_head", "agent_public_key"})
+RECEIPT_FIELDS = frozenset(SIGNED_FIELDS)
 
 
 class TrustError(ValueError):
@@ -64,18 +55,6 @@ def fingerprint(raw_public_key: bytes) -> str:
     """What a person compares: the key id in groups of four, first 32 hex digits."""
     kid = key_id(raw_public_key)[:32]
     return ":".join(kid[i : i + 4] for i in range(0, 32, 4))
-
-
-def _unsigned(document: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in document.items() if k != "signature"}
-
-
-def ticket_message(ticket: Mapping[str, Any]) -> bytes:
-    return TICKET_DOMAIN + canonical_json(_unsigned(ticket)).encode("utf-8")
-
-
-def ticket_hash(ticket: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(_unsigned(ticket)).encode("utf-8")).hexdigest()
 
 
 def ticket_sign(document: Mapping[str, Any], key: Ed25519PrivateKey) -> dict:
@@ -109,10 +88,6 @@ def ticket_verify(ticket: Any, public_key_raw: bytes) -> str:
     except (ValueError, TypeError, InvalidSignature):
         raise TrustError("ticket_signature", "the round ticket's signature does not verify under the pinned coordinator key") from None
     return ticket_hash(ticket)
-
-
-def receipt_message(receipt: Mapping[str, Any]) -> bytes:
-    return RECEIPT_DOMAIN + canonical_json(_unsigned(receipt)).encode("utf-8")
 
 
 def receipt_sign(receipt: Mapping[str, Any], key: Ed25519PrivateKey) -> dict:

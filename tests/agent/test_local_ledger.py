@@ -429,12 +429,14 @@ def test_the_ledger_loads_no_django_and_only_pure_accounting_modules():
         "import sys, federation.agent.ledger, federation.agent.__main__; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('django', 'rest_framework', 'celery', 'fedgov')]; "
         "acct = sorted(m for m in sys.modules if m.split('.')[0] == 'accounting'); "
-        "assert not bad, bad; assert acct == ['accounting', 'accounting.accountant', 'accounting.chain', 'accounting.dp_events'], acct"
+        "assert not bad, bad; assert acct == ['accounting', 'accounting.accountant', 'accounting.chain', 'accounting.dp_events', "
+        "'accounting.receipts', 'accounting.tickets'], acct"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # And statically, the accounting modules the agent uses import nothing of the coordinator.
-    for path in (ROOT / "accounting" / "accountant.py", ROOT / "accounting" / "chain.py", ROOT / "accounting" / "dp_events.py"):
+    pure = ("accountant", "chain", "dp_events", "receipts", "tickets")  # the signed formats: accounting/tickets.py, receipts.py
+    for path in (ROOT / "accounting" / f"{name}.py" for name in pure):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -445,7 +447,7 @@ def test_the_ledger_loads_no_django_and_only_pure_accounting_modules():
             for name in names:
                 assert name.split(".")[0] not in ("django", "rest_framework", "celery", "fedgov", "federation"), (path, name)
                 if name.startswith("accounting."):
-                    assert name in ("accounting.accountant", "accounting.chain", "accounting.dp_events"), (path, name)
+                    assert name in {f"accounting.{p}" for p in pure}, (path, name)
 
 
 def test_entry_hash_is_sha256_of_the_projects_canonical_json(ledger, state):

@@ -13,12 +13,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FORBIDDEN = ("django", "rest_framework", "celery")
 PARTNER_PACKAGES = ("learning", "secagg", "agent")
 # The coordinator's pure accounting modules a partner may share (numpy and dp-accounting only):
-# the event format, the RDP composition and the canonical JSON of ledger entries; and the
-# auditor's bundle verifier (bundle, manifest, receipts: what `accounting.verify` runs), with
-# which a partner reconciles the coordinator's bundle with its own ledger.
+# the event format, the RDP composition, the canonical JSON of ledger entries, the signed
+# ticket and receipt formats (tickets, receipts); and the auditor's bundle verifier (bundle,
+# manifest: what `accounting.verify` runs), with which a partner reconciles the coordinator's
+# bundle with its own ledger.
 SHARED_PURE_MODULES = (
     "accounting.accountant", "accounting.chain", "accounting.dp_events", "accounting.verify",
-    "accounting.bundle", "accounting.manifest", "accounting.receipts",
+    "accounting.bundle", "accounting.manifest", "accounting.receipts", "accounting.tickets",
 )
 
 
