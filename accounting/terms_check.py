@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import accountant as acc
 from . import chain, dp_events, manifest
 from . import receipts as receipts_mod
-from .tickets import TICKET_FIELDS, ticket_hash, ticket_message
+from .tickets import TICKET_FIELDS, dp_limit_problems, ticket_hash, ticket_message
 
 AGREEMENT_FIELDS = {"agreement_id", "version", "terms", "signatures"}
 SIGNATURE_FIELDS = {"organisation", "terms_hash", "signed_at"}
@@ -225,12 +225,7 @@ def _round_epsilon(event_key: str, delta: float, accountant: str, orders: tuple[
 def _outside_terms(ticket, terms, event, *, orders, pld_interval) -> list[str]:
     problems = []
     try:
-        if ticket["z"] < terms["min_noise_multiplier"]:
-            problems.append(f"noise multiplier z={ticket['z']} < floor {terms['min_noise_multiplier']}")
-        if ticket["C"] > terms["max_clip_norm"]:
-            problems.append(f"clip norm C={ticket['C']} > ceiling {terms['max_clip_norm']}")
-        if ticket["delta"] > terms["max_delta"]:
-            problems.append(f"delta {ticket['delta']} > ceiling {terms['max_delta']}")
+        problems += dp_limit_problems(ticket, terms)
         eps = _round_epsilon(dp_events.canonical_json(event), ticket["delta"], ticket["accountant"], orders, pld_interval)
         if eps > terms["max_epsilon_per_round"] * (1 + EPSILON_RTOL):
             problems.append(f"one round costs epsilon {eps:.6g} > ceiling {terms['max_epsilon_per_round']}")

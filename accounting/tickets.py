@@ -45,3 +45,17 @@ def ticket_message(ticket: Mapping[str, Any]) -> bytes:
 def ticket_hash(ticket: Mapping[str, Any]) -> str:
     """SHA-256 of the ticket's canonical JSON without its signature: what COMMITs and receipts name."""
     return hashlib.sha256(canonical_json(unsigned(ticket)).encode("utf-8")).hexdigest()
+
+
+def dp_limit_problems(ticket: Mapping[str, Any], terms: Mapping[str, Any]) -> list[str]:
+    """What of the ticket's noise multiplier, clip norm and delta breaks the agreement's signed
+    floor and ceilings (`terms`: min_noise_multiplier, max_clip_norm, max_delta); the partner's
+    agent refuses such a round and the auditor's verifier fails it, with the same words."""
+    problems = []
+    if ticket["z"] < terms["min_noise_multiplier"]:
+        problems.append(f"noise multiplier z={ticket['z']} < floor {terms['min_noise_multiplier']}")
+    if ticket["C"] > terms["max_clip_norm"]:
+        problems.append(f"clip norm C={ticket['C']} > ceiling {terms['max_clip_norm']}")
+    if ticket["delta"] > terms["max_delta"]:
+        problems.append(f"delta {ticket['delta']} > ceiling {terms['max_delta']}")
+    return problems

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from accounting import accountant as acc
 from accounting import dp_events
+from accounting.tickets import dp_limit_problems
 
 from . import trust
 
@@ -102,12 +103,7 @@ def check_round(round_pk: int, payload: dict, *, coordinator_key: str | None, te
     problems = []
     if not (isinstance(ticket["q"], (int, float)) and 0 < ticket["q"] <= 1) or not (isinstance(ticket["K"], int) and ticket["K"] >= 1):
         problems.append(f"sampling rate {ticket['q']} / steps {ticket['K']} break the accounting")
-    if ticket["z"] < agreement["min_noise_multiplier"]:
-        problems.append(f"noise multiplier {ticket['z']} < floor {agreement['min_noise_multiplier']}")
-    if ticket["C"] > agreement["max_clip_norm"]:
-        problems.append(f"clip norm {ticket['C']} > ceiling {agreement['max_clip_norm']}")
-    if ticket["delta"] > agreement["max_delta"]:
-        problems.append(f"delta {ticket['delta']} > ceiling {agreement['max_delta']}")
+    problems += dp_limit_problems(ticket, agreement)  # the auditor's verifier checks the same (accounting/tickets.py)
     _refuse_if(problems, "outside_terms")
     if ticket["eval_noise"] is not None:
         floor = max(eval_noise_floor, agreement["min_noise_multiplier"])

@@ -27,17 +27,19 @@ from tests.factories import UserFactory, member
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# Runs `python -m accounting.verify ARGS` with Django, DRF and Celery made unimportable.
+# Runs `python -m MODULE ARGS` with Django, DRF and Celery made unimportable: the auditor's or
+# the partner's machine, which has none of the coordinator's stack.
 BLOCKED_RUNNER = """
 import runpy, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in ('django', 'rest_framework', 'celery'):
-            raise ImportError('blocked for the auditor: ' + name)
+            raise ImportError('blocked off the coordinator: ' + name)
         return None
 sys.meta_path.insert(0, Block())
-sys.argv = ['accounting.verify'] + sys.argv[1:]
-runpy.run_module('accounting.verify', run_name='__main__', alter_sys=True)
+module = sys.argv[1]
+sys.argv = [module] + sys.argv[2:]
+runpy.run_module(module, run_name='__main__', alter_sys=True)
 """
 
 
@@ -126,12 +128,17 @@ def build(cast, tmp_path) -> Receipted:
 # --- the two verifiers ---------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`python -m accounting.verify ARGS` in a fresh process without Django, DRF or Celery."""
+def run_without_django(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a fresh process where Django, DRF and Celery cannot be imported."""
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     return subprocess.run(
-        [sys.executable, "-c", BLOCKED_RUNNER, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", BLOCKED_RUNNER, module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m accounting.verify ARGS`, as the auditor runs it."""
+    return run_without_django("accounting.verify", *args)
 
 
 def pinned() -> str:

@@ -10,9 +10,7 @@ fresh process in which Django, DRF and Celery cannot be imported, as on a partne
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,22 +27,10 @@ from federation.agent.ledger import PartnerLedger
 from federation.agent.ledger_format import LEDGER_FILE, RoundKey, default_data_id
 from federation.models import TrainingRound
 from tests.accounting.helpers import make_rounds, set_status
-from tests.accounting.receipting import ROOT, enrol_agents, ticket_hash_for
+from tests.accounting.receipting import enrol_agents, run_without_django, ticket_hash_for
 
 pytestmark = pytest.mark.django_db
 
-# `python -m federation.agent ARGS` with Django, DRF and Celery made unimportable.
-PARTNER_RUNNER = """
-import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('django', 'rest_framework', 'celery'):
-            raise ImportError('blocked on the partner machine: ' + name)
-        return None
-sys.meta_path.insert(0, Block())
-sys.argv = ['federation.agent'] + sys.argv[1:]
-runpy.run_module('federation.agent', run_name='__main__', alter_sys=True)
-"""
 
 
 class Books:
@@ -116,11 +102,7 @@ class Books:
         return path
 
     def run(self, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        return subprocess.run(
-            [sys.executable, "-c", PARTNER_RUNNER, "reconcile", "--state", str(self.state), "--bundle", str(bundle), *extra],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )
+        return run_without_django("federation.agent", "reconcile", "--state", str(self.state), "--bundle", str(bundle), *extra)
 
 
 @pytest.fixture
